@@ -1,1 +1,35 @@
+//! hearth: a CPU-first local LLM runtime. GGUF models run through llama.cpp and are served over
+//! Ollama's HTTP API, the command line and stdio.
+//!
+//! The code map, in the order a request travels:
+//!
+//! - `cli`        clap structures only; `commands/` holds one file per subcommand.
+//! - `config`     machine-dependent defaults (threads) and address parsing.
+//! - `api`        wire formats and routes: `ollama` (requests -> `ValidRequest`, responses),
+//!                `models` (tags/show/ps objects), `error` (the one error -> status table).
+//! - `service`    the shared request path: resolve, lease, render prompt, tokenize, submit.
+//! - `resources`  the loaded-model table: load on demand, leases, keep-alive unloads.
+//! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
+//!                with continuous batching (`worker`), sampling, chat templates (`template`),
+//!                streamed-text handling (`text`), option validation (`options`).
+//! - `store`      model names -> files in the models directory; GGUF metadata (`gguf`).
+//!
+//! Invariants, written as absences:
+//! - Nothing outside `engine` imports `llama_cpp_2`, and no async task ever runs a decode.
+//! - Nothing outside `api` defines a wire struct; the core takes only validated types.
+//! - Nothing writes to stdout but `commands::{run, stdio, list, ps, show}`, which own it.
+//! - A model with a live `ModelLease` is never unloaded.
 
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod resources;
+pub mod service;
+pub mod store;
+
+/// hearth's version, as `/api/version` reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Version with the git commit it was built from.
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HEARTH_GIT_HASH"), ")");

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up (packages, test models), then runs every test: unit tests and the integration tests
+# that drive the real binary on the real models, including the official `ollama` Python client.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+venv=target/test-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ollama==0.6.3
+export HEARTH_TEST_PYTHON="$PWD/$venv/bin/python"
+
+cargo test --no-fail-fast "$@"

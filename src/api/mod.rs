@@ -1,0 +1,153 @@
+//! HTTP: the axum router for Ollama's API. Handlers parse the wire format (`ollama`), call the
+//! shared request path (`service`), and write NDJSON or JSON back. The only place with routes.
+
+pub mod error;
+pub mod models;
+pub mod ollama;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use self::error::ApiError;
+use self::ollama::{ChatRequest, GenerateRequest, Kind, Reply};
+use crate::resources::ModelManager;
+
+/// Largest request body accepted (a long prompt is a few MB at most).
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Shared state of the HTTP server: a cheap-to-clone handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub manager: ModelManager,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(root).head(root))
+        .route("/api/version", get(version).head(version))
+        .route("/api/generate", post(generate))
+        .route("/api/chat", post(chat))
+        .route("/api/tags", get(tags).head(tags))
+        .route("/api/show", post(show))
+        .route("/api/ps", get(ps))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets open responses finish.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn root() -> &'static str {
+    "Ollama is running"
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "version": crate::VERSION }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("404 page not found")
+}
+
+async fn generate(State(app): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let req = match ollama::parse_body::<GenerateRequest>(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    respond(&app, req.validate(app.manager.defaults().num_ctx), Kind::Generate, started).await
+}
+
+async fn chat(State(app): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let req = match ollama::parse_body::<ChatRequest>(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    respond(&app, req.validate(app.manager.defaults().num_ctx), Kind::Chat, started).await
+}
+
+async fn respond(app: &AppState, req: Result<crate::service::ValidRequest, ApiError>, kind: Kind, started: Instant) -> Response {
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let model = req.model.clone();
+    match ollama::run(&app.manager, req, kind, crate::service::Caller::Network, started).await {
+        Ok(Reply::One(v)) => Json(v).into_response(),
+        Ok(Reply::Stream(g)) => {
+            let lines = ollama::response_stream(g, kind, model).map(|v| {
+                let mut line = serde_json::to_vec(&v).unwrap_or_default();
+                line.push(b'\n');
+                Ok::<_, Infallible>(Bytes::from(line))
+            });
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-ndjson")],
+                Body::from_stream(lines),
+            )
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn tags(State(app): State<AppState>) -> Response {
+    let store = app.manager.store().clone();
+    match tokio::task::spawn_blocking(move || models::tags(&store)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => ApiError::internal(format!("listing failed: {e}")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ShowRequest {
+    model: Option<String>,
+    /// Older clients send `name`.
+    name: Option<String>,
+    #[serde(default)]
+    verbose: bool,
+}
+
+async fn show(State(app): State<AppState>, body: Bytes) -> Response {
+    let req: ShowRequest = match ollama::parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let Some(name) = req.model.or(req.name).filter(|n| !n.is_empty()) else {
+        return ApiError::bad_request("model is required").into_response();
+    };
+    let store = app.manager.store().clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let entry = store.resolve(&name)?;
+        models::show(&entry, req.verbose)
+    })
+    .await;
+    match result {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => ApiError::internal(format!("show failed: {e}")).into_response(),
+    }
+}
+
+async fn ps(State(app): State<AppState>) -> Response {
+    let manager = app.manager.clone();
+    match tokio::task::spawn_blocking(move || models::ps(&manager)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => ApiError::internal(format!("ps failed: {e}")).into_response(),
+    }
+}

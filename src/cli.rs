@@ -1,0 +1,139 @@
+//! Command-line structure (clap). Only argument types live here; `commands/` does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config;
+
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version = crate::LONG_VERSION, about = "A CPU-first local LLM runtime with an Ollama-compatible API")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Ollama-compatible HTTP API.
+    Serve(ServeArgs),
+    /// Run a model on a prompt (argument or piped stdin), or chat interactively on a terminal.
+    Run(RunArgs),
+    /// Serve JSON lines on stdin/stdout: each line an Ollama generate or chat request.
+    Stdio(StdioArgs),
+    /// List the models in the models directory.
+    #[command(alias = "ls")]
+    List(StoreArgs),
+    /// List the models a running server has loaded.
+    Ps(ClientArgs),
+    /// Show a model's details, template and metadata.
+    Show(ShowArgs),
+}
+
+/// Where models live.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Models directory: every NAME.gguf in it is the model NAME.
+    #[arg(long = "models", env = "HEARTH_MODELS", value_name = "DIR")]
+    pub models: Option<PathBuf>,
+}
+
+/// How models are loaded and run.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Sequences decoded together per model (parallel slots).
+    #[arg(long, env = "HEARTH_NUM_PARALLEL", default_value_t = config::DEFAULT_PARALLEL, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
+    /// CPU threads for llama.cpp [default: physical cores].
+    #[arg(long, env = "HEARTH_NUM_THREADS", value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub threads: Option<i32>,
+    /// Default context length per request, in tokens.
+    #[arg(long = "context-length", env = "HEARTH_CONTEXT_LENGTH", default_value_t = config::DEFAULT_NUM_CTX, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub context_length: u32,
+    /// Most tokens per decode step (prompt chunk size).
+    #[arg(long = "batch-size", env = "HEARTH_BATCH_SIZE", default_value_t = config::DEFAULT_BATCH, value_parser = clap::value_parser!(u32).range(16..=8192))]
+    pub batch_size: u32,
+    /// How long an idle model stays loaded (e.g. 5m, 1h, 0, -1 for forever).
+    #[arg(long = "keep-alive", env = "HEARTH_KEEP_ALIVE", default_value = "5m")]
+    pub keep_alive: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1, or the host part of HEARTH_HOST].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free one) [default: 11434, or HEARTH_HOST's].
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Ollama generation options as flags.
+#[derive(Debug, Clone, Args)]
+pub struct GenerationArgs {
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<i64>,
+    /// Most tokens to generate (-1: until done or the context is full).
+    #[arg(long = "num-predict", allow_negative_numbers = true)]
+    pub num_predict: Option<i64>,
+    /// Context length for this run, in tokens.
+    #[arg(long = "num-ctx")]
+    pub num_ctx: Option<i64>,
+    /// Any other Ollama option, e.g. --option top_k=20 --option stop=END (repeatable).
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub option: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Model name, or a path to a .gguf file.
+    pub model: String,
+    /// The prompt; piped stdin is prepended to it.
+    pub prompt: Vec<String>,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// Print timings and token counts to stderr afterwards.
+    #[arg(long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StdioArgs {
+    /// Model used by requests that name none (name or .gguf path).
+    pub model: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server address, as OLLAMA_HOST takes it.
+    #[arg(long, env = "HEARTH_HOST", default_value = "127.0.0.1:11434")]
+    pub host: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Model name, or a path to a .gguf file.
+    pub model: String,
+    /// Print the chat template only.
+    #[arg(long)]
+    pub template: bool,
+    /// Print the full /api/show object as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}

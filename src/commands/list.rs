@@ -1,0 +1,17 @@
+//! `hearth list`: the models in the models directory, as a table.
+
+#![allow(clippy::print_stdout)] // a listing command: its table is the output.
+
+use crate::cli::StoreArgs;
+
+pub fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let store = super::open_store(&args);
+    let entries = store.list()?;
+    println!("{:<32} {:<14} {:<10} MODIFIED", "NAME", "ID", "SIZE");
+    for e in entries {
+        let id: String = store.digest(&e)?.trim_start_matches("sha256:").chars().take(12).collect();
+        let modified = chrono::DateTime::<chrono::Local>::from(e.modified).format("%Y-%m-%d %H:%M");
+        println!("{:<32} {:<14} {:<10} {modified}", e.name, id, super::human_bytes(e.size));
+    }
+    Ok(())
+}

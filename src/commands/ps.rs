@@ -1,0 +1,33 @@
+//! `hearth ps`: asks a running server which models it has loaded.
+
+#![allow(clippy::print_stdout)] // a listing command: its table is the output.
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::cli::ClientArgs;
+use crate::config::parse_host;
+
+pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let addr = parse_host(&args.host).map_err(anyhow::Error::msg)?;
+    let url = format!("http://{addr}/api/ps");
+    let body: Value = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach hearth at {addr}; is `hearth serve` running?"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    println!("{:<32} {:<14} {:<10} {:<8} UNTIL", "NAME", "ID", "SIZE", "CONTEXT");
+    for m in body["models"].as_array().into_iter().flatten() {
+        let id: String = m["digest"].as_str().unwrap_or("").chars().take(12).collect();
+        println!(
+            "{:<32} {:<14} {:<10} {:<8} {}",
+            m["name"].as_str().unwrap_or("?"),
+            id,
+            super::human_bytes(m["size"].as_u64().unwrap_or(0)),
+            m["context_length"].as_u64().unwrap_or(0),
+            m["expires_at"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

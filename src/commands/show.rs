@@ -1,0 +1,37 @@
+//! `hearth show MODEL`: a model's architecture, size, context, quantization and template, read
+//! from the GGUF without loading it.
+
+#![allow(clippy::print_stdout)] // a report command: the report is the output.
+
+use crate::api::models;
+use crate::cli::ShowArgs;
+
+pub fn run(args: ShowArgs) -> anyhow::Result<()> {
+    let store = super::open_store(&args.store);
+    let entry = store.resolve_name_or_path(&args.model)?;
+    let show = models::show(&entry, false).map_err(|e| anyhow::anyhow!(e.message))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&show)?);
+        return Ok(());
+    }
+    if args.template {
+        println!("{}", show["template"].as_str().unwrap_or(""));
+        return Ok(());
+    }
+    let info = &show["model_info"];
+    let arch = show["details"]["family"].as_str().unwrap_or("unknown");
+    let field = |k: &str| info[format!("{arch}.{k}")].as_u64().map_or("-".to_string(), |v| v.to_string());
+    println!("  Model");
+    println!("    {:<20}{arch}", "architecture");
+    println!("    {:<20}{}", "parameters", show["details"]["parameter_size"].as_str().unwrap_or("-"));
+    println!("    {:<20}{}", "context length", field("context_length"));
+    println!("    {:<20}{}", "embedding length", field("embedding_length"));
+    println!("    {:<20}{}", "quantization", show["details"]["quantization_level"].as_str().unwrap_or("-"));
+    println!("    {:<20}{}", "file", entry.path.display());
+    if let Some(license) = show["license"].as_str().filter(|l| !l.is_empty()) {
+        println!();
+        println!("  License");
+        println!("    {license}");
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `hearth stdio MODEL`: JSON lines in, JSON lines out, one loaded model, no HTTP.
+//!
+//! Each input line is an Ollama generate request, or a chat request when it has `messages`;
+//! `model` defaults to MODEL. Each output line is an Ollama response object. `stream`
+//! defaults to false here (one line per request, the easy case for scripts); with
+//! `stream: true` the chunks follow each other, ending with the `done: true` object.
+//! Requests run in order. A bad line gets an `{"error": ...}` line and the loop goes on.
+
+#![allow(clippy::print_stdout)] // stdio mode: stdout carries the protocol.
+
+use std::io::Write;
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
+
+use crate::api::error::ApiError;
+use crate::api::ollama::{self, ChatRequest, GenerateRequest, Kind, Reply};
+use crate::cli::StdioArgs;
+use crate::resources::ModelManager;
+use crate::service::Caller;
+
+pub async fn run(args: StdioArgs) -> anyhow::Result<()> {
+    let manager = super::manager(super::open_store(&args.store), &args.engine)?;
+    // Load up front so the first request doesn't pay for it and a bad model fails at once.
+    let entry = manager.store().resolve_name_or_path(&args.model)?;
+    let _lease = manager.acquire(entry, None, None).await?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match handle(&manager, &args.model, &line).await {
+            Ok(()) => {}
+            Err(e) => emit(&e.body())?,
+        }
+    }
+    Ok(())
+}
+
+fn emit(v: &Value) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+async fn handle(manager: &ModelManager, default_model: &str, line: &str) -> Result<(), ApiError> {
+    let started = Instant::now();
+    let mut v: Value = ollama::parse_body(line.as_bytes())?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(ApiError::bad_request("each line must be a JSON object"));
+    };
+    obj.entry("model").or_insert_with(|| json!(default_model));
+    obj.entry("stream").or_insert(json!(false));
+    let ctx = manager.defaults().num_ctx;
+    let (req, kind) = if obj.contains_key("messages") {
+        let r: ChatRequest = serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+        (r.validate(ctx)?, Kind::Chat)
+    } else {
+        let r: GenerateRequest = serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+        (r.validate(ctx)?, Kind::Generate)
+    };
+    let model = req.model.clone();
+    match ollama::run(manager, req, kind, Caller::Local, started).await? {
+        Reply::One(v) => emit(&v).map_err(|e| ApiError::internal(e.to_string()))?,
+        Reply::Stream(g) => {
+            let mut s = Box::pin(ollama::response_stream(g, kind, model));
+            while let Some(v) = s.next().await {
+                emit(&v).map_err(|e| ApiError::internal(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Settings from flags and environment, turned into validated values once.
+//!
+//! clap reads flags and their `HEARTH_*` environment variables (flags win); this module holds
+//! the defaults that depend on the machine (threads) and the parsing of `HEARTH_HOST`-style
+//! addresses. (The YAML config file arrives with the service-layer issue.)
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+
+/// Ollama's port.
+pub const DEFAULT_PORT: u16 = 11434;
+/// Ollama's context default on a CPU-only machine.
+pub const DEFAULT_NUM_CTX: u32 = 4096;
+pub const DEFAULT_PARALLEL: u32 = 4;
+pub const DEFAULT_BATCH: u32 = 512;
+
+/// Threads for llama.cpp: the physical cores this process may use. Hyper-threads share the
+/// same SIMD units, and measured decode speed drops by whole factors past the physical count.
+pub fn default_threads() -> i32 {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let physical = sysinfo::System::physical_core_count().unwrap_or(logical);
+    // available_parallelism honours affinity masks and cgroup quotas; never exceed it.
+    physical.min(logical).max(1) as i32
+}
+
+/// Parses `host`, `host:port`, `:port`, or `http://host:port` (as `OLLAMA_HOST` accepts).
+pub fn parse_host(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .unwrap_or(s)
+        .trim_end_matches('/');
+    if s.is_empty() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = s.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p.parse::<u16>().map_err(|_| format!("invalid port in {s:?}"))?;
+            (if h.is_empty() { "127.0.0.1" } else { h }, port)
+        }
+        None => (s, DEFAULT_PORT),
+    };
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} has no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_forms() {
+        assert_eq!(parse_host("").expect("ok").to_string(), "127.0.0.1:11434");
+        assert_eq!(parse_host("0.0.0.0:8080").expect("ok").to_string(), "0.0.0.0:8080");
+        assert_eq!(parse_host(":9000").expect("ok").to_string(), "127.0.0.1:9000");
+        assert_eq!(parse_host("127.0.0.1").expect("ok").to_string(), "127.0.0.1:11434");
+        assert_eq!(parse_host("http://[::1]:5000/").expect("ok").to_string(), "[::1]:5000");
+        assert!(parse_host("127.0.0.1:notaport").is_err());
+    }
+
+    #[test]
+    fn threads_are_positive() {
+        assert!(default_threads() >= 1);
+    }
+}

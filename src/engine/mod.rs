@@ -1,0 +1,215 @@
+//! The engine: the only module that imports `llama_cpp_2`.
+//!
+//! Each loaded model gets one dedicated OS thread (`worker`) that owns its llama.cpp context and
+//! decodes every active sequence together in one batch per step. Async code talks to it over
+//! channels and never blocks on a decode. A `LoadedModel` is the handle: dropping the last one
+//! closes the job channel, the worker finishes what it has in flight, and the model is freed.
+
+pub mod options;
+mod sampler;
+pub mod template;
+pub mod text;
+mod worker;
+
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+use self::options::SamplingOptions;
+use self::template::{ChatTemplate, TemplateError, TemplateMessage};
+
+/// How a model instance is set up when it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadSettings {
+    /// Context per parallel slot, in tokens (clamped to the model's training context).
+    pub num_ctx: u32,
+    /// Sequences decoded together.
+    pub parallel: u32,
+    /// Threads for single-token decode steps.
+    pub threads: i32,
+    /// Threads for prompt batches.
+    pub threads_batch: i32,
+    /// Most tokens put into one decode step.
+    pub batch_size: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("llama.cpp backend failed to start: {0}")]
+    Backend(String),
+    #[error("failed to load model from {path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error("prompt is too long: {prompt_tokens} tokens, but the context holds {num_ctx} (raise num_ctx or shorten the prompt)")]
+    PromptTooLong { prompt_tokens: usize, num_ctx: u32 },
+    #[error("context holds token id {0}, which is not in this model's vocabulary")]
+    InvalidToken(i32),
+    #[error("the model's worker has stopped")]
+    WorkerGone,
+    #[error("llama.cpp decode failed: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}
+
+/// Why a generation ended, with Ollama's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoneReason {
+    Stop,
+    Length,
+}
+
+impl DoneReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoneReason::Stop => "stop",
+            DoneReason::Length => "length",
+        }
+    }
+}
+
+/// The final accounting of one generation.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub reason: DoneReason,
+    pub prompt_tokens: u32,
+    pub prompt_eval: Duration,
+    pub eval_tokens: u32,
+    pub eval: Duration,
+    /// The whole token sequence (prompt + output), Ollama's `context`.
+    pub context: Vec<i32>,
+}
+
+/// What the worker sends back for one request, in order: text pieces, then `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Done(Completion),
+    Failed(EngineError),
+}
+
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp's own logging goes to tracing (target llama-cpp-2), filtered like ours.
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Backend(e.clone()))
+}
+
+/// A model resident in memory with its worker thread.
+pub struct LoadedModel {
+    model: Arc<LlamaModel>,
+    jobs: std_mpsc::Sender<worker::Job>,
+    template: ChatTemplate,
+    bos_text: Option<String>,
+    /// Context per slot actually allocated.
+    pub n_ctx_slot: u32,
+    pub settings: LoadSettings,
+    pub load_duration: Duration,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("n_ctx_slot", &self.n_ctx_slot)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedModel {
+    /// Loads the GGUF at `path` and starts its worker. Blocking: call from a blocking thread.
+    pub fn load(path: &Path, settings: LoadSettings) -> Result<LoadedModel, EngineError> {
+        let started = Instant::now();
+        let backend = backend()?;
+        let load_err = |reason: String| EngineError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
+        let params = LlamaModelParams::default().with_n_gpu_layers(0);
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|e| load_err(format!("{e} (llama.cpp could not read it; see the log)")))?;
+        let model = Arc::new(model);
+
+        let vocab = model.vocab();
+        let piece = |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+        let bos_text = (vocab.bos().0 >= 0).then(|| piece(vocab.bos()));
+        let eos_text = if vocab.eos().0 >= 0 { piece(vocab.eos()) } else { String::new() };
+        let source = model.meta_val_str("tokenizer.chat_template").ok();
+        let template = ChatTemplate::new(source.as_deref(), bos_text.as_deref().unwrap_or(""), &eos_text)?;
+
+        let mut settings = settings;
+        settings.num_ctx = settings.num_ctx.min(model.n_ctx_train().max(1));
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+        let (jobs_tx, jobs_rx) = std_mpsc::channel();
+        let worker_model = Arc::clone(&model);
+        let worker_settings = settings.clone();
+        std::thread::Builder::new()
+            .name("hearth-model".to_string())
+            .spawn(move || worker::run(&worker_model, backend, &worker_settings, jobs_rx, ready_tx))
+            .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
+        let n_ctx_slot = ready_rx
+            .recv()
+            .map_err(|_| EngineError::WorkerGone)?
+            .map_err(load_err)?;
+        Ok(LoadedModel {
+            model,
+            jobs: jobs_tx,
+            template,
+            bos_text,
+            n_ctx_slot,
+            settings,
+            load_duration: started.elapsed(),
+        })
+    }
+
+    /// Renders a conversation with the model's chat template (or the fallback).
+    pub fn render_chat(&self, messages: &[TemplateMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
+        Ok(self.template.render(messages, add_generation_prompt)?)
+    }
+
+    /// Tokenizes a rendered prompt. Special tokens in the text are parsed; BOS is added when the
+    /// model wants one and the text does not already start with it (templates often emit it).
+    pub fn tokenize(&self, text: &str) -> Vec<i32> {
+        let has_bos = self.bos_text.as_deref().is_some_and(|b| !b.is_empty() && text.starts_with(b));
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), !has_bos, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    /// Queues a generation. Fails at once, before any output, if the prompt can't fit.
+    pub fn submit(&self, prompt: Vec<i32>, options: SamplingOptions) -> Result<mpsc::UnboundedReceiver<Event>, EngineError> {
+        let num_ctx = options.num_ctx.min(self.n_ctx_slot);
+        if prompt.len() >= num_ctx as usize {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                num_ctx,
+            });
+        }
+        let n_vocab = self.model.n_vocab();
+        if let Some(&bad) = prompt.iter().find(|&&t| t < 0 || t >= n_vocab) {
+            return Err(EngineError::InvalidToken(bad));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let job = worker::Job {
+            prompt: prompt.into_iter().map(LlamaToken).collect(),
+            options,
+            events: tx,
+        };
+        self.jobs.send(job).map_err(|_| EngineError::WorkerGone)?;
+        Ok(rx)
+    }
+}

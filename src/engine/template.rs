@@ -1,0 +1,235 @@
+//! Renders prompts: the model's own Jinja chat template, or the fallback, or an Ollama-style
+//! `template` from a request.
+//!
+//! A template comes from an untrusted file or request, so rendering runs under minijinja's fuel
+//! limit (bounded work, so no hang) and an output cap (bounded memory). Nothing here touches
+//! llama.cpp; the engine hands in the special-token strings.
+
+use minijinja::{context, Environment, Error, ErrorKind, Value};
+use serde::Serialize;
+
+/// Used when a model has no `tokenizer.chat_template`: ChatML, the most common convention and
+/// the one llama.cpp falls back to.
+pub const FALLBACK_CHAT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Work allowed for one render, in minijinja instructions: far above any real chat template
+/// over a long conversation, far below a hang.
+const FUEL: u64 = 5_000_000;
+/// Largest template source accepted.
+const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
+/// Largest rendered prompt.
+const MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template is too large ({0} bytes, at most {MAX_TEMPLATE_BYTES})")]
+    TooLarge(usize),
+    #[error("template error: {0}")]
+    Render(String),
+    #[error("unsupported template: {0}")]
+    Unsupported(String),
+}
+
+impl From<Error> for TemplateError {
+    fn from(e: Error) -> Self {
+        let msg = match e.kind() {
+            ErrorKind::OutOfFuel => "template took too long to render".to_string(),
+            _ => e.to_string(),
+        };
+        TemplateError::Render(msg)
+    }
+}
+
+/// One chat message as templates see it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TemplateMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A compiled chat template with the model's special tokens.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").finish_non_exhaustive()
+    }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("strftime_now", |fmt: String| -> String {
+        chrono::Local::now().format(&fmt).to_string()
+    });
+    env
+}
+
+fn check_size(source: &str) -> Result<(), TemplateError> {
+    if source.len() > MAX_TEMPLATE_BYTES {
+        return Err(TemplateError::TooLarge(source.len()));
+    }
+    Ok(())
+}
+
+fn check_output(out: String) -> Result<String, TemplateError> {
+    if out.len() > MAX_OUTPUT_BYTES {
+        return Err(TemplateError::Render(format!(
+            "rendered prompt is larger than {MAX_OUTPUT_BYTES} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+impl ChatTemplate {
+    /// Compiles `source` (the model's `tokenizer.chat_template`, or the fallback when `None`).
+    pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
+        let source = source.unwrap_or(FALLBACK_CHAT_TEMPLATE);
+        check_size(source)?;
+        let mut env = environment();
+        env.add_template_owned("chat", source.to_string())?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
+    pub fn render(&self, messages: &[TemplateMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        let tmpl = self.env.get_template("chat")?;
+        let out = tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })?;
+        check_output(out)
+    }
+}
+
+/// Renders an Ollama request `template` (Go text/template syntax, subset: `.System`,
+/// `.Prompt`, `.Response`, `.Suffix`, `if`/`else`/`else if`/`end`) or, when the text uses
+/// `{%`, a Jinja template with the same variables.
+pub fn render_request_template(source: &str, system: &str, prompt: &str) -> Result<String, TemplateError> {
+    check_size(source)?;
+    let jinja = if source.contains("{%") { source.to_string() } else { go_to_jinja(source)? };
+    let env = environment();
+    let out = env.render_str(
+        &jinja,
+        context! { System => system, Prompt => prompt, Response => "", Suffix => "" },
+    )?;
+    check_output(out)
+}
+
+/// Translates the Go template subset above into Jinja.
+fn go_to_jinja(source: &str) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    let mut open_ifs = 0usize;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| TemplateError::Unsupported("unclosed {{".to_string()))?;
+        let raw = &after[..end];
+        let (lt, inner) = raw.strip_prefix('-').map_or(("", raw), |r| ("-", r));
+        let (inner, rt) = inner.strip_suffix('-').map_or((inner, ""), |r| (r, "-"));
+        let action = inner.trim();
+        let var = |v: &str| -> Result<String, TemplateError> {
+            match v.strip_prefix('.') {
+                Some(name @ ("System" | "Prompt" | "Response" | "Suffix")) => Ok(name.to_string()),
+                _ => Err(TemplateError::Unsupported(format!("{{{{ {action} }}}}"))),
+            }
+        };
+        let translated = if let Some(cond) = action.strip_prefix("if ") {
+            open_ifs += 1;
+            format!("{{%{lt} if {} {rt}%}}", var(cond.trim())?)
+        } else if let Some(cond) = action.strip_prefix("else if ") {
+            format!("{{%{lt} elif {} {rt}%}}", var(cond.trim())?)
+        } else if action == "else" {
+            format!("{{%{lt} else {rt}%}}")
+        } else if action == "end" {
+            if open_ifs == 0 {
+                return Err(TemplateError::Unsupported("{{ end }} without {{ if }}".to_string()));
+            }
+            open_ifs -= 1;
+            format!("{{%{lt} endif {rt}%}}")
+        } else {
+            format!("{{{{{lt} {} {rt}}}}}", var(action)?)
+        };
+        out.push_str(&translated);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> TemplateMessage {
+        TemplateMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn fallback_is_chatml() {
+        let t = ChatTemplate::new(None, "<s>", "</s>").expect("compiles");
+        let out = t.render(&[msg("user", "hi")], true).expect("renders");
+        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn python_methods_and_special_tokens_work() {
+        let src = "{{ bos_token }}{% for m in messages %}{{ m.role.upper() }}:{{ m.content.strip() }}|{% endfor %}";
+        let t = ChatTemplate::new(Some(src), "<bos>", "<eos>").expect("compiles");
+        assert_eq!(t.render(&[msg("user", "  x ")], false).expect("renders"), "<bos>USER:x|");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error_not_a_panic() {
+        let t = ChatTemplate::new(Some("{{ raise_exception('no system role') }}"), "", "").expect("compiles");
+        let err = t.render(&[], false).expect_err("must fail");
+        assert!(err.to_string().contains("no system role"), "{err}");
+    }
+
+    #[test]
+    fn endless_template_runs_out_of_fuel() {
+        let src = "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(Some(src), "", "").expect("compiles");
+        let err = t.render(&[], false).expect_err("must stop");
+        assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn oversized_template_is_refused() {
+        let big = "x".repeat(MAX_TEMPLATE_BYTES + 1);
+        assert!(matches!(ChatTemplate::new(Some(&big), "", ""), Err(TemplateError::TooLarge(_))));
+    }
+
+    #[test]
+    fn go_template_subset_renders() {
+        let src = "{{ if .System }}<sys>{{ .System }}</sys>{{ end }}<u>{{ .Prompt }}</u>{{- .Response -}}";
+        assert_eq!(render_request_template(src, "be brief", "hi").expect("ok"), "<sys>be brief</sys><u>hi</u>");
+        assert_eq!(render_request_template(src, "", "hi").expect("ok"), "<u>hi</u>");
+    }
+
+    #[test]
+    fn unsupported_go_action_is_named() {
+        let err = render_request_template("{{ range .Messages }}x{{ end }}", "", "").expect_err("must fail");
+        assert!(err.to_string().contains("range"), "{err}");
+    }
+}

@@ -1,0 +1,304 @@
+//! The per-model worker thread: owns the llama.cpp context and runs continuous batching.
+//!
+//! Each step puts every generating sequence's last token, plus chunks of waiting prompts up to
+//! the batch size, into one batch and decodes once; then each sequence samples its next token.
+//! A request whose receiver is gone (client left) is dropped before the next step, so a
+//! cancelled prompt costs at most one chunk. Nothing outside this thread touches the context.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::options::{PredictLimit, SamplingOptions};
+use super::text::{StopMatcher, StopScan, Utf8Stream};
+use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings};
+
+pub(super) struct Job {
+    pub prompt: Vec<LlamaToken>,
+    pub options: SamplingOptions,
+    pub events: UnboundedSender<Event>,
+}
+
+/// A request holding a slot (one llama.cpp sequence).
+struct Active {
+    events: UnboundedSender<Event>,
+    options: SamplingOptions,
+    sampler: LlamaSampler,
+    /// The sequence's tokens: prompt, then output. `history[..n_past]` is in the KV cache.
+    history: Vec<LlamaToken>,
+    n_past: usize,
+    /// The context this request may use.
+    n_ctx: usize,
+    prompt_tokens: usize,
+    generated: u32,
+    /// Where this sequence's logits are in the current batch.
+    logits_idx: Option<i32>,
+    utf8: Utf8Stream,
+    stop: StopMatcher,
+    started: Instant,
+    first_token_at: Option<Instant>,
+}
+
+impl Active {
+    fn new(job: Job, model: &LlamaModel, n_ctx_slot: u32) -> Active {
+        let n_ctx = job.options.num_ctx.min(n_ctx_slot) as usize;
+        let mut sampler = sampler::build(model, &job.options, n_ctx as u32);
+        // Repetition penalties see the prompt too, as in llama.cpp and Ollama.
+        let window = if job.options.repeat_last_n < 0 { n_ctx } else { job.options.repeat_last_n as usize };
+        let tail = &job.prompt[job.prompt.len().saturating_sub(window)..];
+        sampler.accept_many(tail);
+        Active {
+            events: job.events,
+            stop: StopMatcher::new(job.options.stop.clone()),
+            options: job.options,
+            sampler,
+            prompt_tokens: job.prompt.len(),
+            history: job.prompt,
+            n_past: 0,
+            n_ctx,
+            generated: 0,
+            logits_idx: None,
+            utf8: Utf8Stream::default(),
+            started: Instant::now(),
+            first_token_at: None,
+        }
+    }
+
+    /// Tokens waiting to go into the KV cache.
+    fn unfed(&self) -> usize {
+        self.history.len() - self.n_past
+    }
+
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.events.send(Event::Text(text));
+        }
+    }
+
+    /// Flushes held-back text and reports the end of generation.
+    fn finish(mut self, reason: DoneReason) {
+        let rest = self.utf8.finish();
+        let mut tail = match self.stop.push(&rest) {
+            StopScan::Continue(t) | StopScan::Stopped(t) => t,
+        };
+        tail.push_str(&self.stop.finish());
+        self.send_text(tail);
+        let now = Instant::now();
+        let first = self.first_token_at.unwrap_or(now);
+        let _ = self.events.send(Event::Done(Completion {
+            reason,
+            prompt_tokens: self.prompt_tokens as u32,
+            prompt_eval: first - self.started,
+            eval_tokens: self.generated,
+            eval: now - first,
+            context: self.history.iter().map(|t| t.0).collect(),
+        }));
+    }
+
+    /// When the context is full and the caller asked for a fixed number of tokens, drop the
+    /// older half of what follows the first `num_keep` tokens and re-read the rest. Re-reading
+    /// (not shifting the KV cache) works for every architecture, sliding-window ones included.
+    fn make_room(&mut self) -> bool {
+        if !matches!(self.options.num_predict, PredictLimit::Tokens(_)) {
+            return false;
+        }
+        let keep = if self.options.num_keep < 0 {
+            self.prompt_tokens
+        } else {
+            self.options.num_keep as usize
+        }
+        .min(self.history.len());
+        let discard = (self.history.len() - keep) / 2;
+        if discard == 0 {
+            return false;
+        }
+        self.history.drain(keep..keep + discard);
+        self.n_past = 0;
+        true
+    }
+}
+
+pub(super) fn run(
+    model: &LlamaModel,
+    backend: &LlamaBackend,
+    settings: &LoadSettings,
+    jobs: Receiver<Job>,
+    ready: SyncSender<Result<u32, String>>,
+) {
+    let parallel = settings.parallel.max(1);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(settings.num_ctx.saturating_mul(parallel)))
+        .with_n_batch(settings.batch_size)
+        .with_n_ubatch(settings.batch_size)
+        .with_n_seq_max(parallel)
+        .with_n_threads(settings.threads)
+        .with_n_threads_batch(settings.threads_batch)
+        // Each slot gets its own num_ctx cells, so one long conversation can't starve the rest.
+        .with_kv_unified(false);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot create context: {e}")));
+            return;
+        }
+    };
+    let n_ctx_slot = ctx.n_ctx() / parallel;
+    if ready.send(Ok(n_ctx_slot)).is_err() {
+        return;
+    }
+    let mut batch = LlamaBatch::new(settings.batch_size as usize, 1);
+    let mut slots: Vec<Option<Active>> = (0..parallel).map(|_| None).collect();
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut open = true;
+
+    loop {
+        // Block only when there is nothing to do.
+        if open && waiting.is_empty() && slots.iter().all(Option::is_none) {
+            match jobs.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => open = false,
+            }
+        }
+        while open {
+            match jobs.try_recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        // Clients that left give their place back.
+        waiting.retain(|job| !job.events.is_closed());
+        for (seq, slot) in slots.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|a| a.events.is_closed()) {
+                *slot = None;
+                clear_seq(&mut ctx, seq);
+            }
+        }
+        for (seq, slot) in slots.iter_mut().enumerate() {
+            if slot.is_none() {
+                if let Some(job) = waiting.pop_front() {
+                    clear_seq(&mut ctx, seq);
+                    let active = Active::new(job, model, n_ctx_slot);
+                    if active.options.num_predict == PredictLimit::Tokens(0) {
+                        active.finish(DoneReason::Length);
+                    } else {
+                        *slot = Some(active);
+                    }
+                }
+            }
+        }
+        if slots.iter().all(Option::is_none) {
+            if !open && waiting.is_empty() {
+                break;
+            }
+            continue;
+        }
+
+        fill_batch(&mut batch, &mut slots, &mut ctx, settings.batch_size as usize);
+        if batch.n_tokens() == 0 {
+            continue;
+        }
+        if let Err(e) = ctx.decode(&mut batch) {
+            tracing::error!("decode failed: {e}");
+            for (seq, slot) in slots.iter_mut().enumerate() {
+                if let Some(a) = slot.take() {
+                    let _ = a.events.send(Event::Failed(EngineError::Decode(e.to_string())));
+                    clear_seq(&mut ctx, seq);
+                }
+            }
+            continue;
+        }
+        for (seq, slot) in slots.iter_mut().enumerate() {
+            let Some(idx) = slot.as_ref().and_then(|a| a.logits_idx) else { continue };
+            let Some(mut a) = slot.take() else { continue };
+            let token = a.sampler.sample(&ctx, idx);
+            match step(&mut a, model, token) {
+                Some(reason) => {
+                    a.finish(reason);
+                    clear_seq(&mut ctx, seq);
+                }
+                None => *slot = Some(a),
+            }
+        }
+    }
+}
+
+/// Puts each generating sequence's next token first (decode steps are what streams wait on),
+/// then prompt chunks until the batch is full.
+fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, capacity: usize) {
+    batch.clear();
+    let mut room = capacity;
+    for generating in [true, false] {
+        for (seq, slot) in slots.iter_mut().enumerate() {
+            let Some(a) = slot.as_mut() else { continue };
+            if generating {
+                a.logits_idx = None;
+            }
+            if (a.first_token_at.is_some()) != generating || a.unfed() == 0 || room == 0 {
+                continue;
+            }
+            if a.history.len() > a.n_ctx {
+                if a.make_room() {
+                    clear_seq(ctx, seq);
+                } else if let Some(a) = slot.take() {
+                    a.finish(DoneReason::Length);
+                    clear_seq(ctx, seq);
+                    continue;
+                }
+            }
+            let Some(a) = slot.as_mut() else { continue };
+            let take = a.unfed().min(room);
+            for i in 0..take {
+                let pos = a.n_past + i;
+                let last = pos + 1 == a.history.len();
+                if batch.add(a.history[pos], pos as i32, &[seq as i32], last).is_err() {
+                    break;
+                }
+                if last {
+                    a.logits_idx = Some(batch.n_tokens() - 1);
+                }
+            }
+            a.n_past += take;
+            room -= take;
+        }
+    }
+}
+
+/// Handles one sampled token; returns why generation ends, if it does.
+fn step(a: &mut Active, model: &LlamaModel, token: LlamaToken) -> Option<DoneReason> {
+    let vocab = model.vocab();
+    if a.first_token_at.is_none() {
+        a.first_token_at = Some(Instant::now());
+    }
+    if vocab.is_eog(token) {
+        return Some(DoneReason::Stop);
+    }
+    a.generated += 1;
+    a.history.push(token);
+    let text = a.utf8.push(&vocab.token_to_piece(token, false, None));
+    match a.stop.push(&text) {
+        StopScan::Continue(t) => a.send_text(t),
+        StopScan::Stopped(t) => {
+            a.send_text(t);
+            return Some(DoneReason::Stop);
+        }
+    }
+    match a.options.num_predict {
+        PredictLimit::Tokens(n) if a.generated >= n => Some(DoneReason::Length),
+        _ => None,
+    }
+}
+
+fn clear_seq(ctx: &mut LlamaContext, seq: usize) {
+    let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+}

@@ -1,0 +1,152 @@
+//! Test support: the real `hearth` binary on the real test models.
+//!
+//! `Server` starts `hearth serve --port 0` and reads the address it prints; dropping it ends
+//! that process (by its PID, through the child handle). Models come from `HEARTH_TEST_MODELS`,
+//! else hearth's default models directory, where `models/fetch-test-models.sh` puts them.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const SMOL: &str = "smollm2:135m";
+pub const GEMMA: &str = "gemma3:270m";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hearth")
+}
+
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("HEARTH_TEST_MODELS")
+        .or_else(|| std::env::var_os("HEARTH_MODELS"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".local/share"));
+            base.join("hearth/models")
+        });
+    for m in [SMOL, GEMMA] {
+        let f = dir.join(format!("{m}.gguf"));
+        assert!(f.is_file(), "test model {} is missing: run models/fetch-test-models.sh", f.display());
+    }
+    dir
+}
+
+pub fn model_path(name: &str) -> PathBuf {
+    models_dir().join(format!("{name}.gguf"))
+}
+
+/// A `hearth` command with the test models directory.
+pub fn hearth() -> Command {
+    let mut c = Command::new(bin());
+    c.env("HEARTH_MODELS", models_dir()).env_remove("HEARTH_HOST");
+    c
+}
+
+/// Runs `hearth ARGS` with `stdin` piped in.
+pub fn run_with_stdin(args: &[&str], stdin: &str) -> Output {
+    let mut child = hearth()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hearth");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait for hearth")
+}
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub client: reqwest::blocking::Client,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Server {
+        let mut child = hearth()
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--context-length", "2048"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hearth serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                }
+                if std::env::var_os("HEARTH_TEST_VERBOSE").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("hearth serve did not report its address");
+            }
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .expect("client");
+        Server { child, addr, client }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
+        self.client.post(self.url(path)).json(body).send().expect("request")
+    }
+
+    pub fn post_raw(&self, path: &str, body: &'static str) -> reqwest::blocking::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("request")
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.client.get(self.url(path)).send().expect("request")
+    }
+
+    /// POSTs and parses every NDJSON line of the answer.
+    pub fn ndjson(&self, path: &str, body: &serde_json::Value) -> Vec<serde_json::Value> {
+        let resp = self.post(path, body);
+        assert_eq!(resp.status(), 200, "status for {body}");
+        let text = resp.text().expect("body");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}")))
+            .collect()
+    }
+
+    pub fn alive(&self) -> bool {
+        self.get("/api/version").status() == 200
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
