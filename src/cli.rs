@@ -75,15 +75,15 @@ pub struct ServeArgs {
 /// Ollama generation options as flags.
 #[derive(Debug, Clone, Args)]
 pub struct GenerationArgs {
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<i64>,
     /// Most tokens to generate (-1: until done or the context is full).
     #[arg(long = "num-predict", allow_negative_numbers = true)]
     pub num_predict: Option<i64>,
     /// Context length for this run, in tokens.
-    #[arg(long = "num-ctx")]
+    #[arg(long = "num-ctx", allow_negative_numbers = true)]
     pub num_ctx: Option<i64>,
     /// Any other Ollama option, e.g. --option top_k=20 --option stop=END (repeatable).
     #[arg(long = "option", value_name = "KEY=VALUE")]

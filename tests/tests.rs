@@ -275,11 +275,23 @@ fn generate_honours_system_template_and_raw() {
         b
     };
     let plain = generate_once(&s, body(json!({})));
-    let with_system = generate_once(&s, body(json!({"system": "You are a pirate. Always answer like a pirate."})));
-    assert!(with_system["prompt_eval_count"].as_u64() > plain["prompt_eval_count"].as_u64());
+    // `system` is the chat's system message: the same prompt as a chat gives the same answer.
+    let system = "You are a pirate. Always answer like a pirate.";
+    let with_system = generate_once(&s, body(json!({"system": system})));
+    let as_chat: Value = s
+        .post("/api/chat", &json!({"model": SMOL, "stream": false, "options": {"temperature": 0, "num_predict": 8},
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Say hello."}]}))
+        .json()
+        .expect("json");
+    assert_eq!(with_system["prompt_eval_count"], as_chat["prompt_eval_count"]);
+    assert_eq!(with_system["response"], as_chat["message"]["content"]);
+    assert_ne!(with_system["prompt_eval_count"], plain["prompt_eval_count"]);
     let raw = generate_once(&s, body(json!({"raw": true})));
     assert!(raw["prompt_eval_count"].as_u64() < plain["prompt_eval_count"].as_u64(), "raw skips the template");
-    let templated = generate_once(&s, body(json!({"template": "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"})));
+    // A request template in Ollama's Go syntax that renders what the model's template would.
+    let go = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n";
+    let templated = generate_once(&s, body(json!({"template": go})));
+    assert_eq!(templated["prompt_eval_count"], plain["prompt_eval_count"]);
     assert_eq!(templated["response"], plain["response"], "the same prompt through an equivalent template");
 }
 

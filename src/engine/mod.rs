@@ -145,8 +145,11 @@ impl LoadedModel {
         let piece = |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
         let bos_text = (vocab.bos().0 >= 0).then(|| piece(vocab.bos()));
         let eos_text = if vocab.eos().0 >= 0 { piece(vocab.eos()) } else { String::new() };
-        let source = model.meta_val_str("tokenizer.chat_template").ok();
-        let template = ChatTemplate::new(source.as_deref(), bos_text.as_deref().unwrap_or(""), &eos_text)?;
+        let arch = model.meta_val_str("general.architecture").unwrap_or_default();
+        let source = model
+            .meta_val_str("tokenizer.chat_template")
+            .unwrap_or_else(|_| template::fallback_template(&arch).to_string());
+        let template = ChatTemplate::new(&source, bos_text.as_deref().unwrap_or(""), &eos_text)?;
 
         let mut settings = settings;
         settings.num_ctx = settings.num_ctx.min(model.n_ctx_train().max(1));

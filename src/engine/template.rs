@@ -8,9 +8,22 @@
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 use serde::Serialize;
 
-/// Used when a model has no `tokenizer.chat_template`: ChatML, the most common convention and
-/// the one llama.cpp falls back to.
-pub const FALLBACK_CHAT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+/// Used when a model has no `tokenizer.chat_template` and no family template below: ChatML,
+/// the most common convention and the one llama.cpp falls back to.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Gemma's turn format, for Gemma GGUFs published without a template. Gemma has no system
+/// role: system text opens the first user turn, as Google's own template does.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% set ns = namespace(system='') %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.system = ns.system + m.content + '\n\n' %}{% else %}<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}\n{% if m.role != 'assistant' and ns.system %}{{ ns.system }}{% set ns.system = '' %}{% endif %}{{ m.content | trim }}<end_of_turn>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
+/// The template for a model without one: by `general.architecture`, else ChatML.
+pub fn fallback_template(architecture: &str) -> &'static str {
+    if architecture.starts_with("gemma") {
+        GEMMA_TEMPLATE
+    } else {
+        CHATML_TEMPLATE
+    }
+}
 
 /// Work allowed for one render, in minijinja instructions: far above any real chat template
 /// over a long conversation, far below a hang.
@@ -90,11 +103,13 @@ fn check_output(out: String) -> Result<String, TemplateError> {
 }
 
 impl ChatTemplate {
-    /// Compiles `source` (the model's `tokenizer.chat_template`, or the fallback when `None`).
-    pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
-        let source = source.unwrap_or(FALLBACK_CHAT_TEMPLATE);
+    /// Compiles `source` (the model's `tokenizer.chat_template`, or its fallback).
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
         check_size(source)?;
         let mut env = environment();
+        // Hugging Face renders chat templates with these, and templates are written for them.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         env.add_template_owned("chat", source.to_string())?;
         Ok(ChatTemplate {
             env,
@@ -122,7 +137,10 @@ impl ChatTemplate {
 pub fn render_request_template(source: &str, system: &str, prompt: &str) -> Result<String, TemplateError> {
     check_size(source)?;
     let jinja = if source.contains("{%") { source.to_string() } else { go_to_jinja(source)? };
-    let env = environment();
+    let mut env = environment();
+    // Go templates keep every character, the final newline included (often the one that opens
+    // the model's turn).
+    env.set_keep_trailing_newline(true);
     let out = env.render_str(
         &jinja,
         context! { System => system, Prompt => prompt, Response => "", Suffix => "" },
@@ -187,21 +205,33 @@ mod tests {
 
     #[test]
     fn fallback_is_chatml() {
-        let t = ChatTemplate::new(None, "<s>", "</s>").expect("compiles");
+        let t = ChatTemplate::new(fallback_template("llama"), "<s>", "</s>").expect("compiles");
         let out = t.render(&[msg("user", "hi")], true).expect("renders");
         assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]
+    fn gemma_fallback_folds_system_into_first_user_turn() {
+        let t = ChatTemplate::new(fallback_template("gemma3"), "<bos>", "<eos>").expect("compiles");
+        let out = t
+            .render(&[msg("system", "Be brief."), msg("user", "hi"), msg("assistant", "hello"), msg("user", "bye")], true)
+            .expect("renders");
+        assert_eq!(
+            out,
+            "<bos><start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model\nhello<end_of_turn>\n<start_of_turn>user\nbye<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
     fn python_methods_and_special_tokens_work() {
         let src = "{{ bos_token }}{% for m in messages %}{{ m.role.upper() }}:{{ m.content.strip() }}|{% endfor %}";
-        let t = ChatTemplate::new(Some(src), "<bos>", "<eos>").expect("compiles");
+        let t = ChatTemplate::new(src, "<bos>", "<eos>").expect("compiles");
         assert_eq!(t.render(&[msg("user", "  x ")], false).expect("renders"), "<bos>USER:x|");
     }
 
     #[test]
     fn raise_exception_is_an_error_not_a_panic() {
-        let t = ChatTemplate::new(Some("{{ raise_exception('no system role') }}"), "", "").expect("compiles");
+        let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").expect("compiles");
         let err = t.render(&[], false).expect_err("must fail");
         assert!(err.to_string().contains("no system role"), "{err}");
     }
@@ -209,7 +239,7 @@ mod tests {
     #[test]
     fn endless_template_runs_out_of_fuel() {
         let src = "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}";
-        let t = ChatTemplate::new(Some(src), "", "").expect("compiles");
+        let t = ChatTemplate::new(src, "", "").expect("compiles");
         let err = t.render(&[], false).expect_err("must stop");
         assert!(err.to_string().contains("too long"), "{err}");
     }
@@ -217,7 +247,7 @@ mod tests {
     #[test]
     fn oversized_template_is_refused() {
         let big = "x".repeat(MAX_TEMPLATE_BYTES + 1);
-        assert!(matches!(ChatTemplate::new(Some(&big), "", ""), Err(TemplateError::TooLarge(_))));
+        assert!(matches!(ChatTemplate::new(&big, "", ""), Err(TemplateError::TooLarge(_))));
     }
 
     #[test]
@@ -225,6 +255,7 @@ mod tests {
         let src = "{{ if .System }}<sys>{{ .System }}</sys>{{ end }}<u>{{ .Prompt }}</u>{{- .Response -}}";
         assert_eq!(render_request_template(src, "be brief", "hi").expect("ok"), "<sys>be brief</sys><u>hi</u>");
         assert_eq!(render_request_template(src, "", "hi").expect("ok"), "<u>hi</u>");
+        assert_eq!(render_request_template("{{ .Prompt }}\n", "", "x").expect("ok"), "x\n");
     }
 
     #[test]

@@ -74,8 +74,12 @@ impl Server {
     }
 
     pub fn start_with(extra: &[&str]) -> Server {
-        let mut child = hearth()
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--context-length", "2048"])
+        let mut cmd = hearth();
+        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
+        if !extra.contains(&"--context-length") {
+            cmd.args(["--context-length", "2048"]);
+        }
+        let mut child = cmd
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
