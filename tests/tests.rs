@@ -119,6 +119,19 @@ fn stop_sequences_end_generation_and_never_appear() {
 }
 
 #[test]
+fn multibyte_characters_are_never_streamed_broken() {
+    let s = Server::start();
+    // Byte-level BPE splits most CJK characters over several tokens.
+    let body = json!({"model": SMOL, "prompt": "日本の首都は東京です。京都は古い都です。大阪は", "raw": true,
+                      "options": {"temperature": 0, "num_predict": 48}});
+    let lines = s.ndjson("/api/generate", &body);
+    let chunks: Vec<&str> = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+    assert!(chunks.iter().all(|c| !c.contains('\u{fffd}')), "a chunk holds a broken character: {chunks:?}");
+    let text: String = chunks.concat();
+    assert!(text.chars().any(|c| c as u32 > 0x3000), "expected CJK output, got {text:?}");
+}
+
+#[test]
 fn bad_requests_get_clear_errors_and_the_server_stays_up() {
     let s = Server::start();
     let r = s.post("/api/generate", &json!({"model": "no-such-model", "prompt": "hi"}));

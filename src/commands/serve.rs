@@ -42,14 +42,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let mut rx = stop_rx;
+    let mut rx = stop_rx.clone();
     let shutdown = async move {
         let _ = rx.wait_for(|s| *s).await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: no new connections; open responses get {DRAIN:?} to finish");
     };
-    api::serve(listener, AppState { manager }, shutdown).await?;
+    let server = api::serve(listener, AppState { manager }, shutdown);
+    let mut rx = stop_rx;
+    let deadline = async move {
+        let _ = rx.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        () = deadline => tracing::warn!("streams still open after {DRAIN:?}; closing them"),
+    }
     Ok(())
 }
+
+/// How long open responses may run after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -44,11 +44,10 @@ impl Utf8Stream {
         }
     }
 
-    /// Whatever is still held back when generation ends, made valid.
-    pub fn finish(&mut self) -> String {
-        let rest = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        rest
+    /// Number of bytes held back. When generation ends they are the start of a character the
+    /// model never finished (a limit cut it), and are dropped rather than sent broken.
+    pub fn held_back(&self) -> usize {
+        self.pending.len()
     }
 }
 
@@ -134,7 +133,7 @@ mod tests {
         assert_eq!(s.push(&euro[..1]), "");
         assert_eq!(s.push(&euro[1..2]), "");
         assert_eq!(s.push(&euro[2..]), "€");
-        assert_eq!(s.finish(), "");
+        assert_eq!(s.held_back(), 0);
     }
 
     #[test]
@@ -142,7 +141,7 @@ mod tests {
         let mut s = Utf8Stream::default();
         assert_eq!(s.push(b"a\xffb"), "a\u{fffd}b");
         assert_eq!(s.push(b"\xe2\x82"), "");
-        assert_eq!(s.finish(), "\u{fffd}");
+        assert_eq!(s.held_back(), 2, "an unfinished character waits");
     }
 
     #[test]

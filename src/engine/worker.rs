@@ -15,7 +15,6 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -33,7 +32,7 @@ pub(super) struct Job {
 struct Active {
     events: UnboundedSender<Event>,
     options: SamplingOptions,
-    sampler: LlamaSampler,
+    sampler: sampler::TokenSampler,
     /// The sequence's tokens: prompt, then output. `history[..n_past]` is in the KV cache.
     history: Vec<LlamaToken>,
     n_past: usize,
@@ -87,11 +86,9 @@ impl Active {
 
     /// Flushes held-back text and reports the end of generation.
     fn finish(mut self, reason: DoneReason) {
-        let rest = self.utf8.finish();
-        let mut tail = match self.stop.push(&rest) {
-            StopScan::Continue(t) | StopScan::Stopped(t) => t,
-        };
-        tail.push_str(&self.stop.finish());
+        // Text held back as a possible stop sequence was not one; an unfinished UTF-8
+        // character (self.utf8.held_back()) is dropped.
+        let tail = self.stop.finish();
         self.send_text(tail);
         let now = Instant::now();
         let first = self.first_token_at.unwrap_or(now);
