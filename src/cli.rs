@@ -26,8 +26,18 @@ pub enum Command {
     List(StoreArgs),
     /// List the models a running server has loaded.
     Ps(ClientArgs),
-    /// Show a model's details, template and metadata.
+    /// Show a model's details, template, metadata and RAM estimate.
     Show(ShowArgs),
+    /// Unload a model from a running server.
+    Stop(StopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Model to unload.
+    pub model: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Where models live.
@@ -54,8 +64,18 @@ pub struct EngineArgs {
     #[arg(long = "batch-size", env = "HEARTH_BATCH_SIZE", default_value_t = config::DEFAULT_BATCH, value_parser = clap::value_parser!(u32).range(16..=8192))]
     pub batch_size: u32,
     /// How long an idle model stays loaded (e.g. 5m, 1h, 0, -1 for forever).
-    #[arg(long = "keep-alive", env = "HEARTH_KEEP_ALIVE", default_value = "5m")]
+    #[arg(long = "keep-alive", env = "HEARTH_KEEP_ALIVE", default_value = "5m", allow_hyphen_values = true)]
     pub keep_alive: String,
+    /// RAM all loaded models may use: bytes with a unit (6GiB, 512MB) or a percentage of the
+    /// machine's (or cgroup's) memory [default: 80%].
+    #[arg(long = "ram-budget", env = "HEARTH_RAM_BUDGET")]
+    pub ram_budget: Option<String>,
+    /// At most this many models loaded at once (0: the RAM budget alone decides).
+    #[arg(long = "max-loaded-models", env = "HEARTH_MAX_LOADED_MODELS", default_value_t = 0)]
+    pub max_loaded_models: usize,
+    /// Requests per model that may wait for a slot; more get 503 with Retry-After.
+    #[arg(long = "max-queue", env = "HEARTH_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
 }
 
 #[derive(Debug, Args)]
@@ -136,4 +156,7 @@ pub struct ShowArgs {
     pub json: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Loading settings the RAM estimate is for.
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }

@@ -8,7 +8,8 @@
 //! - `api`        wire formats and routes: `ollama` (requests -> `ValidRequest`, responses),
 //!                `models` (tags/show/ps objects), `error` (the one error -> status table).
 //! - `service`    the shared request path: resolve, lease, render prompt, tokenize, submit.
-//! - `resources`  the loaded-model table: load on demand, leases, keep-alive unloads.
+//! - `resources`  the resource manager: RAM budget, estimates from GGUF metadata, LRU eviction
+//!                of idle models, leases, keep-alive unloads, per-model queue bound.
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
 //!                with continuous batching (`worker`), sampling, chat templates (`template`),
 //!                streamed-text handling (`text`), option validation (`options`).
@@ -19,6 +20,8 @@
 //! - Nothing outside `api` defines a wire struct; the core takes only validated types.
 //! - Nothing writes to stdout but `commands::{run, stdio, list, ps, show}`, which own it.
 //! - A model with a live `ModelLease` is never unloaded.
+//! - No model is loaded unless its estimate fits the RAM budget next to what is loaded or still
+//!   being freed.
 
 pub mod api;
 pub mod cli;

@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
             Command::List(a) => commands::list::run(a),
             Command::Ps(a) => commands::ps::run(a).await,
             Command::Show(a) => commands::show::run(a),
+            Command::Stop(a) => commands::stop::run(a).await,
         }
     });
     // Don't wait for a blocked stdin reader or a draining worker after the answer is out.

@@ -337,6 +337,147 @@ fn official_ollama_python_client_works_unchanged() {
     assert!(stdout.contains("all ok"), "{stdout}");
 }
 
+// ---------------------------------------------------------------- RAM budget and scheduling
+
+/// The `/api/show` RAM estimate of `model` at this server's settings.
+fn estimate(s: &Server, model: &str) -> u64 {
+    let v: Value = s.post("/api/show", &json!({"model": model})).json().expect("json");
+    v["ram_estimate"]["total"].as_u64().expect("estimate")
+}
+
+fn load(s: &Server, model: &str) -> Value {
+    let r = s.post("/api/generate", &json!({"model": model, "prompt": "Hi", "stream": false, "options": {"num_predict": 2}}));
+    assert_eq!(r.status(), 200);
+    r.json().expect("json")
+}
+
+#[test]
+fn a_budget_for_both_keeps_both_loaded() {
+    let s = Server::start_with(&["--ram-budget", "4GiB"]);
+    load(&s, SMOL);
+    load(&s, GEMMA);
+    let mut loaded = s.loaded();
+    loaded.sort();
+    assert_eq!(loaded, vec![GEMMA.to_string(), SMOL.to_string()]);
+    let ps: Value = s.get("/api/ps").json().expect("json");
+    assert_eq!(ps["ram_budget"], 4u64 << 30);
+    assert_eq!(ps["ram_used"].as_u64(), Some(estimate(&s, SMOL) + estimate(&s, GEMMA)));
+}
+
+#[test]
+fn a_budget_for_one_swaps_models_back_and_forth() {
+    let probe = Server::start();
+    let (smol, gemma) = (estimate(&probe, SMOL), estimate(&probe, GEMMA));
+    drop(probe);
+    let budget = smol.max(gemma) + (16 << 20);
+    assert!(budget < smol + gemma);
+    let s = Server::start_with(&["--ram-budget", &budget.to_string()]);
+    for _ in 0..3 {
+        for m in [SMOL, GEMMA] {
+            load(&s, m);
+            assert_eq!(s.loaded(), vec![m.to_string()]);
+        }
+    }
+    assert!(s.log_count("unloading to make room") >= 5);
+}
+
+#[test]
+fn a_model_larger_than_the_budget_is_refused_with_sizes() {
+    let s = Server::start_with(&["--ram-budget", "64MiB"]);
+    let r = s.post("/api/generate", &json!({"model": SMOL, "prompt": "hi"}));
+    assert_eq!(r.status(), 507);
+    let e = r.json::<Value>().expect("json")["error"].as_str().unwrap_or("").to_string();
+    assert!(e.contains("needs") && e.contains(&(64u64 << 20).to_string()), "{e}");
+    assert!(s.alive());
+    assert!(s.loaded().is_empty());
+}
+
+#[test]
+fn keep_alive_durations_and_forever() {
+    let s = Server::start();
+    s.post("/api/generate", &json!({"model": SMOL, "prompt": "", "keep_alive": "2s"}));
+    assert_eq!(s.loaded(), vec![SMOL.to_string()]);
+    s.post("/api/generate", &json!({"model": GEMMA, "prompt": "", "keep_alive": -1}));
+    // Poll: the two-second model must go within a few seconds; the other must stay.
+    let mut gone = false;
+    for _ in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        if !s.loaded().contains(&SMOL.to_string()) {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "keep_alive 2s model still loaded after 10 s");
+    assert_eq!(s.loaded(), vec![GEMMA.to_string()]);
+    let out = hearth().args(["stop", GEMMA, "--host", &s.addr]).output().expect("stop");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.loaded().is_empty());
+}
+
+#[test]
+fn concurrent_requests_for_an_unloaded_model_load_it_once() {
+    let s = std::sync::Arc::new(Server::start());
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || load(&s, GEMMA))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("thread")["done"], true);
+    }
+    assert_eq!(s.log_count("loaded in"), 1);
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let s = Server::start_with(&["--parallel", "1", "--max-queue", "0"]);
+    let body = json!({"model": SMOL, "prompt": "Write a very long story.", "options": {"num_predict": 400}});
+    let first = s.post("/api/generate", &body);
+    let mut reader = BufReader::new(first);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("first chunk");
+    assert!(line.contains("\"done\":false"), "{line}");
+    // The only slot is busy and no one may wait.
+    let r = s.post("/api/generate", &json!({"model": SMOL, "prompt": "hi"}));
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(r.json::<Value>().expect("json")["error"].as_str().is_some_and(|e| e.contains("busy")));
+    drop(reader);
+    assert!(s.alive());
+}
+
+#[test]
+fn rss_stays_within_the_budget_while_cycling_models() {
+    let probe = Server::start();
+    let (smol, gemma) = (estimate(&probe, SMOL), estimate(&probe, GEMMA));
+    drop(probe);
+    let budget = smol.max(gemma) + (16 << 20);
+    let s = Server::start_with(&["--ram-budget", &budget.to_string()]);
+    // Margin over the budget: the process itself (runtime, HTTP, allocator) plus the
+    // estimate's error; stated in the resource-manager note.
+    let margin = 64u64 << 20;
+    let mut peak = 0;
+    let mut after_first_cycle = 0;
+    for i in 0..50 {
+        for m in [SMOL, GEMMA] {
+            load(&s, m);
+            peak = peak.max(s.rss());
+        }
+        if i == 0 {
+            after_first_cycle = s.rss();
+        }
+    }
+    let end = s.rss();
+    assert!(peak <= budget + margin, "peak RSS {} MiB over budget {} MiB + margin", peak >> 20, budget >> 20);
+    assert!(
+        end.abs_diff(after_first_cycle) <= 16 << 20,
+        "RSS drifted from {} MiB to {} MiB over 50 cycles",
+        after_first_cycle >> 20,
+        end >> 20
+    );
+}
+
 // ---------------------------------------------------------------- CLI
 
 #[test]

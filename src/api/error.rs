@@ -16,6 +16,8 @@ use crate::store::StoreError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header (overload answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -30,6 +33,7 @@ impl ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -37,6 +41,7 @@ impl ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -50,7 +55,11 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = %self.status, "{}", self.message);
         }
-        (self.status, Json(self.body())).into_response()
+        let mut resp = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -64,6 +73,7 @@ impl From<StoreError> for ApiError {
         ApiError {
             status,
             message: e.to_string(),
+            retry_after: None,
         }
     }
 }
@@ -81,16 +91,27 @@ impl From<EngineError> for ApiError {
         ApiError {
             status,
             message: e.to_string(),
+            retry_after: None,
         }
     }
 }
 
 impl From<ResourceError> for ApiError {
     fn from(e: ResourceError) -> Self {
-        match e {
-            ResourceError::Store(e) => e.into(),
-            ResourceError::Engine(e) => e.into(),
-            ResourceError::LoadAborted => ApiError::internal(e.to_string()),
+        let message = e.to_string();
+        let (status, retry_after) = match e {
+            ResourceError::Store(e) => return e.into(),
+            ResourceError::Engine(e) => return e.into(),
+            ResourceError::Gguf(_) => (StatusCode::BAD_REQUEST, None),
+            // The model can never fit this server's budget: neither the client's fault nor a fault.
+            ResourceError::TooLarge { .. } => (StatusCode::INSUFFICIENT_STORAGE, None),
+            ResourceError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+            ResourceError::LoadAborted => (StatusCode::INTERNAL_SERVER_ERROR, None),
+        };
+        ApiError {
+            status,
+            message,
+            retry_after,
         }
     }
 }

@@ -131,10 +131,10 @@ async fn show(State(app): State<AppState>, body: Bytes) -> Response {
     let Some(name) = req.model.or(req.name).filter(|n| !n.is_empty()) else {
         return ApiError::bad_request("model is required").into_response();
     };
-    let store = app.manager.store().clone();
+    let manager = app.manager.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let entry = store.resolve(&name)?;
-        models::show(&entry, req.verbose)
+        let entry = manager.store().resolve(&name)?;
+        models::show(&entry, req.verbose, manager.defaults())
     })
     .await;
     match result {

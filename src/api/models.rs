@@ -62,8 +62,9 @@ pub fn tags(store: &ModelStore) -> Result<Value, ApiError> {
     Ok(json!({ "models": models }))
 }
 
-/// `/api/show`: template, details, GGUF metadata and capabilities.
-pub fn show(entry: &ModelEntry, verbose: bool) -> Result<Value, ApiError> {
+/// `/api/show`: template, details, GGUF metadata, capabilities, and hearth's RAM estimate for
+/// loading it with `settings`.
+pub fn show(entry: &ModelEntry, verbose: bool, settings: &crate::engine::LoadSettings) -> Result<Value, ApiError> {
     let info = read_info(entry)?;
     let mut model_info = Map::new();
     for (k, v) in &info.metadata {
@@ -88,6 +89,7 @@ pub fn show(entry: &ModelEntry, verbose: bool) -> Result<Value, ApiError> {
         "model_info": model_info,
         "capabilities": ["completion"],
         "modified_at": timestamp(entry.modified),
+        "ram_estimate": ram_estimate(&info, settings),
     }))
 }
 
@@ -102,7 +104,7 @@ pub fn ps(manager: &ModelManager) -> Value {
             json!({
                 "name": m.entry.name,
                 "model": m.entry.name,
-                "size": m.entry.size,
+                "size": m.size,
                 "digest": digest,
                 "details": details,
                 "expires_at": timestamp(m.expires_at),
@@ -111,5 +113,19 @@ pub fn ps(manager: &ModelManager) -> Value {
             })
         })
         .collect();
-    json!({ "models": models })
+    // hearth's own fields next to Ollama's: the RAM budget and the estimated use against it.
+    json!({ "models": models, "ram_budget": manager.limits().ram_budget, "ram_used": manager.used() })
+}
+
+/// The RAM estimate for loading `info` with `settings`, as `/api/show` reports it.
+pub fn ram_estimate(info: &GgufInfo, settings: &crate::engine::LoadSettings) -> Value {
+    let e = crate::resources::estimate::estimate(info, settings);
+    json!({
+        "total": e.total(),
+        "weights": e.weights,
+        "kv_cache": e.kv_cache,
+        "overhead": e.overhead,
+        "num_ctx": crate::resources::estimate::effective_ctx(info, settings.num_ctx),
+        "parallel": settings.parallel,
+    })
 }

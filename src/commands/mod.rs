@@ -6,6 +6,7 @@ pub mod run;
 pub mod serve;
 pub mod show;
 pub mod stdio;
+pub mod stop;
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use anyhow::Context;
 use crate::cli::{EngineArgs, StoreArgs};
 use crate::config;
 use crate::engine::LoadSettings;
-use crate::resources::{KeepAlive, ModelManager};
+use crate::resources::{budget, KeepAlive, Limits, ModelManager};
 use crate::store::{default_models_dir, ModelStore};
 
 pub fn open_store(args: &StoreArgs) -> ModelStore {
@@ -36,7 +37,18 @@ pub fn manager(store: ModelStore, args: &EngineArgs) -> anyhow::Result<ModelMana
     let keep_alive = KeepAlive::parse(&args.keep_alive)
         .map_err(anyhow::Error::msg)
         .context("--keep-alive")?;
-    Ok(ModelManager::new(Arc::new(store), load_settings(args), keep_alive))
+    let memory = budget::machine_memory();
+    let ram_budget = match &args.ram_budget {
+        Some(spec) => budget::parse_budget(spec, memory).map_err(anyhow::Error::msg)?,
+        None => budget::default_budget(memory),
+    };
+    let limits = Limits {
+        ram_budget,
+        max_loaded: (args.max_loaded_models > 0).then_some(args.max_loaded_models),
+        max_queue: args.max_queue,
+    };
+    tracing::info!("RAM budget {} MiB of {} MiB", ram_budget >> 20, memory >> 20);
+    Ok(ModelManager::new(Arc::new(store), load_settings(args), keep_alive, limits))
 }
 
 /// Bytes as Ollama's CLI prints them (decimal units).

@@ -17,6 +17,9 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         .error_for_status()?
         .json()
         .await?;
+    if let (Some(budget), Some(used)) = (body["ram_budget"].as_u64(), body["ram_used"].as_u64()) {
+        println!("RAM: {} of {} budget in use", super::human_bytes(used), super::human_bytes(budget));
+    }
     println!("{:<32} {:<14} {:<10} {:<8} UNTIL", "NAME", "ID", "SIZE", "CONTEXT");
     for m in body["models"].as_array().into_iter().flatten() {
         let id: String = m["digest"].as_str().unwrap_or("").chars().take(12).collect();

@@ -9,7 +9,8 @@ use crate::cli::ShowArgs;
 pub fn run(args: ShowArgs) -> anyhow::Result<()> {
     let store = super::open_store(&args.store);
     let entry = store.resolve_name_or_path(&args.model)?;
-    let show = models::show(&entry, false).map_err(|e| anyhow::anyhow!(e.message))?;
+    let settings = super::load_settings(&args.engine);
+    let show = models::show(&entry, false, &settings).map_err(|e| anyhow::anyhow!(e.message))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&show)?);
         return Ok(());
@@ -28,6 +29,14 @@ pub fn run(args: ShowArgs) -> anyhow::Result<()> {
     println!("    {:<20}{}", "embedding length", field("embedding_length"));
     println!("    {:<20}{}", "quantization", show["details"]["quantization_level"].as_str().unwrap_or("-"));
     println!("    {:<20}{}", "file", entry.path.display());
+    let est = &show["ram_estimate"];
+    let mib = |k: &str| est[k].as_u64().unwrap_or(0) >> 20;
+    println!();
+    println!("  RAM estimate (num_ctx {} x {} slots)", est["num_ctx"], est["parallel"]);
+    println!("    {:<20}{} MiB", "total", mib("total"));
+    println!("    {:<20}{} MiB", "weights", mib("weights"));
+    println!("    {:<20}{} MiB", "kv cache", mib("kv_cache"));
+    println!("    {:<20}{} MiB", "overhead", mib("overhead"));
     if let Some(license) = show["license"].as_str().filter(|l| !l.is_empty()) {
         println!();
         println!("  License");

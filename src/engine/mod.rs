@@ -109,7 +109,9 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
 /// A model resident in memory with its worker thread.
 pub struct LoadedModel {
     model: Arc<LlamaModel>,
-    jobs: std_mpsc::Sender<worker::Job>,
+    /// `None` only while dropping.
+    jobs: Option<std_mpsc::Sender<worker::Job>>,
+    worker: Option<std::thread::JoinHandle<()>>,
     template: ChatTemplate,
     bos_text: Option<String>,
     /// Context per slot actually allocated.
@@ -124,6 +126,17 @@ impl std::fmt::Debug for LoadedModel {
             .field("n_ctx_slot", &self.n_ctx_slot)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LoadedModel {
+    /// Closes the job channel and waits for the worker to finish its requests and free the
+    /// context, so that when this returns the instance's memory is released.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 
@@ -157,7 +170,7 @@ impl LoadedModel {
         let (jobs_tx, jobs_rx) = std_mpsc::channel();
         let worker_model = Arc::clone(&model);
         let worker_settings = settings.clone();
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name("hearth-model".to_string())
             .spawn(move || worker::run(&worker_model, backend, &worker_settings, jobs_rx, ready_tx))
             .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
@@ -167,7 +180,8 @@ impl LoadedModel {
             .map_err(load_err)?;
         Ok(LoadedModel {
             model,
-            jobs: jobs_tx,
+            jobs: Some(jobs_tx),
+            worker: Some(worker),
             template,
             bos_text,
             n_ctx_slot,
@@ -212,7 +226,11 @@ impl LoadedModel {
             options,
             events: tx,
         };
-        self.jobs.send(job).map_err(|_| EngineError::WorkerGone)?;
+        self.jobs
+            .as_ref()
+            .ok_or(EngineError::WorkerGone)?
+            .send(job)
+            .map_err(|_| EngineError::WorkerGone)?;
         Ok(rx)
     }
 }

@@ -1,11 +1,16 @@
-//! Which models are loaded, and for how long: loads on demand, shares one instance between
-//! requests, and unloads a model when its keep-alive runs out.
+//! The resource manager: which models are loaded, within a RAM budget, and for how long.
 //!
-//! A request holds a `ModelLease`; while any lease on an instance is alive it is never unloaded
-//! under it, and dropping the lease (also when the client goes away) starts the keep-alive
-//! clock. Loads are serialised, so two requests for one unloaded model load it once.
-//! (The RAM budget arrives with the resource-manager issue; this module is where it goes.)
+//! Before loading, it estimates the instance's RAM from GGUF metadata (`estimate`). If it fits
+//! the budget it loads; if not, it unloads idle models, least recently used first (`eviction`);
+//! a model that can't fit even alone is refused before anything is loaded. A request holds a
+//! `ModelLease`: a leased instance is never unloaded, and dropping the lease (also when the
+//! client goes away) starts its keep-alive clock. Loads are serialised, so two requests for one
+//! unloaded model load it once. Memory counts as used until an unloaded instance's worker has
+//! actually freed it, so the next load never overlaps it.
 
+pub mod budget;
+pub mod estimate;
+pub mod eviction;
 pub mod keep_alive;
 
 use std::collections::HashMap;
@@ -13,7 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::engine::{EngineError, LoadSettings, LoadedModel};
+use crate::store::gguf::{read_gguf, GgufError};
 use crate::store::{ModelEntry, ModelStore, StoreError};
+use eviction::{choose_evictions, Candidate, Room};
 pub use keep_alive::KeepAlive;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +29,25 @@ pub enum ResourceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("cannot read model file: {0}")]
+    Gguf(#[from] GgufError),
+    #[error("model '{model}' needs {needed} bytes ({} MiB) of RAM but the budget is {budget} bytes ({} MiB); raise --ram-budget or lower num_ctx/--parallel", needed >> 20, budget >> 20)]
+    TooLarge { model: String, needed: u64, budget: u64 },
+    #[error("server busy: model '{model}' already has {waiting} requests waiting (limit --max-queue); try again shortly")]
+    Busy { model: String, waiting: usize },
     #[error("model load was interrupted")]
     LoadAborted,
+}
+
+/// Limits the manager enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes all loaded models may take together.
+    pub ram_budget: u64,
+    /// At most this many models loaded at once (`None`: the budget alone decides).
+    pub max_loaded: Option<usize>,
+    /// Requests per model that may wait for a slot beyond those being served.
+    pub max_queue: usize,
 }
 
 /// A loaded instance and its bookkeeping.
@@ -32,12 +56,28 @@ struct Resident {
     model: Arc<LoadedModel>,
     /// Context size asked for when loading (before clamping to the model).
     requested_ctx: u32,
+    bytes: u64,
     in_flight: usize,
+    last_used: Instant,
     keep_alive: KeepAlive,
     /// When it will be unloaded if nothing uses it; `None` while in use or kept forever.
     expires: Option<Instant>,
     /// Bumped on each (re)load so a stale lease can't touch a newer instance's counters.
     generation: u64,
+}
+
+struct State {
+    loaded: HashMap<String, Resident>,
+    /// Instances replaced by a reload (file or context changed) that still finish requests.
+    retired: Vec<(Arc<LoadedModel>, u64)>,
+    /// Bytes of unloaded instances whose memory is being released right now.
+    freeing: u64,
+}
+
+impl State {
+    fn used(&self) -> u64 {
+        self.loaded.values().map(|r| r.bytes).sum::<u64>() + self.retired.iter().map(|r| r.1).sum::<u64>() + self.freeing
+    }
 }
 
 /// What `/api/ps` shows about a loaded model.
@@ -46,15 +86,20 @@ pub struct LoadedInfo {
     pub entry: ModelEntry,
     pub context_length: u32,
     pub expires_at: SystemTime,
+    /// Estimated bytes.
+    pub size: u64,
 }
 
 struct Inner {
     store: Arc<ModelStore>,
     defaults: LoadSettings,
     default_keep_alive: KeepAlive,
-    loaded: Mutex<HashMap<String, Resident>>,
+    limits: Limits,
+    state: Mutex<State>,
     load_lock: tokio::sync::Mutex<()>,
     generations: std::sync::atomic::AtomicU64,
+    /// Signalled when a lease ends or memory is freed: a waiting load may now fit.
+    changed: tokio::sync::Notify,
 }
 
 /// Cheap-to-clone handle to the loaded-model table.
@@ -75,39 +120,84 @@ pub struct ModelLease {
 
 impl Drop for ModelLease {
     fn drop(&mut self) {
-        let mut loaded = lock(&self.inner.loaded);
+        let mut state = lock(&self.inner.state);
         let name = &self.entry.name;
-        let Some(r) = loaded.get_mut(name).filter(|r| r.generation == self.generation) else {
-            return;
-        };
-        r.in_flight = r.in_flight.saturating_sub(1);
-        if r.in_flight == 0 {
-            match r.keep_alive {
-                KeepAlive::For(d) if d.is_zero() => {
-                    loaded.remove(name);
+        if let Some(r) = state.loaded.get_mut(name).filter(|r| r.generation == self.generation) {
+            r.in_flight = r.in_flight.saturating_sub(1);
+            r.last_used = Instant::now();
+            if r.in_flight == 0 {
+                match r.keep_alive {
+                    KeepAlive::For(d) if d.is_zero() => {
+                        if let Some(r) = state.loaded.remove(name) {
+                            free(&self.inner, &mut state, r.model, r.bytes);
+                        }
+                    }
+                    KeepAlive::For(d) => r.expires = Some(Instant::now() + d),
+                    KeepAlive::Forever => r.expires = None,
                 }
-                KeepAlive::For(d) => r.expires = Some(Instant::now() + d),
-                KeepAlive::Forever => r.expires = None,
+            }
+        } else {
+            // A retired instance: free it once this was its last request (our Arc plus the
+            // retired list's).
+            if let Some(i) = state
+                .retired
+                .iter()
+                .position(|(m, _)| Arc::ptr_eq(m, &self.model) && Arc::strong_count(m) == 2)
+            {
+                let (model, bytes) = state.retired.swap_remove(i);
+                free(&self.inner, &mut state, model, bytes);
             }
         }
+        drop(state);
+        self.inner.changed.notify_waiters();
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here leaves the map consistent, so a panic elsewhere can't corrupt it.
+    // Every critical section here leaves the state consistent, so a panic elsewhere can't corrupt it.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Releases an instance off the async threads: dropping the last handle joins its worker,
+/// which frees the context and the weights. Until then its bytes count as used.
+fn free(inner: &Arc<Inner>, state: &mut State, model: Arc<LoadedModel>, bytes: u64) {
+    state.freeing += bytes;
+    let inner = Arc::clone(inner);
+    std::thread::spawn(move || {
+        drop(model);
+        return_freed_memory();
+        lock(&inner.state).freeing -= bytes;
+        inner.changed.notify_waiters();
+    });
+}
+
+/// Hands memory freed by an unloaded model back to the OS. llama.cpp frees a model's many small
+/// allocations (vocabulary tables, metadata) into glibc's per-thread arenas, which keep them;
+/// loads run on different threads, so without this RSS creeps up with every model swap.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl ModelManager {
-    pub fn new(store: Arc<ModelStore>, defaults: LoadSettings, default_keep_alive: KeepAlive) -> Self {
+    pub fn new(store: Arc<ModelStore>, defaults: LoadSettings, default_keep_alive: KeepAlive, limits: Limits) -> Self {
         ModelManager {
             inner: Arc::new(Inner {
                 store,
                 defaults,
                 default_keep_alive,
-                loaded: Mutex::new(HashMap::new()),
+                limits,
+                state: Mutex::new(State {
+                    loaded: HashMap::new(),
+                    retired: Vec::new(),
+                    freeing: 0,
+                }),
                 load_lock: tokio::sync::Mutex::new(()),
                 generations: std::sync::atomic::AtomicU64::new(0),
+                changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -120,37 +210,63 @@ impl ModelManager {
         &self.inner.defaults
     }
 
-    /// Leases `entry`, loading it first if needed. `num_ctx` larger than the loaded instance's
-    /// context loads a new instance (requests on the old one finish there); smaller or equal is
-    /// served by the loaded instance, so differing `num_ctx` values never thrash.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Estimated bytes in use by loaded (and still-freeing) instances.
+    pub fn used(&self) -> u64 {
+        lock(&self.inner.state).used()
+    }
+
+    /// Leases `entry`, loading it first if needed. A `num_ctx` larger than the loaded
+    /// instance's loads a new instance (requests on the old one finish there); smaller or equal
+    /// is served by the loaded instance, so differing `num_ctx` values never thrash.
     pub async fn acquire(&self, entry: ModelEntry, num_ctx: Option<u32>, keep_alive: Option<KeepAlive>) -> Result<ModelLease, ResourceError> {
         let keep_alive = keep_alive.unwrap_or(self.inner.default_keep_alive);
         let wanted_ctx = num_ctx.unwrap_or(self.inner.defaults.num_ctx);
-        if let Some(lease) = self.try_lease(&entry, wanted_ctx, keep_alive) {
+        if let Some(lease) = self.try_lease(&entry, wanted_ctx, keep_alive)? {
             return Ok(lease);
         }
         let _guard = self.inner.load_lock.lock().await;
-        if let Some(lease) = self.try_lease(&entry, wanted_ctx, keep_alive) {
+        if let Some(lease) = self.try_lease(&entry, wanted_ctx, keep_alive)? {
             return Ok(lease);
         }
-        let started = Instant::now();
         let mut settings = self.inner.defaults.clone();
         settings.num_ctx = wanted_ctx;
+        let path = entry.path.clone();
+        let info = tokio::task::spawn_blocking(move || read_gguf(&path))
+            .await
+            .map_err(|_| ResourceError::LoadAborted)??;
+        let need = estimate::estimate(&info, &settings).total();
+        let budget = self.inner.limits.ram_budget;
+        if need > budget {
+            return Err(ResourceError::TooLarge {
+                model: entry.name.clone(),
+                needed: need,
+                budget,
+            });
+        }
+        self.make_room(&entry.name, need).await;
+
+        let started = Instant::now();
         let path = entry.path.clone();
         let model = tokio::task::spawn_blocking(move || LoadedModel::load(&path, settings))
             .await
             .map_err(|_| ResourceError::LoadAborted)??;
-        tracing::info!(model = %entry.name, n_ctx = model.n_ctx_slot, "loaded in {:?}", model.load_duration);
+        tracing::info!(model = %entry.name, n_ctx = model.n_ctx_slot, bytes = need, "loaded in {:?}", model.load_duration);
         let model = Arc::new(model);
         let generation = self.inner.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut loaded = lock(&self.inner.loaded);
-        loaded.insert(
+        let mut state = lock(&self.inner.state);
+        state.loaded.insert(
             entry.name.clone(),
             Resident {
                 entry: entry.clone(),
                 model: Arc::clone(&model),
                 requested_ctx: wanted_ctx,
+                bytes: need,
                 in_flight: 1,
+                last_used: Instant::now(),
                 keep_alive,
                 expires: None,
                 generation,
@@ -165,47 +281,126 @@ impl ModelManager {
         })
     }
 
-    fn try_lease(&self, entry: &ModelEntry, wanted_ctx: u32, keep_alive: KeepAlive) -> Option<ModelLease> {
-        let mut loaded = lock(&self.inner.loaded);
-        let r = loaded.get_mut(&entry.name)?;
+    /// Unloads idle models (least recently used first) until `need` more bytes fit, waiting
+    /// for busy ones to finish when unloading the idle ones is not enough. An older instance
+    /// of `name` itself is retired: it finishes its requests and is then freed.
+    async fn make_room(&self, name: &str, need: u64) {
+        loop {
+            // Register interest before looking, so a change between the look and the wait
+            // still wakes us.
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut state = lock(&self.inner.state);
+                if let Some(old) = state.loaded.remove(name) {
+                    if old.in_flight == 0 {
+                        free(&self.inner, &mut state, old.model, old.bytes);
+                    } else {
+                        state.retired.push((old.model, old.bytes));
+                    }
+                }
+                let candidates: Vec<Candidate> = state
+                    .loaded
+                    .iter()
+                    .map(|(n, r)| Candidate {
+                        name: n.clone(),
+                        bytes: r.bytes,
+                        busy: r.in_flight > 0,
+                        last_used: r.last_used,
+                    })
+                    .collect();
+                let room = Room {
+                    used: state.used(),
+                    need,
+                    budget: self.inner.limits.ram_budget,
+                    max_loaded: self.inner.limits.max_loaded,
+                };
+                if let Some(victims) = choose_evictions(&candidates, room) {
+                    for v in &victims {
+                        tracing::info!(model = %v, "unloading to make room for {name}");
+                        if let Some(r) = state.loaded.remove(v) {
+                            free(&self.inner, &mut state, r.model, r.bytes);
+                        }
+                    }
+                    // Wait until the memory of what was unloaded is actually released.
+                    if state.used() + need <= self.inner.limits.ram_budget {
+                        return;
+                    }
+                }
+            }
+            // Wait for a lease to end or memory to be freed; the timer only guards against a
+            // missed wake-up.
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    fn try_lease(&self, entry: &ModelEntry, wanted_ctx: u32, keep_alive: KeepAlive) -> Result<Option<ModelLease>, ResourceError> {
+        let mut state = lock(&self.inner.state);
+        let Some(r) = state.loaded.get_mut(&entry.name) else { return Ok(None) };
         let same_file = r.entry.path == entry.path && r.entry.modified == entry.modified && r.entry.size == entry.size;
         if !same_file || wanted_ctx > r.requested_ctx {
-            return None;
+            return Ok(None);
+        }
+        let slots = r.model.settings.parallel as usize;
+        let waiting = r.in_flight.saturating_sub(slots);
+        if waiting >= self.inner.limits.max_queue {
+            return Err(ResourceError::Busy {
+                model: entry.name.clone(),
+                waiting,
+            });
         }
         r.in_flight += 1;
         r.keep_alive = keep_alive;
         r.expires = None;
-        Some(ModelLease {
+        r.last_used = Instant::now();
+        Ok(Some(ModelLease {
             model: Arc::clone(&r.model),
             entry: r.entry.clone(),
             load_duration: Duration::ZERO,
             inner: Arc::clone(&self.inner),
             generation: r.generation,
-        })
+        }))
     }
 
     /// Unloads `name` now if idle, or as soon as its requests finish.
     pub fn unload(&self, name: &str) {
-        let mut loaded = lock(&self.inner.loaded);
-        if let Some(r) = loaded.get_mut(name) {
-            if r.in_flight == 0 {
-                loaded.remove(name);
-            } else {
-                r.keep_alive = KeepAlive::For(Duration::ZERO);
+        let mut state = lock(&self.inner.state);
+        let idle = state.loaded.get(name).map(|r| r.in_flight == 0);
+        match idle {
+            Some(true) => {
+                if let Some(r) = state.loaded.remove(name) {
+                    free(&self.inner, &mut state, r.model, r.bytes);
+                }
             }
+            Some(false) => {
+                if let Some(r) = state.loaded.get_mut(name) {
+                    r.keep_alive = KeepAlive::For(Duration::ZERO);
+                }
+            }
+            None => {}
         }
     }
 
     /// Unloads every idle model whose keep-alive has run out.
     pub fn reap_expired(&self) {
         let now = Instant::now();
-        lock(&self.inner.loaded).retain(|name, r| {
-            let expired = r.in_flight == 0 && r.expires.is_some_and(|t| t <= now);
-            if expired {
-                tracing::info!(model = %name, "keep-alive expired; unloading");
+        let mut state = lock(&self.inner.state);
+        let expired: Vec<String> = state
+            .loaded
+            .iter()
+            .filter(|(_, r)| r.in_flight == 0 && r.expires.is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            tracing::info!(model = %name, "keep-alive expired; unloading");
+            if let Some(r) = state.loaded.remove(&name) {
+                free(&self.inner, &mut state, r.model, r.bytes);
             }
-            !expired
-        });
+        }
     }
 
     /// Runs `reap_expired` every `period` until `shutdown` resolves.
@@ -224,7 +419,8 @@ impl ModelManager {
         let now = Instant::now();
         let wall = SystemTime::now();
         let far = Duration::from_secs(100 * 365 * 24 * 3600);
-        let mut out: Vec<LoadedInfo> = lock(&self.inner.loaded)
+        let mut out: Vec<LoadedInfo> = lock(&self.inner.state)
+            .loaded
             .values()
             .map(|r| {
                 let left = match (r.expires, r.keep_alive) {
@@ -236,6 +432,7 @@ impl ModelManager {
                     entry: r.entry.clone(),
                     context_length: r.model.n_ctx_slot,
                     expires_at: wall + left,
+                    size: r.bytes,
                 }
             })
             .collect();

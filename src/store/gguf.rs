@@ -121,6 +121,24 @@ impl GgufInfo {
             .sum()
     }
 
+    /// Bytes of tensor data, from each tensor's shape and type; `None` if a type is unknown.
+    pub fn tensor_bytes(&self) -> Option<u64> {
+        self.tensors.iter().try_fold(0u64, |acc, t| {
+            let (block, size) = ggml_type_size(t.ggml_type)?;
+            let elems = t.dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d))?;
+            acc.checked_add(elems.div_ceil(block).checked_mul(size)?)
+        })
+    }
+
+    /// Vocabulary size, from the tokenizer's token list.
+    pub fn vocab_size(&self) -> u64 {
+        match self.get("tokenizer.ggml.tokens") {
+            Some(GgufValue::LongArray { len, .. }) => *len,
+            Some(GgufValue::Array(items)) => items.len() as u64,
+            _ => 0,
+        }
+    }
+
     /// A human size label such as `135M` (Ollama's `parameter_size`).
     pub fn parameter_size(&self) -> String {
         let n = self.parameter_count() as f64;
@@ -177,6 +195,45 @@ fn ftype_name(ftype: Option<u64>) -> &'static str {
         Some(38) => "MXFP4",
         _ => "unknown",
     }
+}
+
+/// (elements per block, bytes per block) of a ggml tensor type, as ggml lays them out.
+pub fn ggml_type_size(t: u32) -> Option<(u64, u64)> {
+    Some(match t {
+        0 => (1, 4),      // F32
+        1 => (1, 2),      // F16
+        2 => (32, 18),    // Q4_0
+        3 => (32, 20),    // Q4_1
+        6 => (32, 22),    // Q5_0
+        7 => (32, 24),    // Q5_1
+        8 => (32, 34),    // Q8_0
+        9 => (32, 36),    // Q8_1
+        10 => (256, 84),  // Q2_K
+        11 => (256, 110), // Q3_K
+        12 => (256, 144), // Q4_K
+        13 => (256, 176), // Q5_K
+        14 => (256, 210), // Q6_K
+        15 => (256, 292), // Q8_K
+        16 => (256, 66),  // IQ2_XXS
+        17 => (256, 74),  // IQ2_XS
+        18 => (256, 98),  // IQ3_XXS
+        19 => (256, 50),  // IQ1_S
+        20 => (32, 18),   // IQ4_NL
+        21 => (256, 110), // IQ3_S
+        22 => (256, 82),  // IQ2_S
+        23 => (256, 136), // IQ4_XS
+        24 => (1, 1),     // I8
+        25 => (1, 2),     // I16
+        26 => (1, 4),     // I32
+        27 => (1, 8),     // I64
+        28 => (1, 8),     // F64
+        29 => (256, 56),  // IQ1_M
+        30 => (1, 2),     // BF16
+        34 => (256, 54),  // TQ1_0
+        35 => (256, 66),  // TQ2_0
+        39 => (32, 17),   // MXFP4
+        _ => return None,
+    })
 }
 
 /// Reads the header, metadata and tensor directory of the GGUF file at `path`.

@@ -66,6 +66,8 @@ pub struct Server {
     child: Child,
     pub addr: String,
     pub client: reqwest::blocking::Client,
+    /// Every line the server wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -87,9 +89,12 @@ impl Server {
             .expect("spawn hearth serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log").push(line.clone());
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
                 }
@@ -109,7 +114,34 @@ impl Server {
             .timeout(Duration::from_secs(300))
             .build()
             .expect("client");
-        Server { child, addr, client }
+        Server { child, addr, client, log }
+    }
+
+    /// Resident memory of the server process, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
+    /// Names of the models `/api/ps` lists.
+    pub fn loaded(&self) -> Vec<String> {
+        let ps: serde_json::Value = self.get("/api/ps").json().expect("ps json");
+        ps["models"]
+            .as_array()
+            .expect("models")
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().expect("log").iter().filter(|l| l.contains(needle)).count()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,126 @@
+//! How much RAM a model instance will take, from its GGUF metadata alone (no tensors loaded).
+//!
+//! total = weights (tensor bytes by type) + KV cache (every layer keeps K and V in f16 for each
+//! of `num_ctx x parallel` cells; llama.cpp sizes sliding-window layers in full by default)
+//! + overhead (llama.cpp's vocabulary tables, logits and compute buffers, and hearth's own
+//! per-model state). The overhead constants were fitted to measured RSS growth on the two test
+//! models at num_ctx 2048-8192 x 4 slots (see the resource-manager issue's note); pure code.
+
+use crate::engine::LoadSettings;
+use crate::store::gguf::GgufInfo;
+
+/// Fixed per-model overhead: llama.cpp context state, thread stacks, hearth's worker.
+const FIXED_OVERHEAD: u64 = 16 << 20;
+/// Per vocabulary entry: llama.cpp's token tables and the sampler's candidate buffers.
+const PER_VOCAB_ENTRY: u64 = 196;
+/// KV cache element size (f16).
+const KV_ELEMENT: u64 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    pub weights: u64,
+    pub kv_cache: u64,
+    pub overhead: u64,
+}
+
+impl Estimate {
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.overhead
+    }
+}
+
+/// The context per slot llama.cpp will allocate: the request's, capped by the training context.
+pub fn effective_ctx(info: &GgufInfo, num_ctx: u32) -> u32 {
+    match info.arch_u64("context_length") {
+        Some(train) if train > 0 => num_ctx.min(u32::try_from(train).unwrap_or(u32::MAX)),
+        _ => num_ctx,
+    }
+}
+
+/// Estimates an instance of `info` loaded with `settings`.
+pub fn estimate(info: &GgufInfo, settings: &LoadSettings) -> Estimate {
+    // Tensor data is what gets mapped; fall back to the file size for an unknown type.
+    let weights = info.tensor_bytes().unwrap_or(info.file_size);
+    let layers = info.arch_u64("block_count").unwrap_or(0);
+    let heads = info.arch_u64("attention.head_count").unwrap_or(1).max(1);
+    let kv_heads = info.arch_u64("attention.head_count_kv").unwrap_or(heads);
+    let embd = info.arch_u64("embedding_length").unwrap_or(0);
+    let head_k = info.arch_u64("attention.key_length").unwrap_or(embd / heads);
+    let head_v = info.arch_u64("attention.value_length").unwrap_or(embd / heads);
+    let cells = u64::from(effective_ctx(info, settings.num_ctx)) * u64::from(settings.parallel.max(1));
+    let kv_cache = layers * cells * kv_heads * (head_k + head_v) * KV_ELEMENT;
+    let overhead = FIXED_OVERHEAD + info.vocab_size() * PER_VOCAB_ENTRY;
+    Estimate {
+        weights,
+        kv_cache,
+        overhead,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::gguf::{GgufValue, TensorInfo};
+    use std::collections::BTreeMap;
+
+    fn info() -> GgufInfo {
+        let mut metadata = BTreeMap::new();
+        let mut put = |k: &str, v: u64| {
+            metadata.insert(k.to_string(), GgufValue::Uint(v));
+        };
+        put("llama.block_count", 30);
+        put("llama.attention.head_count", 9);
+        put("llama.attention.head_count_kv", 3);
+        put("llama.embedding_length", 576);
+        put("llama.context_length", 8192);
+        metadata.insert("general.architecture".into(), GgufValue::Str("llama".into()));
+        metadata.insert("tokenizer.ggml.tokens".into(), GgufValue::LongArray { elem_type: 8, len: 49152 });
+        GgufInfo {
+            version: 3,
+            metadata,
+            tensors: vec![TensorInfo {
+                name: "w".into(),
+                dims: vec![576, 1024],
+                ggml_type: 3, // Q4_1: 20 bytes per 32 weights
+                offset: 0,
+            }],
+            file_size: 1 << 30,
+        }
+    }
+
+    fn settings(num_ctx: u32, parallel: u32) -> LoadSettings {
+        LoadSettings {
+            num_ctx,
+            parallel,
+            threads: 2,
+            threads_batch: 2,
+            batch_size: 512,
+        }
+    }
+
+    #[test]
+    fn weights_come_from_tensor_types() {
+        assert_eq!(estimate(&info(), &settings(2048, 4)).weights, 576 * 1024 / 32 * 20);
+    }
+
+    #[test]
+    fn kv_scales_with_context_and_slots() {
+        // 30 layers x 3 kv heads x (64 + 64) dims x 2 bytes per cell.
+        let per_cell = 30 * 3 * 128 * 2;
+        assert_eq!(estimate(&info(), &settings(2048, 4)).kv_cache, per_cell * 2048 * 4);
+        assert_eq!(estimate(&info(), &settings(4096, 1)).kv_cache, per_cell * 4096);
+    }
+
+    #[test]
+    fn context_is_capped_by_training_context() {
+        assert_eq!(effective_ctx(&info(), 100_000), 8192);
+        assert_eq!(estimate(&info(), &settings(100_000, 1)), estimate(&info(), &settings(8192, 1)));
+    }
+
+    #[test]
+    fn overhead_grows_with_vocabulary() {
+        let e = estimate(&info(), &settings(2048, 4));
+        assert_eq!(e.overhead, FIXED_OVERHEAD + 49152 * PER_VOCAB_ENTRY);
+        assert_eq!(e.total(), e.weights + e.kv_cache + e.overhead);
+    }
+}
