@@ -345,6 +345,15 @@ fn estimate(s: &Server, model: &str) -> u64 {
     v["ram_estimate"]["total"].as_u64().expect("estimate")
 }
 
+/// A budget that holds either test model but not both, at the test servers' settings.
+fn budget_for_one_model() -> u64 {
+    let probe = Server::start();
+    let (smol, gemma) = (estimate(&probe, SMOL), estimate(&probe, GEMMA));
+    let budget = smol.max(gemma) + (16 << 20);
+    assert!(budget < smol + gemma);
+    budget
+}
+
 fn load(s: &Server, model: &str) -> Value {
     let r = s.post("/api/generate", &json!({"model": model, "prompt": "Hi", "stream": false, "options": {"num_predict": 2}}));
     assert_eq!(r.status(), 200);
@@ -366,11 +375,7 @@ fn a_budget_for_both_keeps_both_loaded() {
 
 #[test]
 fn a_budget_for_one_swaps_models_back_and_forth() {
-    let probe = Server::start();
-    let (smol, gemma) = (estimate(&probe, SMOL), estimate(&probe, GEMMA));
-    drop(probe);
-    let budget = smol.max(gemma) + (16 << 20);
-    assert!(budget < smol + gemma);
+    let budget = budget_for_one_model();
     let s = Server::start_with(&["--ram-budget", &budget.to_string()]);
     for _ in 0..3 {
         for m in [SMOL, GEMMA] {
@@ -449,10 +454,7 @@ fn a_full_queue_answers_503_with_retry_after() {
 
 #[test]
 fn rss_stays_within_the_budget_while_cycling_models() {
-    let probe = Server::start();
-    let (smol, gemma) = (estimate(&probe, SMOL), estimate(&probe, GEMMA));
-    drop(probe);
-    let budget = smol.max(gemma) + (16 << 20);
+    let budget = budget_for_one_model();
     let s = Server::start_with(&["--ram-budget", &budget.to_string()]);
     // Margin over the budget: the process itself (runtime, HTTP, allocator) plus the
     // estimate's error; stated in the resource-manager note.
