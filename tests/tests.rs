@@ -387,6 +387,45 @@ fn a_budget_for_one_swaps_models_back_and_forth() {
 }
 
 #[test]
+fn the_loaded_model_cap_evicts_too() {
+    let s = Server::start_with(&["--max-loaded-models", "1"]);
+    load(&s, SMOL);
+    load(&s, GEMMA);
+    assert_eq!(s.loaded(), vec![GEMMA.to_string()]);
+}
+
+#[test]
+fn a_larger_context_switches_instances_without_dropping_requests() {
+    let s = std::sync::Arc::new(Server::start_with(&["--parallel", "1"]));
+    // A long answer on the 2048-token instance...
+    let first = s.post("/api/generate", &json!({"model": SMOL, "prompt": "Write a very long story.",
+                                              "options": {"num_predict": 200, "temperature": 0}}));
+    let mut reader = BufReader::new(first);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("first chunk");
+    // ...while a request for a larger context gets a new instance at once, not after it.
+    let second = load_with_ctx(&s, 4096);
+    assert_eq!(second["done"], true);
+    let ps: Value = s.get("/api/ps").json().expect("json");
+    assert_eq!(ps["models"][0]["context_length"], 4096);
+    // The first request finishes on the old instance.
+    let mut last = String::new();
+    for l in reader.lines() {
+        last = l.expect("line");
+    }
+    let last: Value = serde_json::from_str(&last).expect("json");
+    assert_eq!(last["done"], true, "{last}");
+    assert_eq!(s.loaded(), vec![SMOL.to_string()]);
+}
+
+fn load_with_ctx(s: &Server, num_ctx: u32) -> Value {
+    let r = s.post("/api/generate", &json!({"model": SMOL, "prompt": "Hi", "stream": false,
+                                            "options": {"num_predict": 2, "num_ctx": num_ctx}}));
+    assert_eq!(r.status(), 200);
+    r.json().expect("json")
+}
+
+#[test]
 fn a_model_larger_than_the_budget_is_refused_with_sizes() {
     let s = Server::start_with(&["--ram-budget", "64MiB"]);
     let r = s.post("/api/generate", &json!({"model": SMOL, "prompt": "hi"}));
