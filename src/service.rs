@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::engine::options::SamplingOptions;
+use crate::engine::options::{RawOptions, SamplingOptions};
 use crate::engine::template::{render_request_template, TemplateMessage};
 use crate::engine::{EngineError, Event};
 use crate::resources::{KeepAlive, ModelLease, ModelManager, ResourceError};
@@ -45,9 +45,10 @@ impl PromptSpec {
 pub struct ValidRequest {
     pub model: String,
     pub prompt: PromptSpec,
+    /// The request's options, validated against the server's defaults.
     pub options: SamplingOptions,
-    /// Whether the client set `num_ctx` itself.
-    pub explicit_num_ctx: bool,
+    /// The options as the client set them, to lay over the model's own defaults.
+    pub raw_options: RawOptions,
     pub keep_alive: Option<KeepAlive>,
     pub stream: bool,
 }
@@ -58,6 +59,8 @@ pub enum ServiceError {
     Resource(#[from] ResourceError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("model '{model}' has invalid default parameters: {reason}")]
+    ModelDefaults { model: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -98,15 +101,41 @@ pub async fn start(manager: &ModelManager, req: ValidRequest, caller: Caller, st
         manager.unload(&entry.name);
         return Ok(Outcome::Loaded { unloaded: true, load_duration: std::time::Duration::ZERO });
     }
-    let num_ctx = req.explicit_num_ctx.then_some(req.options.num_ctx);
+    // The model's Modelfile parameters apply under the request's own options.
+    let (options, explicit_num_ctx) = if entry.defaults.parameters.is_empty() {
+        (req.options, req.raw_options.num_ctx.is_some())
+    } else {
+        let bad = |reason: String| ServiceError::ModelDefaults { model: entry.name.clone(), reason };
+        let merged = RawOptions::from_json(&serde_json::Value::Object(entry.defaults.parameters.clone()))
+            .map_err(|e| bad(e.to_string()))?
+            .merged_with(&req.raw_options);
+        let options = merged.validate(manager.defaults().num_ctx).map_err(|e| bad(e.to_string()))?;
+        (options, merged.num_ctx.is_some())
+    };
+    let defaults = entry.defaults.clone();
+    let num_ctx = explicit_num_ctx.then_some(options.num_ctx);
     let lease = manager.acquire(entry, num_ctx, req.keep_alive).await?;
     if req.prompt.is_empty() {
         return Ok(Outcome::Loaded { unloaded: false, load_duration: lease.load_duration });
     }
     let model = std::sync::Arc::clone(&lease.model);
     let prompt = req.prompt;
+    // A Modelfile's TEMPLATE replaces the model's chat template; its SYSTEM applies when the
+    // request brings none.
+    let render = move |mut messages: Vec<TemplateMessage>| -> Result<String, EngineError> {
+        if let Some(system) = &defaults.system {
+            if !messages.iter().any(|m| m.role == "system") {
+                messages.insert(0, TemplateMessage { role: "system".into(), content: system.clone() });
+            }
+        }
+        match &defaults.template {
+            Some(t) => model.render_chat_with(t, &messages),
+            None => model.render_chat(&messages, true),
+        }
+    };
     // Template rendering and tokenizing are CPU work proportional to the prompt: keep them off
     // the async workers.
+    let tokenizer = std::sync::Arc::clone(&lease.model);
     let tokens = tokio::task::spawn_blocking(move || -> Result<Vec<i32>, EngineError> {
         Ok(match prompt {
             PromptSpec::Generate { prompt, system, template, raw, context } => {
@@ -120,20 +149,17 @@ pub async fn start(manager: &ModelManager, req: ValidRequest, caller: Caller, st
                         messages.push(TemplateMessage { role: "system".into(), content: s });
                     }
                     messages.push(TemplateMessage { role: "user".into(), content: prompt });
-                    model.render_chat(&messages, true)?
+                    render(messages)?
                 };
                 let mut tokens = context;
-                tokens.extend(model.tokenize(&text));
+                tokens.extend(tokenizer.tokenize(&text));
                 tokens
             }
-            PromptSpec::Chat { messages } => {
-                let text = model.render_chat(&messages, true)?;
-                model.tokenize(&text)
-            }
+            PromptSpec::Chat { messages } => tokenizer.tokenize(&render(messages)?),
         })
     })
     .await
     .map_err(|e| ServiceError::Internal(format!("prompt task failed: {e}")))??;
-    let events = lease.model.submit(tokens, req.options)?;
+    let events = lease.model.submit(tokens, options)?;
     Ok(Outcome::Generating(Generation { events, lease, started }))
 }

@@ -66,8 +66,17 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
-            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::InvalidName { .. } => StatusCode::BAD_REQUEST,
+            StoreError::NotFound(_) | StoreError::BlobNotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::InvalidName { .. }
+            | StoreError::InvalidDigest(_)
+            | StoreError::DigestMismatch { .. }
+            | StoreError::Gguf { .. }
+            | StoreError::Modelfile(_)
+            | StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::ReadOnly(_) => StatusCode::FORBIDDEN,
+            StoreError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            // The model server we pulled from failed us.
+            StoreError::Download(_) => StatusCode::BAD_GATEWAY,
             StoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
@@ -121,6 +130,7 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::Resource(e) => e.into(),
             ServiceError::Engine(e) => e.into(),
+            e @ ServiceError::ModelDefaults { .. } => ApiError::bad_request(e.to_string()),
             ServiceError::Internal(msg) => ApiError::internal(msg),
         }
     }

@@ -75,7 +75,7 @@ fn common(
     format: Option<&Value>,
     think: Option<&Value>,
     default_num_ctx: u32,
-) -> Result<(String, crate::engine::options::SamplingOptions, bool, Option<KeepAlive>), ApiError> {
+) -> Result<(String, RawOptions, crate::engine::options::SamplingOptions, Option<KeepAlive>), ApiError> {
     let model = model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("model is required"))?;
@@ -97,12 +97,12 @@ fn common(
     if matches!(think, Some(Value::Bool(true)) | Some(Value::String(_))) {
         return Err(ApiError::bad_request(format!("\"{model}\" does not support thinking")));
     }
-    Ok((model, options, raw.num_ctx.is_some(), keep_alive))
+    Ok((model, raw, options, keep_alive))
 }
 
 impl GenerateRequest {
     pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
-        let (model, options, explicit_num_ctx, keep_alive) = common(
+        let (model, raw_options, options, keep_alive) = common(
             self.model,
             self.options.as_ref(),
             self.keep_alive.as_ref(),
@@ -136,7 +136,7 @@ impl GenerateRequest {
                 context,
             },
             options,
-            explicit_num_ctx,
+            raw_options,
             keep_alive,
             stream: self.stream.unwrap_or(true),
         })
@@ -145,7 +145,7 @@ impl GenerateRequest {
 
 impl ChatRequest {
     pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
-        let (model, options, explicit_num_ctx, keep_alive) = common(
+        let (model, raw_options, options, keep_alive) = common(
             self.model,
             self.options.as_ref(),
             self.keep_alive.as_ref(),
@@ -176,7 +176,7 @@ impl ChatRequest {
             model,
             prompt: PromptSpec::Chat { messages },
             options,
-            explicit_num_ctx,
+            raw_options,
             keep_alive,
             stream: self.stream.unwrap_or(true),
         })

@@ -114,6 +114,7 @@ pub struct LoadedModel {
     worker: Option<std::thread::JoinHandle<()>>,
     template: ChatTemplate,
     bos_text: Option<String>,
+    eos_text: String,
     /// Context per slot actually allocated.
     pub n_ctx_slot: u32,
     pub settings: LoadSettings,
@@ -142,7 +143,8 @@ impl Drop for LoadedModel {
 
 impl LoadedModel {
     /// Loads the GGUF at `path` and starts its worker. Blocking: call from a blocking thread.
-    pub fn load(path: &Path, settings: LoadSettings) -> Result<LoadedModel, EngineError> {
+    /// `adapters` (at most one LoRA, applied at scale 1) must already be validated GGUF files.
+    pub fn load(path: &Path, adapters: &[std::path::PathBuf], settings: LoadSettings) -> Result<LoadedModel, EngineError> {
         let started = Instant::now();
         let backend = backend()?;
         let load_err = |reason: String| EngineError::Load {
@@ -150,8 +152,15 @@ impl LoadedModel {
             reason,
         };
         let params = LlamaModelParams::default().with_n_gpu_layers(0);
-        let model = LlamaModel::load_from_file(backend, path, &params)
+        let mut model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|e| load_err(format!("{e} (llama.cpp could not read it; see the log)")))?;
+        let adapter = match adapters {
+            [] => None,
+            [a] => Some(model.lora_adapter_init(a).map_err(|e| {
+                load_err(format!("adapter {} does not fit this model: {e}", a.display()))
+            })?),
+            _ => return Err(load_err("hearth applies at most one adapter per model".to_string())),
+        };
         let model = Arc::new(model);
 
         let vocab = model.vocab();
@@ -172,7 +181,7 @@ impl LoadedModel {
         let worker_settings = settings.clone();
         let worker = std::thread::Builder::new()
             .name("hearth-model".to_string())
-            .spawn(move || worker::run(&worker_model, backend, &worker_settings, jobs_rx, ready_tx))
+            .spawn(move || worker::run(&worker_model, adapter, backend, &worker_settings, jobs_rx, ready_tx))
             .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
         let n_ctx_slot = ready_rx
             .recv()
@@ -184,6 +193,7 @@ impl LoadedModel {
             worker: Some(worker),
             template,
             bos_text,
+            eos_text,
             n_ctx_slot,
             settings,
             load_duration: started.elapsed(),
@@ -193,6 +203,11 @@ impl LoadedModel {
     /// Renders a conversation with the model's chat template (or the fallback).
     pub fn render_chat(&self, messages: &[TemplateMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
         Ok(self.template.render(messages, add_generation_prompt)?)
+    }
+
+    /// Renders a conversation with a template that replaces the model's (a Modelfile's).
+    pub fn render_chat_with(&self, source: &str, messages: &[TemplateMessage]) -> Result<String, EngineError> {
+        Ok(template::render_override(source, messages, self.bos_text.as_deref().unwrap_or(""), &self.eos_text)?)
     }
 
     /// Tokenizes a rendered prompt. Special tokens in the text are parsed; BOS is added when the

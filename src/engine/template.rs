@@ -148,6 +148,76 @@ pub fn render_request_template(source: &str, system: &str, prompt: &str) -> Resu
     check_output(out)
 }
 
+/// Whether `source` is Jinja or within the Go template subset hearth translates.
+pub fn go_template_supported(source: &str) -> bool {
+    source.contains("{%") || go_to_jinja(source).is_ok()
+}
+
+/// Checks a template given by a Modelfile or a create request before it is stored.
+pub fn check_template(source: &str) -> Result<(), TemplateError> {
+    check_size(source)?;
+    if source.contains("{%") {
+        let mut env = environment();
+        env.add_template_owned("check", source.to_string())?;
+        Ok(())
+    } else {
+        go_to_jinja(source).map(|_| ())
+    }
+}
+
+/// Renders a conversation with a model's template override (a Modelfile `TEMPLATE`).
+///
+/// A Jinja template is used as the chat template. A Go template (`.System`, `.Prompt`,
+/// `.Response`) is rendered as Ollama renders such templates: once per exchange, with the
+/// system text seen since the last one, the user's prompt and the assistant's reply; the last
+/// rendering stops where `.Response` would begin, so the model writes it.
+pub fn render_override(source: &str, messages: &[TemplateMessage], bos_token: &str, eos_token: &str) -> Result<String, TemplateError> {
+    if source.contains("{%") {
+        return ChatTemplate::new(source, bos_token, eos_token)?.render(messages, true);
+    }
+    check_size(source)?;
+    let jinja = go_to_jinja(source)?;
+    let mut env = environment();
+    env.set_keep_trailing_newline(true);
+    env.add_template_owned("turn", jinja)?;
+    let tmpl = env.get_template("turn")?;
+    // Marks where the reply begins in the last rendering; no real text contains it.
+    const REPLY: &str = "\u{1}hearth-reply\u{1}";
+    let mut out = String::new();
+    let (mut system, mut prompt) = (String::new(), String::new());
+    let mut render = |system: &str, prompt: &str, response: &str| -> Result<(), TemplateError> {
+        out.push_str(&tmpl.render(context! { System => system, Prompt => prompt, Response => response, Suffix => "" })?);
+        Ok(())
+    };
+    for m in messages {
+        match m.role.as_str() {
+            "system" => {
+                if !system.is_empty() {
+                    system.push('\n');
+                }
+                system.push_str(&m.content);
+            }
+            "assistant" => {
+                render(&system, &prompt, &m.content)?;
+                system.clear();
+                prompt.clear();
+            }
+            _ => {
+                if !prompt.is_empty() {
+                    render(&system, &prompt, "")?;
+                    system.clear();
+                }
+                prompt = m.content.clone();
+            }
+        }
+    }
+    render(&system, &prompt, REPLY)?;
+    if let Some(cut) = out.rfind(REPLY) {
+        out.truncate(cut);
+    }
+    check_output(out)
+}
+
 /// Translates the Go template subset above into Jinja.
 fn go_to_jinja(source: &str) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(source.len());
@@ -201,6 +271,17 @@ mod tests {
             role: role.into(),
             content: content.into(),
         }
+    }
+
+    #[test]
+    fn go_override_renders_each_exchange_and_stops_at_the_reply() {
+        let src = "{{ if .System }}S:{{ .System }}\n{{ end }}U:{{ .Prompt }}\nA:{{ .Response }}</s>\n";
+        let out = render_override(src, &[msg("system", "be kind"), msg("user", "hi"), msg("assistant", "hello"), msg("user", "bye")], "", "")
+            .expect("renders");
+        assert_eq!(out, "S:be kind\nU:hi\nA:hello</s>\nU:bye\nA:");
+        assert!(go_template_supported(src));
+        assert!(!go_template_supported("{{ range .Messages }}{{ end }}"));
+        assert!(check_template("{{ .Nope }}").is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::model::LlamaLoraAdapter;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -127,6 +128,7 @@ impl Active {
 
 pub(super) fn run(
     model: &LlamaModel,
+    adapter: Option<LlamaLoraAdapter>,
     backend: &LlamaBackend,
     settings: &LoadSettings,
     jobs: Receiver<Job>,
@@ -149,6 +151,12 @@ pub(super) fn run(
             return;
         }
     };
+    if let Some(mut adapter) = adapter {
+        if let Err(e) = ctx.lora_adapter_set(&mut adapter, 1.0) {
+            let _ = ready.send(Err(format!("cannot apply the adapter: {e}")));
+            return;
+        }
+    }
     let n_ctx_slot = ctx.n_ctx() / parallel;
     if ready.send(Ok(n_ctx_slot)).is_err() {
         return;

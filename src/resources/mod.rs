@@ -235,10 +235,16 @@ impl ModelManager {
         let mut settings = self.inner.defaults.clone();
         settings.num_ctx = wanted_ctx;
         let path = entry.path.clone();
-        let info = tokio::task::spawn_blocking(move || read_gguf(&path))
-            .await
-            .map_err(|_| ResourceError::LoadAborted)??;
-        let need = estimate::estimate(&info, &settings).total();
+        let adapters = entry.defaults.adapters.clone();
+        // Every file is validated in Rust before llama.cpp parses it.
+        let (info, adapter_bytes) = tokio::task::spawn_blocking(move || -> Result<_, GgufError> {
+            let info = read_gguf(&path)?;
+            let adapter_bytes = adapters.iter().try_fold(0u64, |sum, a| Ok::<_, GgufError>(sum + read_gguf(a)?.file_size))?;
+            Ok((info, adapter_bytes))
+        })
+        .await
+        .map_err(|_| ResourceError::LoadAborted)??;
+        let need = estimate::estimate(&info, &settings).total() + adapter_bytes;
         let budget = self.inner.limits.ram_budget;
         if need > budget {
             return Err(ResourceError::TooLarge {
@@ -251,7 +257,8 @@ impl ModelManager {
 
         let started = Instant::now();
         let path = entry.path.clone();
-        let model = tokio::task::spawn_blocking(move || LoadedModel::load(&path, settings))
+        let adapters = entry.defaults.adapters.clone();
+        let model = tokio::task::spawn_blocking(move || LoadedModel::load(&path, &adapters, settings))
             .await
             .map_err(|_| ResourceError::LoadAborted)??;
         tracing::info!(model = %entry.name, n_ctx = model.n_ctx_slot, bytes = need, "loaded in {:?}", model.load_duration);
@@ -341,7 +348,7 @@ impl ModelManager {
     fn try_lease(&self, entry: &ModelEntry, wanted_ctx: u32, keep_alive: KeepAlive) -> Result<Option<ModelLease>, ResourceError> {
         let mut state = lock(&self.inner.state);
         let Some(r) = state.loaded.get_mut(&entry.name) else { return Ok(None) };
-        let same_file = r.entry.path == entry.path && r.entry.modified == entry.modified && r.entry.size == entry.size;
+        let same_file = r.entry.same_load(entry);
         if !same_file || wanted_ctx > r.requested_ctx {
             return Ok(None);
         }
