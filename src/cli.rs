@@ -30,6 +30,58 @@ pub enum Command {
     Show(ShowArgs),
     /// Unload a model from a running server.
     Stop(StopArgs),
+    /// Download a model: an http(s) URL, hf://owner/repo/file.gguf, or a catalog name.
+    Pull(PullArgs),
+    /// Create a model from a Modelfile (FROM, PARAMETER, TEMPLATE, SYSTEM, ADAPTER, LICENSE).
+    Create(CreateArgs),
+    /// Copy a model to a new name (the weights are shared, not copied).
+    #[command(alias = "copy")]
+    Cp(CpArgs),
+    /// Remove models from the store.
+    #[command(alias = "remove")]
+    Rm(RmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// What to pull: https://host/file.gguf, hf://owner/repo/file.gguf, or a catalog name
+    /// such as qwen2.5:0.5b.
+    pub source: String,
+    /// Name for the model [default: the file's name, or the catalog name].
+    #[arg(long = "as", value_name = "NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name of the new model.
+    pub name: String,
+    /// The Modelfile.
+    #[arg(short = 'f', long = "file", default_value = "Modelfile")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    pub source: String,
+    pub destination: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Models to remove.
+    #[arg(required = true)]
+    pub models: Vec<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -43,7 +95,8 @@ pub struct StopArgs {
 /// Where models live.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Models directory: every NAME.gguf in it is the model NAME.
+    /// Models directory: hearth's manifests and blobs, and every NAME.gguf in it as the model
+    /// NAME.
     #[arg(long = "models", env = "HEARTH_MODELS", value_name = "DIR")]
     pub models: Option<PathBuf>,
 }

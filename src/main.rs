@@ -34,6 +34,10 @@ fn main() -> std::process::ExitCode {
             Command::Ps(a) => commands::ps::run(a).await,
             Command::Show(a) => commands::show::run(a),
             Command::Stop(a) => commands::stop::run(a).await,
+            Command::Pull(a) => commands::pull::run(a).await,
+            Command::Create(a) => commands::create::run(a),
+            Command::Cp(a) => commands::cp::run(a),
+            Command::Rm(a) => commands::rm::run(a),
         }
     });
     // Don't wait for a blocked stdin reader or a draining worker after the answer is out.

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod models;
 pub mod ollama;
+pub mod store;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -40,8 +41,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tags", get(tags).head(tags))
         .route("/api/show", post(show))
         .route("/api/ps", get(ps))
+        .route("/api/pull", post(store::pull))
+        .route("/api/create", post(store::create))
+        .route("/api/copy", post(store::copy))
+        .route("/api/delete", delete(store::delete))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Blob uploads are model-sized and streamed to disk: no body limit.
+        .route(
+            "/api/blobs/{*digest}",
+            post(store::post_blob).head(store::head_blob).layer(DefaultBodyLimit::disable()),
+        )
         .with_state(state)
 }
 

@@ -1,7 +1,11 @@
 //! One file per subcommand. Commands may use `anyhow` and print; the library below them may not.
 
+pub mod cp;
+pub mod create;
 pub mod list;
 pub mod ps;
+pub mod pull;
+pub mod rm;
 pub mod run;
 pub mod serve;
 pub mod show;
@@ -33,15 +37,21 @@ pub fn load_settings(args: &EngineArgs) -> LoadSettings {
     }
 }
 
-pub fn manager(store: ModelStore, args: &EngineArgs) -> anyhow::Result<ModelManager> {
-    let keep_alive = KeepAlive::parse(&args.keep_alive)
-        .map_err(anyhow::Error::msg)
-        .context("--keep-alive")?;
+/// The RAM budget the flags give (bytes), and the machine's memory.
+pub fn ram_budget(args: &EngineArgs) -> anyhow::Result<(u64, u64)> {
     let memory = budget::machine_memory();
     let ram_budget = match &args.ram_budget {
         Some(spec) => budget::parse_budget(spec, memory).map_err(anyhow::Error::msg)?,
         None => budget::default_budget(memory),
     };
+    Ok((ram_budget, memory))
+}
+
+pub fn manager(store: ModelStore, args: &EngineArgs) -> anyhow::Result<ModelManager> {
+    let keep_alive = KeepAlive::parse(&args.keep_alive)
+        .map_err(anyhow::Error::msg)
+        .context("--keep-alive")?;
+    let (ram_budget, memory) = ram_budget(args)?;
     let limits = Limits {
         ram_budget,
         max_loaded: (args.max_loaded_models > 0).then_some(args.max_loaded_models),
