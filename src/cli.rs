@@ -78,8 +78,8 @@ pub struct CpArgs {
 #[derive(Debug, Args)]
 pub struct RmArgs {
     /// Models to remove.
-    #[arg(required = true)]
-    pub models: Vec<String>,
+    #[arg(required = true, value_name = "MODEL")]
+    pub names: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -212,4 +212,12 @@ pub struct ShowArgs {
     /// Loading settings the RAM estimate is for.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -6,7 +6,7 @@ use crate::cli::RmArgs;
 
 pub fn run(args: RmArgs) -> anyhow::Result<()> {
     let store = super::open_store(&args.store);
-    for name in &args.models {
+    for name in &args.names {
         let entry = store.remove(name)?;
         println!("deleted '{}'", entry.name);
     }

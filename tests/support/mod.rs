@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod file_server;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
