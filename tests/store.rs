@@ -374,3 +374,42 @@ fn ollama_models_are_listed_read_only_and_run_in_place() {
     assert!(!dir.join("blobs").exists(), "nothing was copied into hearth's store");
     std::fs::remove_dir_all(dir).expect("cleanup");
 }
+
+#[test]
+fn an_adapter_from_a_modelfile_changes_the_answer() {
+    let dir = fresh_store("adapter");
+    let python = std::env::var("HEARTH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let lora = dir.join("lora.gguf");
+    let status = Command::new(&python)
+        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/make_lora.py")])
+        .arg(support::model_path(SMOL))
+        .arg(&lora)
+        .status()
+        .expect("run make_lora.py (HEARTH_TEST_PYTHON needs the gguf package)");
+    assert!(status.success());
+    let mf = write_modelfile(
+        &dir,
+        &format!("FROM {}\nADAPTER lora.gguf\nPARAMETER temperature 0\nPARAMETER num_predict 12\n", support::model_path(SMOL).display()),
+    );
+    let mut c = hearth_in(&dir);
+    c.args(["create", "tuned", "-f", mf.to_str().expect("utf8")]);
+    let out = run(c, "");
+    assert!(out.status.success(), "create: {}", text(&out).1);
+    let mut c = hearth_in(&dir);
+    c.args(["run", "tuned"]);
+    let tuned = run(c, "Who are you?\n");
+    assert!(tuned.status.success(), "{}", text(&tuned).1);
+    let mut c = support::hearth();
+    c.args(["run", SMOL, "--temperature", "0", "--num-predict", "12"]);
+    let base = run(c, "Who are you?\n");
+    assert_ne!(text(&tuned).0, text(&base).0, "the adapter is applied");
+
+    // A model file is not an adapter.
+    let mf = write_modelfile(&dir, &format!("FROM {0}\nADAPTER {0}\n", support::model_path(SMOL).display()));
+    let mut c = hearth_in(&dir);
+    c.args(["create", "x", "-f", mf.to_str().expect("utf8")]);
+    let out = run(c, "");
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("not a LoRA adapter"), "{}", text(&out).1);
+    std::fs::remove_dir_all(dir).expect("cleanup");
+}
