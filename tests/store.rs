@@ -413,3 +413,23 @@ fn an_adapter_from_a_modelfile_changes_the_answer() {
     assert!(text(&out).1.contains("not a LoRA adapter"), "{}", text(&out).1);
     std::fs::remove_dir_all(dir).expect("cleanup");
 }
+
+#[test]
+fn official_ollama_python_client_manages_models() {
+    let dir = fresh_store("pyclient");
+    let files = FileServer::start(support::model_path(SMOL));
+    let s = Server::start_with(&["--models", dir.to_str().expect("utf8")]);
+    let python = std::env::var("HEARTH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let out = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_store_client.py"))
+        .env("OLLAMA_HOST", format!("http://{}", s.addr))
+        .env("MODEL_PATH", support::model_path(SMOL))
+        .env("PULL_URL", files.url("pulled-by-python.gguf"))
+        .output()
+        .expect("run python (set HEARTH_TEST_PYTHON to a python with the `ollama` package)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all ok"), "{stdout}");
+    drop(s);
+    std::fs::remove_dir_all(dir).expect("cleanup");
+}
