@@ -6,19 +6,24 @@
 //! - `cli`        clap structures only; `commands/` holds one file per subcommand.
 //! - `config`     machine-dependent defaults (threads) and address parsing.
 //! - `api`        wire formats and routes: `ollama` (requests -> `ValidRequest`, responses),
-//!                `models` (tags/show/ps objects), `error` (the one error -> status table).
+//!                `models` (tags/show/ps objects), `store` (pull/create/copy/delete/blobs),
+//!                `error` (the one error -> status table).
 //! - `service`    the shared request path: resolve, lease, render prompt, tokenize, submit.
 //! - `resources`  the resource manager: RAM budget, estimates from GGUF metadata, LRU eviction
 //!                of idle models, leases, keep-alive unloads, per-model queue bound.
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
 //!                with continuous batching (`worker`), sampling, chat templates (`template`),
 //!                streamed-text handling (`text`), option validation (`options`).
-//! - `store`      model names -> files in the models directory; GGUF metadata (`gguf`).
+//! - `store`      model names -> manifests over content-addressed blobs, drop-in `NAME.gguf`
+//!                files and Ollama's store (read-only); `pull` (resumable downloads),
+//!                `modelfile` (create), `gguf` (the validator every file passes first).
 //!
 //! Invariants, written as absences:
 //! - Nothing outside `engine` imports `llama_cpp_2`, and no async task ever runs a decode.
 //! - Nothing outside `api` defines a wire struct; the core takes only validated types.
-//! - Nothing writes to stdout but `commands::{run, stdio, list, ps, show}`, which own it.
+//! - Nothing writes to stdout but the commands, which own it (`stdio` carries the protocol).
+//! - No name or digest from outside becomes a path before `store` has validated it, and no
+//!   model appears in the store before its file is complete, verified and validated.
 //! - A model with a live `ModelLease` is never unloaded.
 //! - No model is loaded unless its estimate fits the RAM budget next to what is loaded or still
 //!   being freed.
