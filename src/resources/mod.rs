@@ -238,7 +238,7 @@ impl ModelManager {
         let adapters = entry.defaults.adapters.clone();
         // Every file is validated in Rust before llama.cpp parses it.
         let (info, adapter_bytes) = tokio::task::spawn_blocking(move || -> Result<_, GgufError> {
-            let info = read_gguf(&path)?;
+            let info = crate::store::gguf::read_gguf_as(&path, crate::store::gguf::GgufKind::Model)?;
             let adapter_bytes = adapters.iter().try_fold(0u64, |sum, a| Ok::<_, GgufError>(sum + read_gguf(a)?.file_size))?;
             Ok((info, adapter_bytes))
         })

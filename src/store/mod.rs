@@ -398,6 +398,9 @@ impl ModelStore {
         let tmp = self.partial_dir().join(format!("import-{}-{}", std::process::id(), &digest[7..19]));
         let _ = std::fs::remove_file(&tmp);
         if std::fs::hard_link(file, &tmp).is_err() {
+            if let Some(available) = self.free_space().filter(|free| *free < size) {
+                return Err(StoreError::NoSpace { needed: size, available, dir: self.dir.display().to_string() });
+            }
             std::fs::copy(file, &tmp).map_err(self.io())?;
         }
         self.commit_blob(&tmp, &digest)?;

@@ -185,6 +185,28 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 pub async fn pull(
     store: &ModelStore,
     plan: &PullPlan,
+    report: impl FnMut(Progress),
+    check: impl FnOnce(&GgufInfo) -> Option<String>,
+) -> Result<Pulled, StoreError> {
+    let result = download(store, plan, report, check).await;
+    if result.is_err() {
+        // A failure before any byte arrived leaves no empty partial file behind.
+        let path = partial_path(store, plan);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+fn partial_path(store: &ModelStore, plan: &PullPlan) -> std::path::PathBuf {
+    let key = format!("{:x}", Sha256::digest(plan.url.as_bytes()));
+    store.partial_dir().join(format!("pull-{}.partial", &key[..24]))
+}
+
+async fn download(
+    store: &ModelStore,
+    plan: &PullPlan,
     mut report: impl FnMut(Progress),
     check: impl FnOnce(&GgufInfo) -> Option<String>,
 ) -> Result<Pulled, StoreError> {
@@ -194,8 +216,7 @@ pub async fn pull(
     };
     report(Progress::status("pulling manifest"));
     std::fs::create_dir_all(store.partial_dir()).map_err(io)?;
-    let key = format!("{:x}", Sha256::digest(plan.url.as_bytes()));
-    let partial_path = store.partial_dir().join(format!("pull-{}.partial", &key[..24]));
+    let partial_path = partial_path(store, plan);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
