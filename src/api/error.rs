@@ -93,7 +93,11 @@ impl From<EngineError> for ApiError {
             EngineError::PromptTooLong { .. } | EngineError::InvalidToken(_) | EngineError::Template(_) => {
                 StatusCode::BAD_REQUEST
             }
-            EngineError::Backend(_) | EngineError::Load { .. } | EngineError::WorkerGone | EngineError::Decode(_) => {
+            EngineError::Backend(_)
+            | EngineError::Load { .. }
+            | EngineError::WorkerGone
+            | EngineError::Decode(_)
+            | EngineError::Sampling(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };

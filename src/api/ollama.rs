@@ -228,6 +228,15 @@ fn final_response(kind: Kind, model: &str, text: &str, c: &Completion, load: Dur
     v
 }
 
+/// One token's log-probability as Ollama reports it (`token`, `logprob`, `bytes`,
+/// `top_logprobs`).
+pub fn logprob_json(lp: &crate::engine::TokenLogprob) -> Value {
+    let entry = |bytes: &[u8], logprob: f32| json!({ "token": String::from_utf8_lossy(bytes), "logprob": logprob, "bytes": bytes });
+    let mut v = entry(&lp.bytes, lp.logprob);
+    v["top_logprobs"] = lp.top.iter().map(|(b, l)| entry(b, *l)).collect();
+    v
+}
+
 fn unexpected_end() -> ApiError {
     ApiError::internal("generation ended unexpectedly")
 }
@@ -239,14 +248,27 @@ pub fn response_stream(generation: Generation, kind: Kind, model: String) -> imp
         let model = model.clone();
         async move {
             let mut g = state?;
-            match g.events.recv().await {
-                Some(Event::Text(t)) => Some((base(kind, &model, &t, false), Some(g))),
-                Some(Event::Done(c)) => {
-                    let v = final_response(kind, &model, "", &c, g.lease.load_duration, g.started);
-                    Some((v, None))
-                }
-                Some(Event::Failed(e)) => Some((ApiError::from(e).body(), None)),
-                None => Some((unexpected_end().body(), None)),
+            let mut logprobs = Vec::new();
+            loop {
+                return match g.events.recv().await {
+                    Some(Event::Logprob(lp)) => {
+                        logprobs.push(logprob_json(&lp));
+                        continue;
+                    }
+                    Some(Event::Text(t)) => {
+                        let mut v = base(kind, &model, &t, false);
+                        if !logprobs.is_empty() {
+                            v["logprobs"] = Value::Array(logprobs);
+                        }
+                        Some((v, Some(g)))
+                    }
+                    Some(Event::Done(c)) => {
+                        let v = final_response(kind, &model, "", &c, g.lease.load_duration, g.started);
+                        Some((v, None))
+                    }
+                    Some(Event::Failed(e)) => Some((ApiError::from(e).body(), None)),
+                    None => Some((unexpected_end().body(), None)),
+                };
             }
         }
     })
@@ -255,10 +277,18 @@ pub fn response_stream(generation: Generation, kind: Kind, model: String) -> imp
 /// The single object of a `stream: false` response.
 pub async fn collect(mut g: Generation, kind: Kind, model: &str) -> Result<Value, ApiError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     loop {
         match g.events.recv().await {
+            Some(Event::Logprob(lp)) => logprobs.push(logprob_json(&lp)),
             Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Done(c)) => return Ok(final_response(kind, model, &text, &c, g.lease.load_duration, g.started)),
+            Some(Event::Done(c)) => {
+                let mut v = final_response(kind, model, &text, &c, g.lease.load_duration, g.started);
+                if !logprobs.is_empty() {
+                    v["logprobs"] = Value::Array(logprobs);
+                }
+                return Ok(v);
+            }
             Some(Event::Failed(e)) => return Err(e.into()),
             None => return Err(unexpected_end()),
         }

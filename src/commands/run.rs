@@ -118,6 +118,7 @@ async fn stream_to_stdout(manager: &ModelManager, req: ValidRequest) -> anyhow::
                     text.push_str(&t);
                 }
                 Some(Event::Done(c)) => break Some(c),
+                Some(Event::Logprob(_)) => {}
                 Some(Event::Failed(e)) => return Err(e.into()),
                 None => bail!("generation ended unexpectedly"),
             },

@@ -56,6 +56,8 @@ pub enum EngineError {
     Decode(String),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error("sampling failed: {0}")]
+    Sampling(String),
 }
 
 /// Why a generation ended, with Ollama's names.
@@ -86,10 +88,21 @@ pub struct Completion {
     pub context: Vec<i32>,
 }
 
+/// One output token's log-probability, and the most likely alternatives with theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<(Vec<u8>, f32)>,
+}
+
 /// What the worker sends back for one request, in order: text pieces, then `Done` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
     Text(String),
+    /// Sent before a token's text when the request asked for log-probabilities.
+    Logprob(TokenLogprob),
     Done(Completion),
     Failed(EngineError),
 }

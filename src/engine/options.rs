@@ -103,6 +103,10 @@ pub struct SamplingOptions {
     pub num_ctx: u32,
     /// Tokens kept at the start when the context is shifted; -1 keeps the whole prompt.
     pub num_keep: i32,
+    /// A GBNF grammar the output must follow (structured output, tool calls); root `root`.
+    pub grammar: Option<String>,
+    /// Report each output token's log-probability and this many alternatives (`None`: off).
+    pub logprobs: Option<u8>,
 }
 
 /// Most stop sequences a request may carry, and longest each may be.
@@ -204,6 +208,8 @@ impl RawOptions {
             stop,
             num_ctx,
             num_keep: num_keep as i32,
+            grammar: None,
+            logprobs: None,
         })
     }
 }

@@ -1,13 +1,17 @@
 //! Picks each next token. Builds a llama.cpp sampler chain from validated `SamplingOptions`, in
 //! llama.cpp's own order: penalties, top-k, typical, top-p, min-p, temperature, then a seeded
 //! draw (or greedy at temperature 0). Plain greedy decoding skips the chain and takes the argmax
-//! of the logits directly: the same token, without copying the whole vocabulary each step.
+//! of the logits directly: the same token, without copying the whole vocabulary each step. A
+//! grammar (structured output) sits outside the chain and filters the candidates, so only the
+//! output, never the prompt, is held to it, and a refusal is an error rather than an abort.
 
 use std::hash::{BuildHasher, Hasher};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
 use super::options::SamplingOptions;
@@ -15,39 +19,94 @@ use super::options::SamplingOptions;
 pub(super) enum TokenSampler {
     Argmax,
     Chain(LlamaSampler),
+    /// A chain under a grammar: only tokens the grammar allows can be drawn.
+    Constrained { chain: LlamaSampler, grammar: LlamaSampler },
 }
 
 impl TokenSampler {
     /// Samples from the logits at batch index `idx` and records the token in the sampler state.
-    pub(super) fn sample(&mut self, ctx: &LlamaContext, idx: i32) -> LlamaToken {
+    /// Fails only if a grammar allows no token at all.
+    pub(super) fn sample(&mut self, ctx: &LlamaContext, idx: i32) -> Result<LlamaToken, String> {
         match self {
-            TokenSampler::Argmax => {
-                let logits = ctx.get_logits_ith(idx);
-                // The first maximum, as llama.cpp's greedy sampler picks it.
-                let best = logits
-                    .iter()
-                    .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best });
-                LlamaToken(best.0 as i32)
+            TokenSampler::Argmax => Ok(argmax(ctx.get_logits_ith(idx))),
+            TokenSampler::Chain(chain) => Ok(chain.sample(ctx, idx)),
+            TokenSampler::Constrained { chain, grammar } => {
+                // Most tokens a model picks are ones the grammar allows: check the unconstrained
+                // pick first, and filter the whole vocabulary only when it is refused.
+                let mut all = LlamaTokenDataArray::from_iter(ctx.candidates_ith(idx), false);
+                chain.apply(&mut all);
+                let first = all.selected_token();
+                let allowed = first.is_some_and(|t| {
+                    let logit = ctx.get_logits_ith(idx).get(t.0 as usize).copied().unwrap_or(f32::NEG_INFINITY);
+                    let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(t, logit, 0.0)], false);
+                    grammar.apply(&mut one);
+                    one.data.first().is_some_and(|d| d.logit().is_finite())
+                });
+                let token = match first {
+                    Some(t) if allowed => t,
+                    _ => {
+                        let mut all = LlamaTokenDataArray::from_iter(ctx.candidates_ith(idx), false);
+                        grammar.apply(&mut all);
+                        chain.apply(&mut all);
+                        all.selected_token()
+                            .filter(|t| all.data.iter().any(|d| d.id() == *t && d.logit().is_finite()))
+                            .ok_or_else(|| "the output format allows no further token".to_string())?
+                    }
+                };
+                grammar
+                    .try_accept(token)
+                    .map_err(|e| format!("the output format refused a token: {e}"))?;
+                chain.accept(token);
+                Ok(token)
             }
-            TokenSampler::Chain(chain) => chain.sample(ctx, idx),
         }
     }
 
-    /// Shows the sampler tokens it did not sample (the prompt), for repetition penalties.
+    /// Shows the sampler tokens it did not sample (the prompt), for repetition penalties. The
+    /// grammar never sees them: it constrains only the output.
     pub(super) fn accept_many(&mut self, tokens: &[LlamaToken]) {
-        if let TokenSampler::Chain(chain) = self {
-            chain.accept_many(tokens);
+        match self {
+            TokenSampler::Argmax => {}
+            TokenSampler::Chain(chain) | TokenSampler::Constrained { chain, .. } => chain.accept_many(tokens),
         }
     }
 }
 
-pub(super) fn build(model: &LlamaModel, o: &SamplingOptions, n_ctx: u32) -> TokenSampler {
+fn argmax(logits: &[f32]) -> LlamaToken {
+    // The first maximum, as llama.cpp's greedy sampler picks it.
+    let best = logits
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best });
+    LlamaToken(best.0 as i32)
+}
+
+/// A token's log-probability under the model (softmax of the raw logits, before sampling), and
+/// the `top` most likely tokens with theirs.
+pub(super) fn logprobs(logits: &[f32], token: LlamaToken, top: usize) -> (f32, Vec<(LlamaToken, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let chosen = logits.get(token.0 as usize).map_or(f32::NEG_INFINITY, |l| l - log_sum);
+    let mut best: Vec<(LlamaToken, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > best[best.len() - 1].1 {
+                let pos = best.partition_point(|b| b.1 >= l);
+                best.insert(pos, (LlamaToken(i as i32), l));
+                best.truncate(top);
+            }
+        }
+    }
+    (chosen, best.into_iter().map(|(t, l)| (t, l - log_sum)).collect())
+}
+
+/// Builds the sampler for `o`; fails only when its grammar does not compile.
+pub(super) fn build(model: &LlamaModel, o: &SamplingOptions, n_ctx: u32) -> Result<TokenSampler, String> {
     let mut chain = Vec::new();
     let last_n = if o.repeat_last_n < 0 { n_ctx as i32 } else { o.repeat_last_n };
     let penalised = o.repeat_penalty != 1.0 || o.frequency_penalty != 0.0 || o.presence_penalty != 0.0;
-    if o.temperature <= 0.0 && !(penalised && last_n > 0) {
-        return TokenSampler::Argmax;
+    if o.temperature <= 0.0 && !(penalised && last_n > 0) && o.grammar.is_none() {
+        return Ok(TokenSampler::Argmax);
     }
     if penalised && last_n > 0 {
         chain.push(LlamaSampler::penalties(
@@ -76,7 +135,14 @@ pub(super) fn build(model: &LlamaModel, o: &SamplingOptions, n_ctx: u32) -> Toke
         chain.push(LlamaSampler::temp(o.temperature));
         chain.push(LlamaSampler::dist(o.seed.unwrap_or_else(random_seed)));
     }
-    TokenSampler::Chain(LlamaSampler::chain_simple(chain))
+    let chain = LlamaSampler::chain_simple(chain);
+    Ok(match &o.grammar {
+        None => TokenSampler::Chain(chain),
+        Some(g) => TokenSampler::Constrained {
+            chain,
+            grammar: LlamaSampler::grammar(model, g, "root").map_err(|e| format!("invalid grammar: {e}"))?,
+        },
+    })
 }
 
 fn random_seed() -> u32 {

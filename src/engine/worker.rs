@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::options::{PredictLimit, SamplingOptions};
 use super::text::{StopMatcher, StopScan, Utf8Stream};
-use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings};
+use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
 
 pub(super) struct Job {
     pub prompt: Vec<LlamaToken>,
@@ -50,14 +50,21 @@ struct Active {
 }
 
 impl Active {
-    fn new(job: Job, model: &LlamaModel, n_ctx_slot: u32) -> Active {
+    /// Fails (after telling the client) when the request's grammar does not compile.
+    fn new(job: Job, model: &LlamaModel, n_ctx_slot: u32) -> Option<Active> {
         let n_ctx = job.options.num_ctx.min(n_ctx_slot) as usize;
-        let mut sampler = sampler::build(model, &job.options, n_ctx as u32);
+        let mut sampler = match sampler::build(model, &job.options, n_ctx as u32) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(EngineError::Sampling(e)));
+                return None;
+            }
+        };
         // Repetition penalties see the prompt too, as in llama.cpp and Ollama.
         let window = if job.options.repeat_last_n < 0 { n_ctx } else { job.options.repeat_last_n as usize };
         let tail = &job.prompt[job.prompt.len().saturating_sub(window)..];
         sampler.accept_many(tail);
-        Active {
+        Some(Active {
             events: job.events,
             stop: StopMatcher::new(job.options.stop.clone()),
             options: job.options,
@@ -71,7 +78,7 @@ impl Active {
             utf8: Utf8Stream::default(),
             started: Instant::now(),
             first_token_at: None,
-        }
+        })
     }
 
     /// Tokens waiting to go into the KV cache.
@@ -193,7 +200,7 @@ pub(super) fn run(
             if slot.is_none() {
                 if let Some(job) = waiting.pop_front() {
                     clear_seq(&mut ctx, seq);
-                    let active = Active::new(job, model, n_ctx_slot);
+                    let Some(active) = Active::new(job, model, n_ctx_slot) else { continue };
                     if active.options.num_predict == PredictLimit::Tokens(0) {
                         active.finish(DoneReason::Length);
                     } else {
@@ -226,7 +233,23 @@ pub(super) fn run(
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(idx) = slot.as_ref().and_then(|a| a.logits_idx) else { continue };
             let Some(mut a) = slot.take() else { continue };
-            let token = a.sampler.sample(&ctx, idx);
+            let token = match a.sampler.sample(&ctx, idx) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = a.events.send(Event::Failed(EngineError::Sampling(e)));
+                    clear_seq(&mut ctx, seq);
+                    continue;
+                }
+            };
+            if let Some(top) = a.options.logprobs {
+                let (logprob, alternatives) = sampler::logprobs(ctx.get_logits_ith(idx), token, top as usize);
+                let piece = |t: LlamaToken| model.vocab().token_to_piece(t, false, None);
+                let _ = a.events.send(Event::Logprob(TokenLogprob {
+                    bytes: piece(token),
+                    logprob,
+                    top: alternatives.into_iter().map(|(t, lp)| (piece(t), lp)).collect(),
+                }));
+            }
             match step(&mut a, model, token) {
                 Some(reason) => {
                     a.finish(reason);
