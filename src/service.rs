@@ -26,8 +26,9 @@ pub enum PromptSpec {
         raw: bool,
         context: Vec<i32>,
     },
-    /// `/api/chat`: a conversation rendered with the model's chat template.
-    Chat { messages: Vec<TemplateMessage> },
+    /// `/api/chat`: a conversation rendered with the model's chat template, offering `tools`
+    /// (OpenAI-style function objects) when there are any.
+    Chat { messages: Vec<TemplateMessage>, tools: Vec<serde_json::Value> },
 }
 
 impl PromptSpec {
@@ -35,7 +36,7 @@ impl PromptSpec {
     pub fn is_empty(&self) -> bool {
         match self {
             PromptSpec::Generate { prompt, context, .. } => prompt.is_empty() && context.is_empty(),
-            PromptSpec::Chat { messages } => messages.is_empty(),
+            PromptSpec::Chat { messages, .. } => messages.is_empty(),
         }
     }
 }
@@ -45,6 +46,8 @@ impl PromptSpec {
 pub struct ValidRequest {
     pub model: String,
     pub prompt: PromptSpec,
+    /// Tools offered in a chat, to read the answer back as a call.
+    pub tools: Option<crate::engine::grammar::ToolRequest>,
     /// The request's options, validated against the server's defaults.
     pub options: SamplingOptions,
     /// The options as the client set them, to lay over the model's own defaults.
@@ -122,13 +125,14 @@ pub async fn start(manager: &ModelManager, req: ValidRequest, caller: Caller, st
     let prompt = req.prompt;
     // A Modelfile's TEMPLATE replaces the model's chat template; its SYSTEM applies when the
     // request brings none.
-    let render = move |mut messages: Vec<TemplateMessage>| -> Result<String, EngineError> {
+    let render = move |mut messages: Vec<TemplateMessage>, tools: &[serde_json::Value]| -> Result<String, EngineError> {
         if let Some(system) = &defaults.system {
             if !messages.iter().any(|m| m.role == "system") {
                 messages.insert(0, TemplateMessage { role: "system".into(), content: system.clone() });
             }
         }
         match &defaults.template {
+            _ if !tools.is_empty() => model.render_chat_tools(&messages, tools, defaults.template.as_deref()),
             Some(t) => model.render_chat_with(t, &messages),
             None => model.render_chat(&messages, true),
         }
@@ -149,17 +153,135 @@ pub async fn start(manager: &ModelManager, req: ValidRequest, caller: Caller, st
                         messages.push(TemplateMessage { role: "system".into(), content: s });
                     }
                     messages.push(TemplateMessage { role: "user".into(), content: prompt });
-                    render(messages)?
+                    render(messages, &[])?
                 };
                 let mut tokens = context;
                 tokens.extend(tokenizer.tokenize(&text));
                 tokens
             }
-            PromptSpec::Chat { messages } => tokenizer.tokenize(&render(messages)?),
+            PromptSpec::Chat { messages, tools } => tokenizer.tokenize(&render(messages, &tools)?),
         })
     })
     .await
     .map_err(|e| ServiceError::Internal(format!("prompt task failed: {e}")))??;
     let events = lease.model.submit(tokens, options)?;
     Ok(Outcome::Generating(Generation { events, lease, started }))
+}
+
+// ---------------------------------------------------------------- embeddings
+
+/// One input to embed: text, tokenized like a prompt (special tokens parsed, BOS added when the
+/// model wants one), or token ids used as given (OpenAI accepts token arrays).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbedInput {
+    Text(String),
+    Tokens(Vec<i32>),
+}
+
+/// An embedding request that passed validation at the edge.
+#[derive(Debug, Clone)]
+pub struct ValidEmbedRequest {
+    pub model: String,
+    /// No inputs only loads the model, as in Ollama.
+    pub inputs: Vec<EmbedInput>,
+    /// Cut an input longer than the context to fit (Ollama's default) instead of refusing it.
+    pub truncate: bool,
+    /// Keep only the first N dimensions, normalized again; checked against the model's width.
+    pub dimensions: Option<usize>,
+    /// Scale each vector to unit length (`/api/embed`, `/v1/embeddings`); the legacy
+    /// `/api/embeddings` returns the pooled vector as it is, like Ollama's.
+    pub normalize: bool,
+    /// Validated options; only `num_ctx` matters here (it picks the instance and the limit).
+    pub options: SamplingOptions,
+    pub raw_options: RawOptions,
+    pub keep_alive: Option<KeepAlive>,
+}
+
+/// The vectors, one per input in order, with Ollama's accounting.
+#[derive(Debug, Clone)]
+pub struct EmbedResult {
+    pub embeddings: Vec<Vec<f32>>,
+    /// Tokens embedded, after truncation.
+    pub prompt_tokens: usize,
+    pub load_duration: std::time::Duration,
+    pub total_duration: std::time::Duration,
+}
+
+/// Embeds every input with the model's pooled embeddings, on the model's worker (one loaded
+/// instance serves generation and embeddings), batching the inputs into as few decodes as fit.
+pub async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Caller) -> Result<EmbedResult, ServiceError> {
+    let started = Instant::now();
+    let entry = match caller {
+        Caller::Network => manager.store().resolve(&req.model)?,
+        Caller::Local => manager.store().resolve_name_or_path(&req.model)?,
+    };
+    // The model's Modelfile parameters apply under the request's own options, as in `start`.
+    let (num_ctx, explicit_num_ctx) = if entry.defaults.parameters.is_empty() {
+        (req.options.num_ctx, req.raw_options.num_ctx.is_some())
+    } else {
+        let bad = |reason: String| ServiceError::ModelDefaults { model: entry.name.clone(), reason };
+        let merged = RawOptions::from_json(&serde_json::Value::Object(entry.defaults.parameters.clone()))
+            .map_err(|e| bad(e.to_string()))?
+            .merged_with(&req.raw_options);
+        let options = merged.validate(manager.defaults().num_ctx).map_err(|e| bad(e.to_string()))?;
+        (options.num_ctx, merged.num_ctx.is_some())
+    };
+    let lease = manager.acquire(entry, explicit_num_ctx.then_some(num_ctx), req.keep_alive).await?;
+    let load_duration = lease.load_duration;
+    let done = |embeddings: Vec<Vec<f32>>, prompt_tokens: usize| EmbedResult {
+        embeddings,
+        prompt_tokens,
+        load_duration,
+        total_duration: started.elapsed(),
+    };
+    if req.inputs.is_empty() {
+        return Ok(done(Vec::new(), 0));
+    }
+    let n_embd = lease.model.n_embd();
+    if let Some(requested) = req.dimensions.filter(|d| !(1..=n_embd).contains(d)) {
+        return Err(EngineError::Dimensions { requested, n_embd }.into());
+    }
+    // Ollama's limit: the request's context, within what the instance holds.
+    let limit = num_ctx.min(lease.model.n_ctx_slot);
+    let model = std::sync::Arc::clone(&lease.model);
+    let (inputs, truncate) = (req.inputs, req.truncate);
+    let tokens = tokio::task::spawn_blocking(move || {
+        inputs
+            .into_iter()
+            .map(|input| {
+                let mut tokens = match input {
+                    EmbedInput::Text(text) => model.tokenize(&text),
+                    EmbedInput::Tokens(tokens) => tokens,
+                };
+                if tokens.len() > limit as usize {
+                    if !truncate {
+                        return Err(EngineError::InputTooLong { tokens: tokens.len(), num_ctx: limit });
+                    }
+                    model.truncate_input(&mut tokens, limit as usize);
+                }
+                Ok(tokens)
+            })
+            .collect::<Result<Vec<_>, EngineError>>()
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("tokenize task failed: {e}")))??;
+    let prompt_tokens = tokens.iter().map(Vec::len).sum();
+    let vectors = lease
+        .model
+        .embed(tokens)?
+        .await
+        .map_err(|_| EngineError::WorkerGone)??;
+    let embeddings = vectors
+        .into_iter()
+        .map(|mut v| match req.dimensions {
+            Some(dims) => crate::engine::embed::shorten(v, dims),
+            None => {
+                if req.normalize {
+                    crate::engine::embed::normalize(&mut v);
+                }
+                v
+            }
+        })
+        .collect();
+    Ok(done(embeddings, prompt_tokens))
 }

@@ -5,6 +5,7 @@ pub mod error;
 pub mod models;
 pub mod ollama;
 pub mod store;
+pub mod tools;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -98,8 +99,8 @@ async fn respond(app: &AppState, req: Result<crate::service::ValidRequest, ApiEr
     let model = req.model.clone();
     match ollama::run(&app.manager, req, kind, crate::service::Caller::Network, started).await {
         Ok(Reply::One(v)) => Json(v).into_response(),
-        Ok(Reply::Stream(g)) => {
-            let lines = ollama::response_stream(g, kind, model).map(|v| {
+        Ok(Reply::Stream(g, tools)) => {
+            let lines = ollama::response_stream(g, kind, model, tools).map(|v| {
                 let mut line = serde_json::to_vec(&v).unwrap_or_default();
                 line.push(b'\n');
                 Ok::<_, Infallible>(Bytes::from(line))

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use crate::engine::grammar::{ToolChoice, ToolRequest};
 use crate::engine::options::RawOptions;
 use crate::engine::template::TemplateMessage;
 use crate::engine::{Completion, Event};
@@ -31,6 +32,8 @@ pub struct GenerateRequest {
     pub images: Option<Vec<Value>>,
     pub options: Option<Value>,
     pub think: Option<Value>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +46,10 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     pub keep_alive: Option<Value>,
     pub think: Option<Value>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    /// hearth's own: OpenAI's `tool_choice` (`auto` by default).
+    pub tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +58,10 @@ pub struct ChatMessage {
     #[serde(default)]
     pub content: Option<String>,
     pub images: Option<Vec<Value>>,
+    pub tool_calls: Option<Vec<Value>>,
+    /// Accepted on `tool` messages; the templates hearth renders don't use it.
+    #[allow(dead_code)]
+    pub tool_name: Option<String>,
 }
 
 /// Which endpoint's objects to produce.
@@ -68,14 +79,27 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// The fields `/api/generate` and `/api/chat` share, validated.
+struct Common {
+    model: String,
+    raw_options: RawOptions,
+    options: crate::engine::options::SamplingOptions,
+    keep_alive: Option<KeepAlive>,
+}
+
+/// Most alternatives a request may ask log-probabilities for.
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+
+#[allow(clippy::too_many_arguments)]
 fn common(
     model: Option<String>,
     options: Option<&Value>,
     keep_alive: Option<&Value>,
     format: Option<&Value>,
     think: Option<&Value>,
+    logprobs: (Option<bool>, Option<i64>),
     default_num_ctx: u32,
-) -> Result<(String, RawOptions, crate::engine::options::SamplingOptions, Option<KeepAlive>), ApiError> {
+) -> Result<Common, ApiError> {
     let model = model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("model is required"))?;
@@ -83,31 +107,40 @@ fn common(
         None | Some(Value::Null) => RawOptions::default(),
         Some(v) => RawOptions::from_json(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
     };
-    let options = raw.validate(default_num_ctx).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut options = raw.validate(default_num_ctx).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let keep_alive = keep_alive
         .filter(|v| !v.is_null())
         .map(KeepAlive::from_json)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    match format {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s.is_empty() => {}
-        Some(_) => return Err(ApiError::bad_request("structured output (format) is not supported yet")),
-    }
+    options.grammar = super::tools::format_grammar(format)?;
+    options.logprobs = logprob_request(logprobs.0, logprobs.1)?;
     if matches!(think, Some(Value::Bool(true)) | Some(Value::String(_))) {
         return Err(ApiError::bad_request(format!("\"{model}\" does not support thinking")));
     }
-    Ok((model, raw, options, keep_alive))
+    Ok(Common { model, raw_options: raw, options, keep_alive })
+}
+
+/// `logprobs`/`top_logprobs` as the engine takes them: `None` (off) or the number of
+/// alternatives.
+pub fn logprob_request(logprobs: Option<bool>, top: Option<i64>) -> Result<Option<u8>, ApiError> {
+    let top = match top {
+        None => 0,
+        Some(n) if (0..=MAX_TOP_LOGPROBS).contains(&n) => n as u8,
+        Some(n) => return Err(ApiError::bad_request(format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {n}"))),
+    };
+    Ok((logprobs == Some(true) || top > 0).then_some(top))
 }
 
 impl GenerateRequest {
     pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
-        let (model, raw_options, options, keep_alive) = common(
+        let Common { model, raw_options, options, keep_alive } = common(
             self.model,
             self.options.as_ref(),
             self.keep_alive.as_ref(),
             self.format.as_ref(),
             self.think.as_ref(),
+            (self.logprobs, self.top_logprobs),
             default_num_ctx,
         )?;
         if self.images.is_some_and(|i| !i.is_empty()) {
@@ -135,6 +168,7 @@ impl GenerateRequest {
                 raw,
                 context,
             },
+            tools: None,
             options,
             raw_options,
             keep_alive,
@@ -145,17 +179,36 @@ impl GenerateRequest {
 
 impl ChatRequest {
     pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
-        let (model, raw_options, options, keep_alive) = common(
+        let Common { model, raw_options, mut options, keep_alive } = common(
             self.model,
             self.options.as_ref(),
             self.keep_alive.as_ref(),
             self.format.as_ref(),
             self.think.as_ref(),
+            (self.logprobs, self.top_logprobs),
             default_num_ctx,
         )?;
-        if self.tools.is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::bad_request(format!("\"{model}\" does not support tools yet")));
-        }
+        let tools = match self.tools.filter(|t| !t.is_empty()) {
+            None => None,
+            Some(_) if options.grammar.is_some() => {
+                return Err(ApiError::bad_request("format and tools can't be combined: a tool call is already JSON"));
+            }
+            Some(t) => {
+                // Ollama's API has no tool_choice. A client that sends tools with a user's
+                // question wants a call, and small models rarely volunteer one: hearth calls a
+                // tool on a user turn and lets the model choose after a tool's result.
+                // `tool_choice` (hearth's own field, OpenAI's values) overrides this.
+                let last_is_user = self.messages.as_ref().and_then(|m| m.last()).is_some_and(|m| m.role == "user");
+                let choice = match &self.tool_choice {
+                    Some(c) => super::tools::tool_choice(Some(c))?,
+                    None if last_is_user => ToolChoice::Required,
+                    None => ToolChoice::Auto,
+                };
+                let tools = ToolRequest { tools: super::tools::parse_tools(&t)?, choice };
+                options.grammar = tools.grammar()?;
+                Some(tools)
+            }
+        };
         let mut messages = Vec::new();
         for m in self.messages.unwrap_or_default() {
             if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
@@ -167,14 +220,19 @@ impl ChatRequest {
             if m.images.is_some_and(|i| !i.is_empty()) {
                 return Err(ApiError::bad_request(format!("\"{model}\" does not support images")));
             }
-            messages.push(TemplateMessage {
-                role: m.role,
-                content: m.content.unwrap_or_default(),
-            });
+            let mut content = m.content.unwrap_or_default();
+            if content.is_empty() {
+                // An earlier call of the model's is shown to it as the JSON it wrote.
+                if let Some(f) = m.tool_calls.as_ref().and_then(|c| c.first()).and_then(|c| c.get("function")) {
+                    content = json!({ "name": f.get("name"), "arguments": f.get("arguments") }).to_string();
+                }
+            }
+            messages.push(TemplateMessage { role: m.role, content });
         }
         Ok(ValidRequest {
             model,
-            prompt: PromptSpec::Chat { messages },
+            prompt: PromptSpec::Chat { messages, tools: tools.as_ref().map(ToolRequest::offered).unwrap_or_default() },
+            tools,
             options,
             raw_options,
             keep_alive,
@@ -242,40 +300,79 @@ fn unexpected_end() -> ApiError {
 }
 
 /// The NDJSON objects of a streamed response: one per text piece, then the summary, or an
-/// `{"error": ...}` object if generation fails after it started.
-pub fn response_stream(generation: Generation, kind: Kind, model: String) -> impl Stream<Item = Value> + Send {
-    futures::stream::unfold(Some(generation), move |state| {
+/// `{"error": ...}` object if generation fails after it started. When tools were offered and
+/// the answer starts like a call, it is held back and sent as `message.tool_calls` at the end.
+pub fn response_stream(generation: Generation, kind: Kind, model: String, tools: Option<ToolRequest>) -> impl Stream<Item = Value> + Send {
+    struct State {
+        g: Generation,
+        tools: Option<ToolRequest>,
+        /// Text held back while it may be a tool call.
+        held: String,
+        /// Objects ready to send.
+        queue: std::collections::VecDeque<Value>,
+        done: bool,
+    }
+    let state = State { g: generation, tools, held: String::new(), queue: Default::default(), done: false };
+    futures::stream::unfold(state, move |mut st| {
         let model = model.clone();
         async move {
-            let mut g = state?;
             let mut logprobs = Vec::new();
             loop {
-                return match g.events.recv().await {
-                    Some(Event::Logprob(lp)) => {
-                        logprobs.push(logprob_json(&lp));
-                        continue;
-                    }
+                if let Some(v) = st.queue.pop_front() {
+                    return Some((v, st));
+                }
+                if st.done {
+                    return None;
+                }
+                match st.g.events.recv().await {
+                    Some(Event::Logprob(lp)) => logprobs.push(logprob_json(&lp)),
                     Some(Event::Text(t)) => {
-                        let mut v = base(kind, &model, &t, false);
-                        if !logprobs.is_empty() {
-                            v["logprobs"] = Value::Array(logprobs);
+                        let holding = st.tools.as_ref().is_some_and(|tr| {
+                            let so_far = format!("{}{t}", st.held);
+                            so_far.trim().is_empty() || tr.may_call(&so_far)
+                        });
+                        if holding {
+                            st.held.push_str(&t);
+                            continue;
                         }
-                        Some((v, Some(g)))
+                        let text = std::mem::take(&mut st.held) + &t;
+                        let mut v = base(kind, &model, &text, false);
+                        if !logprobs.is_empty() {
+                            v["logprobs"] = Value::Array(std::mem::take(&mut logprobs));
+                        }
+                        st.queue.push_back(v);
                     }
                     Some(Event::Done(c)) => {
-                        let v = final_response(kind, &model, "", &c, g.lease.load_duration, g.started);
-                        Some((v, None))
+                        let held = std::mem::take(&mut st.held);
+                        let call = st.tools.as_ref().and_then(|tr| tr.parse_call(&held));
+                        match call {
+                            Some((name, args)) => {
+                                let mut v = base(kind, &model, "", false);
+                                v["message"]["tool_calls"] = json!([super::tools::ollama_call(&name, &args)]);
+                                st.queue.push_back(v);
+                            }
+                            None if !held.is_empty() => st.queue.push_back(base(kind, &model, &held, false)),
+                            None => {}
+                        }
+                        st.queue.push_back(final_response(kind, &model, "", &c, st.g.lease.load_duration, st.g.started));
+                        st.done = true;
                     }
-                    Some(Event::Failed(e)) => Some((ApiError::from(e).body(), None)),
-                    None => Some((unexpected_end().body(), None)),
-                };
+                    Some(Event::Failed(e)) => {
+                        st.queue.push_back(ApiError::from(e).body());
+                        st.done = true;
+                    }
+                    None => {
+                        st.queue.push_back(unexpected_end().body());
+                        st.done = true;
+                    }
+                }
             }
         }
     })
 }
 
 /// The single object of a `stream: false` response.
-pub async fn collect(mut g: Generation, kind: Kind, model: &str) -> Result<Value, ApiError> {
+pub async fn collect(mut g: Generation, kind: Kind, model: &str, tools: Option<&ToolRequest>) -> Result<Value, ApiError> {
     let mut text = String::new();
     let mut logprobs = Vec::new();
     loop {
@@ -283,7 +380,12 @@ pub async fn collect(mut g: Generation, kind: Kind, model: &str) -> Result<Value
             Some(Event::Logprob(lp)) => logprobs.push(logprob_json(&lp)),
             Some(Event::Text(t)) => text.push_str(&t),
             Some(Event::Done(c)) => {
-                let mut v = final_response(kind, model, &text, &c, g.lease.load_duration, g.started);
+                let call = tools.and_then(|tr| tr.parse_call(&text));
+                let shown = if call.is_some() { "" } else { text.as_str() };
+                let mut v = final_response(kind, model, shown, &c, g.lease.load_duration, g.started);
+                if let Some((name, args)) = call {
+                    v["message"]["tool_calls"] = json!([super::tools::ollama_call(&name, &args)]);
+                }
                 if !logprobs.is_empty() {
                     v["logprobs"] = Value::Array(logprobs);
                 }
@@ -298,7 +400,7 @@ pub async fn collect(mut g: Generation, kind: Kind, model: &str) -> Result<Value
 /// Runs a validated request and returns either one object or a stream of them.
 pub enum Reply {
     One(Value),
-    Stream(Generation),
+    Stream(Generation, Option<ToolRequest>),
 }
 
 pub async fn run(
@@ -310,11 +412,12 @@ pub async fn run(
 ) -> Result<Reply, ApiError> {
     let model = req.model.clone();
     let stream = req.stream;
+    let tools = req.tools.clone();
     match crate::service::start(manager, req, caller, started).await? {
         Outcome::Loaded { unloaded, load_duration } => {
             Ok(Reply::One(load_response(kind, &model, unloaded, load_duration, started)))
         }
-        Outcome::Generating(g) if stream => Ok(Reply::Stream(g)),
-        Outcome::Generating(g) => Ok(Reply::One(collect(g, kind, &model).await?)),
+        Outcome::Generating(g) if stream => Ok(Reply::Stream(g, tools)),
+        Outcome::Generating(g) => Ok(Reply::One(collect(g, kind, &model, tools.as_ref()).await?)),
     }
 }

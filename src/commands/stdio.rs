@@ -65,8 +65,8 @@ async fn handle(manager: &ModelManager, default_model: &str, line: &str) -> Resu
     let model = req.model.clone();
     match ollama::run(manager, req, kind, Caller::Local, started).await? {
         Reply::One(v) => emit(&v).map_err(|e| ApiError::internal(e.to_string()))?,
-        Reply::Stream(g) => {
-            let mut s = Box::pin(ollama::response_stream(g, kind, model));
+        Reply::Stream(g, tools) => {
+            let mut s = Box::pin(ollama::response_stream(g, kind, model, tools));
             while let Some(v) = s.next().await {
                 emit(&v).map_err(|e| ApiError::internal(e.to_string()))?;
             }

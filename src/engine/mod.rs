@@ -5,8 +5,10 @@
 //! channels and never blocks on a decode. A `LoadedModel` is the handle: dropping the last one
 //! closes the job channel, the worker finishes what it has in flight, and the model is freed.
 
+pub mod embed;
 pub mod options;
 mod sampler;
+pub mod grammar;
 pub mod template;
 pub mod text;
 mod worker;
@@ -20,7 +22,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use self::options::SamplingOptions;
 use self::template::{ChatTemplate, TemplateError, TemplateMessage};
@@ -48,6 +50,14 @@ pub enum EngineError {
     Load { path: String, reason: String },
     #[error("prompt is too long: {prompt_tokens} tokens, but the context holds {num_ctx} (raise num_ctx or shorten the prompt)")]
     PromptTooLong { prompt_tokens: usize, num_ctx: u32 },
+    #[error("input length exceeds the context length: {tokens} tokens, but the context holds {num_ctx} (raise num_ctx, shorten the input, or set truncate to true)")]
+    InputTooLong { tokens: usize, num_ctx: u32 },
+    #[error("input {0} is empty: it has no tokens to embed")]
+    EmptyInput(usize),
+    #[error("dimensions must be between 1 and {n_embd} for this model, got {requested}")]
+    Dimensions { requested: usize, n_embd: usize },
+    #[error("{0}")]
+    EmbedContext(String),
     #[error("context holds token id {0}, which is not in this model's vocabulary")]
     InvalidToken(i32),
     #[error("the model's worker has stopped")]
@@ -123,7 +133,7 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
 pub struct LoadedModel {
     model: Arc<LlamaModel>,
     /// `None` only while dropping.
-    jobs: Option<std_mpsc::Sender<worker::Job>>,
+    jobs: Option<std_mpsc::Sender<worker::Work>>,
     worker: Option<std::thread::JoinHandle<()>>,
     template: ChatTemplate,
     bos_text: Option<String>,
@@ -218,6 +228,25 @@ impl LoadedModel {
         Ok(self.template.render(messages, add_generation_prompt)?)
     }
 
+    /// Renders a conversation that offers `tools` (OpenAI-style function objects): through the
+    /// chat template when it renders tools itself, else with hearth's tool prompt added to the
+    /// system message (`template::tool_prompt`).
+    pub fn render_chat_tools(&self, messages: &[TemplateMessage], tools: &[serde_json::Value], override_template: Option<&str>) -> Result<String, EngineError> {
+        if override_template.is_none() && self.template.knows_tools() {
+            return Ok(self.template.render_with_tools(messages, tools, true)?);
+        }
+        let mut messages = messages.to_vec();
+        let prompt = template::tool_prompt(tools);
+        match messages.iter_mut().find(|m| m.role == "system") {
+            Some(system) => system.content = format!("{}\n\n{prompt}", system.content),
+            None => messages.insert(0, TemplateMessage { role: "system".into(), content: prompt }),
+        }
+        match override_template {
+            Some(t) => self.render_chat_with(t, &messages),
+            None => self.render_chat(&messages, true),
+        }
+    }
+
     /// Renders a conversation with a template that replaces the model's (a Modelfile's).
     pub fn render_chat_with(&self, source: &str, messages: &[TemplateMessage]) -> Result<String, EngineError> {
         Ok(template::render_override(source, messages, self.bos_text.as_deref().unwrap_or(""), &self.eos_text)?)
@@ -254,11 +283,61 @@ impl LoadedModel {
             options,
             events: tx,
         };
+        self.send(worker::Work::Generate(job))?;
+        Ok(rx)
+    }
+
+    fn send(&self, work: worker::Work) -> Result<(), EngineError> {
         self.jobs
             .as_ref()
             .ok_or(EngineError::WorkerGone)?
-            .send(job)
-            .map_err(|_| EngineError::WorkerGone)?;
+            .send(work)
+            .map_err(|_| EngineError::WorkerGone)
+    }
+
+    /// Width of the vectors `embed` returns.
+    pub fn n_embd(&self) -> usize {
+        usize::try_from(self.model.n_embd_out()).unwrap_or(0)
+    }
+
+    /// Cuts an embedding input to `limit` tokens, keeping an end-of-sequence token the
+    /// tokenizer appended (BERT-style `[SEP]`) at the end.
+    pub fn truncate_input(&self, tokens: &mut Vec<i32>, limit: usize) {
+        if tokens.len() <= limit {
+            return;
+        }
+        let vocab = self.model.vocab();
+        let last = tokens.last().copied();
+        let appended = (vocab.should_add_eos() && last == Some(vocab.eos().0))
+            || (vocab.should_add_sep() && last == Some(vocab.sep().0));
+        tokens.truncate(limit);
+        if let (true, Some(last), Some(end)) = (appended && limit > 1, last, tokens.last_mut()) {
+            *end = last;
+        }
+    }
+
+    /// Queues inputs (already truncated to at most `n_ctx_slot` tokens) to be embedded by the
+    /// worker, batched together where they fit. The answer holds one pooled vector per input,
+    /// in order, not normalized. Fails at once for an empty, too long or out-of-vocabulary input.
+    pub fn embed(&self, inputs: Vec<Vec<i32>>) -> Result<oneshot::Receiver<Result<Vec<Vec<f32>>, EngineError>>, EngineError> {
+        let n_vocab = self.model.n_vocab();
+        for (i, input) in inputs.iter().enumerate() {
+            if input.is_empty() {
+                return Err(EngineError::EmptyInput(i));
+            }
+            if input.len() > self.n_ctx_slot as usize {
+                return Err(EngineError::InputTooLong { tokens: input.len(), num_ctx: self.n_ctx_slot });
+            }
+            if let Some(&bad) = input.iter().find(|&&t| t < 0 || t >= n_vocab) {
+                return Err(EngineError::InvalidToken(bad));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = embed::EmbedJob {
+            inputs: inputs.into_iter().map(|i| i.into_iter().map(LlamaToken).collect()).collect(),
+            reply: tx,
+        };
+        self.send(worker::Work::Embed(job))?;
         Ok(rx)
     }
 }

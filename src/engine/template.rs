@@ -65,6 +65,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Whether the template renders a `tools` list itself.
+    knows_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -115,14 +117,28 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            knows_tools: source.contains("tools"),
         })
     }
 
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
     pub fn render(&self, messages: &[TemplateMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Whether the template renders tool definitions itself.
+    pub fn knows_tools(&self) -> bool {
+        self.knows_tools
+    }
+
+    /// Renders a conversation with tool definitions (OpenAI's `{"type": "function", ...}`
+    /// objects) in the template's `tools` variable.
+    pub fn render_with_tools(&self, messages: &[TemplateMessage], tools: &[serde_json::Value], add_generation_prompt: bool) -> Result<String, TemplateError> {
         let tmpl = self.env.get_template("chat")?;
+        let tools = (!tools.is_empty()).then_some(tools);
         let out = tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
@@ -146,6 +162,15 @@ pub fn render_request_template(source: &str, system: &str, prompt: &str) -> Resu
         context! { System => system, Prompt => prompt, Response => "", Suffix => "" },
     )?;
     check_output(out)
+}
+
+/// The system text that offers tools to a model whose template can't: the tool definitions as
+/// JSON and the one reply format hearth parses (and the grammar enforces).
+pub fn tool_prompt(tools: &[serde_json::Value]) -> String {
+    let list = tools.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("\n");
+    format!(
+        "You can call functions. The available functions, in JSON:\n{list}\n\nTo call a function, reply with only a JSON object of the form {{\"name\": \"<function name>\", \"arguments\": {{<the arguments>}}}} and nothing else. If no function is needed, reply normally."
+    )
 }
 
 /// Whether `source` is Jinja or within the Go template subset hearth translates.
