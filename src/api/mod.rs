@@ -1,9 +1,11 @@
 //! HTTP: the axum router for Ollama's API. Handlers parse the wire format (`ollama`), call the
 //! shared request path (`service`), and write NDJSON or JSON back. The only place with routes.
 
+pub mod embed;
 pub mod error;
 pub mod models;
 pub mod ollama;
+pub mod openai;
 pub mod store;
 pub mod tools;
 
@@ -39,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/version", get(version).head(version))
         .route("/api/generate", post(generate))
         .route("/api/chat", post(chat))
+        .route("/api/embed", post(embed::embed))
+        .route("/api/embeddings", post(embed::embeddings))
         .route("/api/tags", get(tags).head(tags))
         .route("/api/show", post(show))
         .route("/api/ps", get(ps))
@@ -46,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/create", post(store::create))
         .route("/api/copy", post(store::copy))
         .route("/api/delete", delete(store::delete))
+        .merge(openai::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Blob uploads are model-sized and streamed to disk: no body limit.
