@@ -26,10 +26,33 @@ pub(super) enum TokenSampler {
 impl TokenSampler {
     /// Samples from the logits at batch index `idx` and records the token in the sampler state.
     /// Fails only if a grammar allows no token at all.
-    pub(super) fn sample(&mut self, ctx: &LlamaContext, idx: i32) -> Result<LlamaToken, String> {
+    ///
+    /// `wrap_up` (for a grammar near the end of its token budget) adds its bias to each token's
+    /// logit, favouring those that close strings, objects and arrays, so a structured answer
+    /// ends complete rather than cut off.
+    pub(super) fn sample(&mut self, ctx: &LlamaContext, idx: i32, wrap_up: Option<&[f32]>) -> Result<LlamaToken, String> {
         match self {
             TokenSampler::Argmax => Ok(argmax(ctx.get_logits_ith(idx))),
             TokenSampler::Chain(chain) => Ok(chain.sample(ctx, idx)),
+            TokenSampler::Constrained { chain, grammar } if wrap_up.is_some() => {
+                let bias = wrap_up.unwrap_or_default();
+                let mut all = LlamaTokenDataArray::from_iter(
+                    ctx.candidates_ith(idx).map(|mut d| {
+                        d.set_logit(d.logit() + bias.get(d.id().0 as usize).copied().unwrap_or(0.0));
+                        d
+                    }),
+                    false,
+                );
+                grammar.apply(&mut all);
+                chain.apply(&mut all);
+                let token = all
+                    .selected_token()
+                    .filter(|t| all.data.iter().any(|d| d.id() == *t && d.logit().is_finite()))
+                    .ok_or_else(|| "the output format allows no further token".to_string())?;
+                grammar.try_accept(token).map_err(|e| format!("the output format refused a token: {e}"))?;
+                chain.accept(token);
+                Ok(token)
+            }
             TokenSampler::Constrained { chain, grammar } => {
                 // Most tokens a model picks are ones the grammar allows: check the unconstrained
                 // pick first, and filter the whole vocabulary only when it is refused.
@@ -68,6 +91,59 @@ impl TokenSampler {
         match self {
             TokenSampler::Argmax => {}
             TokenSampler::Chain(chain) | TokenSampler::Constrained { chain, .. } => chain.accept_many(tokens),
+        }
+    }
+}
+
+/// Whether a sampler is held to a grammar (and so worth wrapping up).
+impl TokenSampler {
+    pub(super) fn constrained(&self) -> bool {
+        matches!(self, TokenSampler::Constrained { .. })
+    }
+}
+
+/// Per-token logit biases for wrapping up a JSON answer, one table for inside a string and
+/// one for outside: inside, tokens that close the string (`"`, optionally followed by closing
+/// brackets); outside, tokens made only of `}`, `]` and spaces. The grammar still decides what
+/// is allowed; this only decides what is preferred.
+pub(super) struct WrapUpBias {
+    pub in_string: Vec<f32>,
+    pub outside: Vec<f32>,
+}
+
+const WRAP_UP_BIAS: f32 = 15.0;
+
+pub(super) fn wrap_up_bias(model: &LlamaModel) -> WrapUpBias {
+    let vocab = model.vocab();
+    let closing = |b: &u8| matches!(b, b'}' | b']' | b' ' | b'\n');
+    let (mut in_string, mut outside) = (Vec::new(), Vec::new());
+    for t in 0..model.n_vocab() {
+        let piece = vocab.token_to_piece(LlamaToken(t), false, None);
+        let closes_string = piece.first() == Some(&b'"') && piece[1..].iter().all(closing);
+        let closes_value = !piece.is_empty() && piece.iter().all(closing) && piece.iter().any(|b| matches!(b, b'}' | b']'));
+        in_string.push(if closes_string { WRAP_UP_BIAS } else { 0.0 });
+        outside.push(if closes_value { WRAP_UP_BIAS } else { 0.0 });
+    }
+    WrapUpBias { in_string, outside }
+}
+
+/// Where a JSON answer is, lexically: inside a string or not (with a pending backslash).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct JsonLexState {
+    pub in_string: bool,
+    escaped: bool,
+}
+
+impl JsonLexState {
+    pub(super) fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.escaped {
+                self.escaped = false;
+            } else if self.in_string && b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = !self.in_string;
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 //! the batch size, into one batch and decodes once; then each sequence samples its next token.
 //! A request whose receiver is gone (client left) is dropped before the next step, so a
 //! cancelled prompt costs at most one chunk. Nothing outside this thread touches the context.
+//! Embed jobs go to the `embed::Embedder`, which runs one decode of its own context per step,
+//! between generation steps, so a chat in progress keeps going while inputs are embedded.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -19,9 +21,19 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::embed::{EmbedJob, Embedder};
 use super::options::{PredictLimit, SamplingOptions};
 use super::text::{StopMatcher, StopScan, Utf8Stream};
 use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
+
+/// What the worker's channel carries.
+pub(super) enum Work {
+    Generate(Job),
+    Embed(EmbedJob),
+}
+
+/// A structured (grammar) answer starts wrapping up when this few tokens are left.
+const WRAP_UP_TOKENS: usize = 32;
 
 pub(super) struct Job {
     pub prompt: Vec<LlamaToken>,
@@ -41,6 +53,8 @@ struct Active {
     n_ctx: usize,
     prompt_tokens: usize,
     generated: u32,
+    /// Where a structured answer is, to wrap it up properly near its token limit.
+    json: sampler::JsonLexState,
     /// Where this sequence's logits are in the current batch.
     logits_idx: Option<i32>,
     utf8: Utf8Stream,
@@ -74,11 +88,22 @@ impl Active {
             n_past: 0,
             n_ctx,
             generated: 0,
+            json: sampler::JsonLexState::default(),
             logits_idx: None,
             utf8: Utf8Stream::default(),
             started: Instant::now(),
             first_token_at: None,
         })
+    }
+
+    /// How many more tokens this request may generate: its `num_predict`, or the room left in
+    /// its context.
+    fn tokens_left(&self) -> usize {
+        let room = self.n_ctx.saturating_sub(self.history.len());
+        match self.options.num_predict {
+            PredictLimit::Tokens(n) => room.min(n.saturating_sub(self.generated) as usize),
+            PredictLimit::UntilContextFull => room,
+        }
     }
 
     /// Tokens waiting to go into the KV cache.
@@ -138,7 +163,7 @@ pub(super) fn run(
     adapter: Option<LlamaLoraAdapter>,
     backend: &LlamaBackend,
     settings: &LoadSettings,
-    jobs: Receiver<Job>,
+    jobs: Receiver<Work>,
     ready: SyncSender<Result<u32, String>>,
 ) {
     let parallel = settings.parallel.max(1);
@@ -158,8 +183,9 @@ pub(super) fn run(
             return;
         }
     };
-    if let Some(mut adapter) = adapter {
-        if let Err(e) = ctx.lora_adapter_set(&mut adapter, 1.0) {
+    let mut adapter = adapter;
+    if let Some(adapter) = adapter.as_mut() {
+        if let Err(e) = ctx.lora_adapter_set(adapter, 1.0) {
             let _ = ready.send(Err(format!("cannot apply the adapter: {e}")));
             return;
         }
@@ -170,20 +196,23 @@ pub(super) fn run(
     }
     let mut batch = LlamaBatch::new(settings.batch_size as usize, 1);
     let mut slots: Vec<Option<Active>> = (0..parallel).map(|_| None).collect();
+    // Logit biases toward closing JSON, computed the first time a structured answer wraps up.
+    let mut closers: Option<sampler::WrapUpBias> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut open = true;
 
     loop {
         // Block only when there is nothing to do.
-        if open && waiting.is_empty() && slots.iter().all(Option::is_none) {
+        if open && waiting.is_empty() && slots.iter().all(Option::is_none) && embedder.idle() {
             match jobs.recv() {
-                Ok(job) => waiting.push_back(job),
+                Ok(work) => accept(work, &mut waiting, &mut embedder),
                 Err(_) => open = false,
             }
         }
         while open {
             match jobs.try_recv() {
-                Ok(job) => waiting.push_back(job),
+                Ok(work) => accept(work, &mut waiting, &mut embedder),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -209,8 +238,11 @@ pub(super) fn run(
                 }
             }
         }
+        if !embedder.idle() {
+            embedder.step();
+        }
         if slots.iter().all(Option::is_none) {
-            if !open && waiting.is_empty() {
+            if !open && waiting.is_empty() && embedder.idle() {
                 break;
             }
             continue;
@@ -233,7 +265,15 @@ pub(super) fn run(
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(idx) = slot.as_ref().and_then(|a| a.logits_idx) else { continue };
             let Some(mut a) = slot.take() else { continue };
-            let token = match a.sampler.sample(&ctx, idx) {
+            let wrap_up = a.sampler.constrained() && a.tokens_left() <= WRAP_UP_TOKENS;
+            if wrap_up && closers.is_none() {
+                closers = Some(sampler::wrap_up_bias(model));
+            }
+            let bias = closers
+                .as_ref()
+                .filter(|_| wrap_up)
+                .map(|b| if a.json.in_string { b.in_string.as_slice() } else { b.outside.as_slice() });
+            let token = match a.sampler.sample(&ctx, idx, bias) {
                 Ok(t) => t,
                 Err(e) => {
                     let _ = a.events.send(Event::Failed(EngineError::Sampling(e)));
@@ -258,6 +298,13 @@ pub(super) fn run(
                 None => *slot = Some(a),
             }
         }
+    }
+}
+
+fn accept(work: Work, waiting: &mut VecDeque<Job>, embedder: &mut Embedder<'_>) {
+    match work {
+        Work::Generate(job) => waiting.push_back(job),
+        Work::Embed(job) => embedder.push(job),
     }
 }
 
@@ -313,7 +360,11 @@ fn step(a: &mut Active, model: &LlamaModel, token: LlamaToken) -> Option<DoneRea
     }
     a.generated += 1;
     a.history.push(token);
-    let text = a.utf8.push(&vocab.token_to_piece(token, false, None));
+    let piece = vocab.token_to_piece(token, false, None);
+    if a.sampler.constrained() {
+        a.json.feed(&piece);
+    }
+    let text = a.utf8.push(&piece);
     match a.stop.push(&text) {
         StopScan::Continue(t) => a.send_text(t),
         StopScan::Stopped(t) => {
