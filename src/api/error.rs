@@ -90,16 +90,20 @@ impl From<StoreError> for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let status = match &e {
-            EngineError::PromptTooLong { .. } | EngineError::InvalidToken(_) | EngineError::Template(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            EngineError::PromptTooLong { .. }
+            | EngineError::InputTooLong { .. }
+            | EngineError::EmptyInput(_)
+            | EngineError::Dimensions { .. }
+            | EngineError::InvalidToken(_)
+            | EngineError::Template(_) => StatusCode::BAD_REQUEST,
+            // The file passed hearth's validation but llama.cpp refused it (a missing tensor, an
+            // unknown architecture, an adapter for another model): the model is at fault.
+            EngineError::Load { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Backend(_)
-            | EngineError::Load { .. }
             | EngineError::WorkerGone
             | EngineError::Decode(_)
-            | EngineError::Sampling(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            | EngineError::Sampling(_)
+            | EngineError::EmbedContext(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,

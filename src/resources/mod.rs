@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::engine::{EngineError, LoadSettings, LoadedModel};
-use crate::store::gguf::{read_gguf, GgufError};
+use crate::store::gguf::{read_gguf_as, GgufError, GgufKind};
 use crate::store::{ModelEntry, ModelStore, StoreError};
 use eviction::{choose_evictions, Candidate, Room};
 pub use keep_alive::KeepAlive;
@@ -29,7 +29,7 @@ pub enum ResourceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("cannot read model file: {0}")]
+    #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error("model '{model}' needs {needed} bytes ({} MiB) of RAM but the budget is {budget} bytes ({} MiB); raise --ram-budget or lower num_ctx/--parallel", needed >> 20, budget >> 20)]
     TooLarge { model: String, needed: u64, budget: u64 },
@@ -238,8 +238,8 @@ impl ModelManager {
         let adapters = entry.defaults.adapters.clone();
         // Every file is validated in Rust before llama.cpp parses it.
         let (info, adapter_bytes) = tokio::task::spawn_blocking(move || -> Result<_, GgufError> {
-            let info = crate::store::gguf::read_gguf_as(&path, crate::store::gguf::GgufKind::Model)?;
-            let adapter_bytes = adapters.iter().try_fold(0u64, |sum, a| Ok::<_, GgufError>(sum + read_gguf(a)?.file_size))?;
+            let info = read_gguf_as(&path, GgufKind::Model)?;
+            let adapter_bytes = adapters.iter().try_fold(0u64, |sum, a| Ok::<_, GgufError>(sum + read_gguf_as(a, GgufKind::Adapter)?.file_size))?;
             Ok((info, adapter_bytes))
         })
         .await
