@@ -6,14 +6,18 @@
 //! - `cli`        clap structures only; `commands/` holds one file per subcommand.
 //! - `config`     machine-dependent defaults (threads) and address parsing.
 //! - `api`        wire formats and routes: `ollama` (requests -> `ValidRequest`, responses),
+//!                `openai` (the /v1 routes and OpenAI's error shape), `tools` (tool definitions,
+//!                formats, reading calls back), `embed` (Ollama's embedding routes),
 //!                `models` (tags/show/ps objects), `store` (pull/create/copy/delete/blobs),
 //!                `error` (the one error -> status table).
 //! - `service`    the shared request path: resolve, lease, render prompt, tokenize, submit.
 //! - `resources`  the resource manager: RAM budget, estimates from GGUF metadata, LRU eviction
 //!                of idle models, leases, keep-alive unloads, per-model queue bound.
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
-//!                with continuous batching (`worker`), sampling, chat templates (`template`),
-//!                streamed-text handling (`text`), option validation (`options`).
+//!                with continuous batching and embeddings (`worker`, `embed`), sampling with
+//!                grammars and logprobs (`sampler`), JSON schemas and tool calls as grammars
+//!                (`grammar`), chat templates (`template`), streamed-text handling (`text`),
+//!                option validation (`options`).
 //! - `store`      model names -> manifests over content-addressed blobs, drop-in `NAME.gguf`
 //!                files and Ollama's store (read-only); `pull` (resumable downloads),
 //!                `modelfile` (create), `gguf` (the validator every file passes first).
