@@ -70,10 +70,11 @@ fn an_interrupted_pull_is_invisible_and_resumes_to_the_right_digest() {
     // Second attempt resumes: far fewer bytes than the whole file.
     let before = server.sent.load(Ordering::SeqCst);
     let mut c = hearth_in(&dir);
-    c.args(["pull", &url, "--as", "pulled"]);
+    c.args(["pull", &url, "--as", "pulled", "--ram-budget", "64MiB"]);
     let out = run(c, "");
     let (stdout, err) = text(&out);
     assert!(out.status.success(), "resumed pull failed: {err}");
+    assert!(err.contains("warning") && err.contains("budget"), "warns that it won't fit 64 MiB: {err}");
     let resent = server.sent.load(Ordering::SeqCst) - before;
     assert!(resent <= total * 3 / 5 + 65536, "resume sent {resent} of {total} bytes");
     assert!(err.contains("pulling pulled:latest") && err.contains("success"), "progress is shown: {err}");

@@ -310,6 +310,18 @@ mod tests {
     }
 
     #[test]
+    fn tool_aware_templates_get_the_tools() {
+        let src = "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").expect("compiles");
+        assert!(t.knows_tools());
+        let tools = vec![serde_json::json!({"type": "function", "function": {"name": "get_weather"}})];
+        assert_eq!(t.render_with_tools(&[msg("user", "hi")], &tools, true).expect("renders"), "TOOLS:get_weather;hi", "trim_blocks eats the newline, as in HF");
+        assert_eq!(t.render(&[msg("user", "hi")], true).expect("renders"), "hi");
+        assert!(!ChatTemplate::new(CHATML_TEMPLATE, "", "").expect("compiles").knows_tools());
+        assert!(tool_prompt(&tools).contains("\"name\""));
+    }
+
+    #[test]
     fn fallback_is_chatml() {
         let t = ChatTemplate::new(fallback_template("llama"), "<s>", "</s>").expect("compiles");
         let out = t.render(&[msg("user", "hi")], true).expect("renders");
