@@ -119,7 +119,7 @@ impl From<ResourceError> for ApiError {
         let (status, retry_after) = match e {
             ResourceError::Store(e) => return e.into(),
             ResourceError::Engine(e) => return e.into(),
-            ResourceError::Gguf(_) => (StatusCode::BAD_REQUEST, None),
+            ResourceError::Gguf { .. } => (StatusCode::BAD_REQUEST, None),
             // The model can never fit this server's budget: neither the client's fault nor a fault.
             ResourceError::TooLarge { .. } => (StatusCode::INSUFFICIENT_STORAGE, None),
             ResourceError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),

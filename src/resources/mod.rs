@@ -29,8 +29,8 @@ pub enum ResourceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error(transparent)]
-    Gguf(#[from] GgufError),
+    #[error("model '{model}': {reason}")]
+    Gguf { model: String, reason: GgufError },
     #[error("model '{model}' needs {needed} bytes ({} MiB) of RAM but the budget is {budget} bytes ({} MiB); raise --ram-budget or lower num_ctx/--parallel", needed >> 20, budget >> 20)]
     TooLarge { model: String, needed: u64, budget: u64 },
     #[error("server busy: model '{model}' already has {waiting} requests waiting (limit --max-queue); try again shortly")]
@@ -243,7 +243,8 @@ impl ModelManager {
             Ok((info, adapter_bytes))
         })
         .await
-        .map_err(|_| ResourceError::LoadAborted)??;
+        .map_err(|_| ResourceError::LoadAborted)?
+        .map_err(|reason| ResourceError::Gguf { model: entry.name.clone(), reason })?;
         let need = estimate::estimate(&info, &settings).total() + adapter_bytes;
         let budget = self.inner.limits.ram_budget;
         if need > budget {
