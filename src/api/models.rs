@@ -102,7 +102,10 @@ pub fn show(entry: &ModelEntry, verbose: bool, settings: &crate::engine::LoadSet
         "template": template,
         "details": details(&info),
         "model_info": model_info,
-        "capabilities": ["completion"],
+        // Ollama's rule: a GGUF that declares a pooling type is an embedding model. Any model can
+        // still be used for /api/embed, as in Ollama; and every completion model takes tools,
+        // through its template or hearth's tool prompt.
+        "capabilities": if info.arch_u64("pooling_type").is_some() { json!(["embedding"]) } else { json!(["completion", "tools"]) },
         "modified_at": timestamp(entry.modified),
         "ram_estimate": ram_estimate(&info, settings),
         "origin": entry.origin.as_str(),
@@ -157,6 +160,7 @@ pub fn ram_estimate(info: &GgufInfo, settings: &crate::engine::LoadSettings) -> 
         "weights": e.weights,
         "kv_cache": e.kv_cache,
         "overhead": e.overhead,
+        "embedding": e.embedding,
         "num_ctx": crate::resources::estimate::effective_ctx(info, settings.num_ctx),
         "parallel": settings.parallel,
     })

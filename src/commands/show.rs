@@ -37,6 +37,7 @@ pub fn run(args: ShowArgs) -> anyhow::Result<()> {
     println!("    {:<20}{} MiB", "weights", mib("weights"));
     println!("    {:<20}{} MiB", "kv cache", mib("kv_cache"));
     println!("    {:<20}{} MiB", "overhead", mib("overhead"));
+    println!("    {:<20}{} MiB", "embedding", mib("embedding"));
     if let Some(license) = show["license"].as_str().filter(|l| !l.is_empty()) {
         println!();
         println!("  License");

@@ -4,8 +4,9 @@
 //! the batch size, into one batch and decodes once; then each sequence samples its next token.
 //! A request whose receiver is gone (client left) is dropped before the next step, so a
 //! cancelled prompt costs at most one chunk. Nothing outside this thread touches the context.
-//! Embed jobs go to the `embed::Embedder`, which runs one decode of its own context per step,
-//! between generation steps, so a chat in progress keeps going while inputs are embedded.
+//! Embed jobs go to the `embed::Embedder`, which runs decodes of its own context between
+//! generation steps; while both have work each gets half the time (`FairShare`), so a chat in
+//! progress keeps streaming while inputs are embedded.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -21,7 +22,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::embed::{EmbedJob, Embedder};
+use super::embed::{EmbedJob, Embedder, FairShare};
 use super::options::{PredictLimit, SamplingOptions};
 use super::text::{StopMatcher, StopScan, Utf8Stream};
 use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
@@ -200,6 +201,7 @@ pub(super) fn run(
     let mut closers: Option<sampler::WrapUpBias> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
+    let mut share = FairShare::default();
     let mut open = true;
 
     loop {
@@ -238,8 +240,10 @@ pub(super) fn run(
                 }
             }
         }
-        if !embedder.idle() {
+        if !embedder.idle() && share.embed_now(slots.iter().any(Option::is_some)) {
+            let started = Instant::now();
             embedder.step();
+            share.embedded(started.elapsed());
         }
         if slots.iter().all(Option::is_none) {
             if !open && waiting.is_empty() && embedder.idle() {
@@ -248,6 +252,7 @@ pub(super) fn run(
             continue;
         }
 
+        let step_started = Instant::now();
         fill_batch(&mut batch, &mut slots, &mut ctx, settings.batch_size as usize);
         if batch.n_tokens() == 0 {
             continue;
@@ -298,6 +303,7 @@ pub(super) fn run(
                 None => *slot = Some(a),
             }
         }
+        share.generated(step_started.elapsed(), !embedder.idle());
     }
 }
 

@@ -3,11 +3,16 @@
 //! total = weights (tensor bytes by type) + KV cache (every layer keeps K and V in f16 for each
 //! of `num_ctx x parallel` cells; llama.cpp sizes sliding-window layers in full by default)
 //! + overhead (llama.cpp's vocabulary tables, logits and compute buffers, and hearth's own
-//! per-model state). The overhead constants were fitted to measured RSS growth on the two test
-//! models at num_ctx 2048-8192 x 4 slots (see the resource-manager issue's note); pure code.
+//! per-model state) + the embedding context (`engine::embed`: one slot's KV cells, and per token
+//! of its batch the logits llama.cpp keeps twice plus the graph's activations). The embedding
+//! context is made on the first embed request but counted from the load, so serving embeddings
+//! never takes memory the budget did not hold. The overhead constants were fitted to measured RSS
+//! growth on the two test models at num_ctx 2048-8192 x 4 slots (see the resource-manager
+//! issue's note), the embedding ones likewise after a first embed request; pure code.
 
+use crate::engine::embed::{embed_batch_tokens, needs_whole_input};
 use crate::engine::LoadSettings;
-use crate::store::gguf::GgufInfo;
+use crate::store::gguf::{GgufInfo, GgufValue};
 
 /// Fixed per-model overhead: llama.cpp context state, thread stacks, hearth's worker.
 const FIXED_OVERHEAD: u64 = 16 << 20;
@@ -15,17 +20,23 @@ const FIXED_OVERHEAD: u64 = 16 << 20;
 const PER_VOCAB_ENTRY: u64 = 196;
 /// KV cache element size (f16).
 const KV_ELEMENT: u64 = 2;
+/// The embedding context's fixed part: its graph, scheduler and buffers' bookkeeping.
+const EMBED_FIXED: u64 = 4 << 20;
+/// f32 vectors of the model's width per token of an embedding batch, in the compute graph.
+const EMBED_ACTIVATIONS: u64 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Estimate {
     pub weights: u64,
     pub kv_cache: u64,
     pub overhead: u64,
+    /// The embedding context (KV cells and compute), whether or not it is made yet.
+    pub embedding: u64,
 }
 
 impl Estimate {
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.overhead
+        self.weights + self.kv_cache + self.overhead + self.embedding
     }
 }
 
@@ -47,20 +58,31 @@ pub fn estimate(info: &GgufInfo, settings: &LoadSettings) -> Estimate {
     let embd = info.arch_u64("embedding_length").unwrap_or(0);
     let head_k = info.arch_u64("attention.key_length").unwrap_or(embd / heads);
     let head_v = info.arch_u64("attention.value_length").unwrap_or(embd / heads);
-    let cells = u64::from(effective_ctx(info, settings.num_ctx)) * u64::from(settings.parallel.max(1));
-    let kv_cache = layers * cells * kv_heads * (head_k + head_v) * KV_ELEMENT;
+    let slot_ctx = effective_ctx(info, settings.num_ctx);
+    let per_cell = layers * kv_heads * (head_k + head_v) * KV_ELEMENT;
+    let kv_cache = per_cell * u64::from(slot_ctx) * u64::from(settings.parallel.max(1));
     let overhead = FIXED_OVERHEAD + info.vocab_size() * PER_VOCAB_ENTRY;
+    let causal = match info.get(&format!("{}.attention.causal", info.architecture())) {
+        Some(GgufValue::Bool(b)) => Some(*b),
+        _ => None,
+    };
+    let whole_input = needs_whole_input(info.architecture(), causal);
+    let embed_batch = u64::from(embed_batch_tokens(info.vocab_size(), slot_ctx, settings.batch_size, whole_input));
+    let embedding = EMBED_FIXED
+        + per_cell * u64::from(slot_ctx)
+        + embed_batch * 4 * (2 * info.vocab_size() + EMBED_ACTIVATIONS * embd);
     Estimate {
         weights,
         kv_cache,
         overhead,
+        embedding,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::gguf::{GgufValue, TensorInfo};
+    use crate::store::gguf::TensorInfo;
     use std::collections::BTreeMap;
 
     fn info() -> GgufInfo {
@@ -121,6 +143,27 @@ mod tests {
     fn overhead_grows_with_vocabulary() {
         let e = estimate(&info(), &settings(2048, 4));
         assert_eq!(e.overhead, FIXED_OVERHEAD + 49152 * PER_VOCAB_ENTRY);
-        assert_eq!(e.total(), e.weights + e.kv_cache + e.overhead);
+        assert_eq!(e.total(), e.weights + e.kv_cache + e.overhead + e.embedding);
+    }
+
+    #[test]
+    fn embedding_context_is_one_slot_of_kv_plus_its_batch() {
+        let per_cell = 30 * 3 * 128 * 2;
+        // 49152 vocabulary entries: 160 tokens per embedding decode.
+        let compute = 160 * 4 * (2 * 49152 + EMBED_ACTIVATIONS * 576);
+        let e = estimate(&info(), &settings(2048, 4));
+        assert_eq!(e.embedding, EMBED_FIXED + per_cell * 2048 + compute);
+        // One slot's cells whatever the number of slots.
+        assert_eq!(estimate(&info(), &settings(2048, 1)).embedding, e.embedding);
+        assert_eq!(estimate(&info(), &settings(8192, 4)).embedding, EMBED_FIXED + per_cell * 8192 + compute);
+    }
+
+    #[test]
+    fn non_causal_models_embed_a_whole_slot_per_decode() {
+        let mut i = info();
+        i.metadata.insert("llama.attention.causal".into(), GgufValue::Bool(false));
+        let per_cell = 30 * 3 * 128 * 2;
+        let compute = 512 * 4 * (2 * 49152 + EMBED_ACTIVATIONS * 576);
+        assert_eq!(estimate(&i, &settings(512, 4)).embedding, EMBED_FIXED + per_cell * 512 + compute);
     }
 }

@@ -1,0 +1,224 @@
+//! Ollama's embedding endpoints: `POST /api/embed` (a string or a list, normalized vectors) and
+//! the legacy `POST /api/embeddings` (one prompt, the pooled vector as it is). Wire structs,
+//! their validation into `ValidEmbedRequest`, and the response objects; the work is
+//! `service::embed`.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::ollama::parse_body;
+use super::AppState;
+use crate::engine::options::RawOptions;
+use crate::resources::KeepAlive;
+use crate::service::{Caller, EmbedInput, ValidEmbedRequest};
+
+/// Most inputs one request may carry (OpenAI's bound; Ollama has none): each becomes a vector
+/// held until the whole answer is ready.
+const MAX_INPUTS: usize = 2048;
+
+/// `/api/embed` as clients send it.
+#[derive(Debug, Deserialize)]
+pub struct EmbedRequest {
+    pub model: Option<String>,
+    /// A string or a list of strings.
+    pub input: Option<Value>,
+    pub truncate: Option<bool>,
+    pub dimensions: Option<i64>,
+    pub keep_alive: Option<Value>,
+    pub options: Option<Value>,
+}
+
+/// The legacy `/api/embeddings` request.
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingsRequest {
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub keep_alive: Option<Value>,
+    pub options: Option<Value>,
+}
+
+/// What both requests share: the model, options and keep-alive, validated.
+struct Common {
+    model: String,
+    raw_options: RawOptions,
+    options: crate::engine::options::SamplingOptions,
+    keep_alive: Option<KeepAlive>,
+}
+
+fn common(model: Option<String>, options: Option<&Value>, keep_alive: Option<&Value>, default_num_ctx: u32) -> Result<Common, ApiError> {
+    let model = model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::bad_request("model is required"))?;
+    let raw_options = match options {
+        None | Some(Value::Null) => RawOptions::default(),
+        Some(v) => RawOptions::from_json(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
+    let options = raw_options.validate(default_num_ctx).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let keep_alive = keep_alive
+        .filter(|v| !v.is_null())
+        .map(KeepAlive::from_json)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    Ok(Common { model, raw_options, options, keep_alive })
+}
+
+impl EmbedRequest {
+    pub fn validate(self, default_num_ctx: u32) -> Result<ValidEmbedRequest, ApiError> {
+        let c = common(self.model, self.options.as_ref(), self.keep_alive.as_ref(), default_num_ctx)?;
+        let bad_input = || ApiError::bad_request("invalid input type: input must be a string or a list of strings");
+        // As in Ollama, an empty string (or no input) embeds nothing and only loads the model.
+        let inputs = match self.input {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) if s.is_empty() => Vec::new(),
+            Some(Value::String(s)) => vec![EmbedInput::Text(s)],
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(EmbedInput::Text(s)),
+                    _ => Err(bad_input()),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(bad_input()),
+        };
+        if inputs.len() > MAX_INPUTS {
+            return Err(ApiError::bad_request(format!("at most {MAX_INPUTS} inputs per request, got {}", inputs.len())));
+        }
+        let dimensions = match self.dimensions {
+            None => None,
+            Some(d) if d >= 1 => Some(usize::try_from(d).unwrap_or(usize::MAX)),
+            Some(d) => return Err(ApiError::bad_request(format!("dimensions must be a positive integer, got {d}"))),
+        };
+        Ok(ValidEmbedRequest {
+            model: c.model,
+            inputs,
+            truncate: self.truncate.unwrap_or(true),
+            dimensions,
+            normalize: true,
+            options: c.options,
+            raw_options: c.raw_options,
+            keep_alive: c.keep_alive,
+        })
+    }
+}
+
+impl EmbeddingsRequest {
+    pub fn validate(self, default_num_ctx: u32) -> Result<ValidEmbedRequest, ApiError> {
+        let c = common(self.model, self.options.as_ref(), self.keep_alive.as_ref(), default_num_ctx)?;
+        let inputs = self.prompt.filter(|p| !p.is_empty()).map(EmbedInput::Text).into_iter().collect();
+        Ok(ValidEmbedRequest {
+            model: c.model,
+            inputs,
+            truncate: true,
+            dimensions: None,
+            normalize: false,
+            options: c.options,
+            raw_options: c.raw_options,
+            keep_alive: c.keep_alive,
+        })
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `POST /api/embed`.
+pub async fn embed(State(app): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let req = parse_body::<EmbedRequest>(&body)?.validate(app.manager.defaults().num_ctx)?;
+        let model = req.model.clone();
+        let r = crate::service::embed(&app.manager, req, Caller::Network).await?;
+        Ok::<_, ApiError>(json!({
+            "model": model,
+            "embeddings": r.embeddings,
+            "total_duration": nanos(started.elapsed()),
+            "load_duration": nanos(r.load_duration),
+            "prompt_eval_count": r.prompt_tokens,
+        }))
+    };
+    match result.await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /api/embeddings` (legacy): `{"embedding": [...]}`, empty for an empty prompt.
+pub async fn embeddings(State(app): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let req = parse_body::<EmbeddingsRequest>(&body)?.validate(app.manager.defaults().num_ctx)?;
+        let r = crate::service::embed(&app.manager, req, Caller::Network).await?;
+        let embedding = r.embeddings.into_iter().next().unwrap_or_default();
+        Ok::<_, ApiError>(json!({ "embedding": embedding }))
+    };
+    match result.await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embed_req(v: Value) -> Result<ValidEmbedRequest, ApiError> {
+        serde_json::from_value::<EmbedRequest>(v).expect("parses").validate(2048)
+    }
+
+    #[test]
+    fn input_may_be_a_string_or_a_list_of_strings() {
+        let one = embed_req(json!({"model": "m", "input": "hi"})).expect("valid");
+        assert_eq!(one.inputs, vec![EmbedInput::Text("hi".into())]);
+        assert!(one.truncate && one.normalize && one.dimensions.is_none());
+        let many = embed_req(json!({"model": "m", "input": ["a", "b"], "truncate": false, "dimensions": 8})).expect("valid");
+        assert_eq!(many.inputs.len(), 2);
+        assert!(!many.truncate);
+        assert_eq!(many.dimensions, Some(8));
+    }
+
+    #[test]
+    fn empty_input_only_loads() {
+        for input in [json!(""), json!([]), Value::Null] {
+            assert!(embed_req(json!({"model": "m", "input": input})).expect("valid").inputs.is_empty());
+        }
+        assert!(embed_req(json!({"model": "m"})).expect("valid").inputs.is_empty());
+    }
+
+    #[test]
+    fn bad_fields_are_400s_naming_the_problem() {
+        for (body, needle) in [
+            (json!({"input": "x"}), "model is required"),
+            (json!({"model": "m", "input": 5}), "invalid input type"),
+            (json!({"model": "m", "input": ["a", 1]}), "invalid input type"),
+            (json!({"model": "m", "input": "a", "dimensions": 0}), "dimensions"),
+            (json!({"model": "m", "input": "a", "options": {"num_ctx": -1}}), "num_ctx"),
+            (json!({"model": "m", "input": vec!["a"; MAX_INPUTS + 1]}), "at most"),
+        ] {
+            let e = embed_req(body.clone()).expect_err("must fail");
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{body}");
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn legacy_prompt_is_one_raw_input() {
+        let r = serde_json::from_value::<EmbeddingsRequest>(json!({"model": "m", "prompt": "hello"}))
+            .expect("parses")
+            .validate(2048)
+            .expect("valid");
+        assert_eq!(r.inputs, vec![EmbedInput::Text("hello".into())]);
+        assert!(!r.normalize);
+        let empty = serde_json::from_value::<EmbeddingsRequest>(json!({"model": "m", "prompt": ""}))
+            .expect("parses")
+            .validate(2048)
+            .expect("valid");
+        assert!(empty.inputs.is_empty());
+    }
+}
