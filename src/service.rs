@@ -74,6 +74,28 @@ impl From<StoreError> for ServiceError {
     }
 }
 
+/// The request's options laid over the model's Modelfile parameters (the request wins), and
+/// whether `num_ctx` was set by either.
+fn with_model_defaults(
+    manager: &ModelManager,
+    entry: &crate::store::ModelEntry,
+    options: SamplingOptions,
+    raw: &RawOptions,
+) -> Result<(SamplingOptions, bool), ServiceError> {
+    if entry.defaults.parameters.is_empty() {
+        return Ok((options, raw.num_ctx.is_some()));
+    }
+    let bad = |reason: String| ServiceError::ModelDefaults { model: entry.name.clone(), reason };
+    let merged = RawOptions::from_json(&serde_json::Value::Object(entry.defaults.parameters.clone()))
+        .map_err(|e| bad(e.to_string()))?
+        .merged_with(raw);
+    let mut merged_options = merged.validate(manager.defaults().num_ctx).map_err(|e| bad(e.to_string()))?;
+    // What the API layer decided beyond Ollama's options stays.
+    merged_options.grammar = options.grammar;
+    merged_options.logprobs = options.logprobs;
+    Ok((merged_options, merged.num_ctx.is_some()))
+}
+
 /// What a request started.
 pub enum Outcome {
     /// Empty prompt: the model is now loaded (`done_reason: "load"`) or unloaded (`"unload"`).
@@ -104,17 +126,7 @@ pub async fn start(manager: &ModelManager, req: ValidRequest, caller: Caller, st
         manager.unload(&entry.name);
         return Ok(Outcome::Loaded { unloaded: true, load_duration: std::time::Duration::ZERO });
     }
-    // The model's Modelfile parameters apply under the request's own options.
-    let (options, explicit_num_ctx) = if entry.defaults.parameters.is_empty() {
-        (req.options, req.raw_options.num_ctx.is_some())
-    } else {
-        let bad = |reason: String| ServiceError::ModelDefaults { model: entry.name.clone(), reason };
-        let merged = RawOptions::from_json(&serde_json::Value::Object(entry.defaults.parameters.clone()))
-            .map_err(|e| bad(e.to_string()))?
-            .merged_with(&req.raw_options);
-        let options = merged.validate(manager.defaults().num_ctx).map_err(|e| bad(e.to_string()))?;
-        (options, merged.num_ctx.is_some())
-    };
+    let (options, explicit_num_ctx) = with_model_defaults(manager, &entry, req.options, &req.raw_options)?;
     let defaults = entry.defaults.clone();
     let num_ctx = explicit_num_ctx.then_some(options.num_ctx);
     let lease = manager.acquire(entry, num_ctx, req.keep_alive).await?;
@@ -215,17 +227,8 @@ pub async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Calle
         Caller::Network => manager.store().resolve(&req.model)?,
         Caller::Local => manager.store().resolve_name_or_path(&req.model)?,
     };
-    // The model's Modelfile parameters apply under the request's own options, as in `start`.
-    let (num_ctx, explicit_num_ctx) = if entry.defaults.parameters.is_empty() {
-        (req.options.num_ctx, req.raw_options.num_ctx.is_some())
-    } else {
-        let bad = |reason: String| ServiceError::ModelDefaults { model: entry.name.clone(), reason };
-        let merged = RawOptions::from_json(&serde_json::Value::Object(entry.defaults.parameters.clone()))
-            .map_err(|e| bad(e.to_string()))?
-            .merged_with(&req.raw_options);
-        let options = merged.validate(manager.defaults().num_ctx).map_err(|e| bad(e.to_string()))?;
-        (options.num_ctx, merged.num_ctx.is_some())
-    };
+    let (options, explicit_num_ctx) = with_model_defaults(manager, &entry, req.options.clone(), &req.raw_options)?;
+    let num_ctx = options.num_ctx;
     let lease = manager.acquire(entry, explicit_num_ctx.then_some(num_ctx), req.keep_alive).await?;
     let load_duration = lease.load_duration;
     let done = |embeddings: Vec<Vec<f32>>, prompt_tokens: usize| EmbedResult {

@@ -250,15 +250,5 @@ fn embedding_memory_stays_within_the_estimate() {
 #[test]
 fn the_official_client_embeds() {
     let s = Server::start();
-    let python = std::env::var("HEARTH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_embed_client.py");
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .env("OLLAMA_HOST", format!("http://{}", s.addr))
-        .env("MODEL", SMOL)
-        .output()
-        .expect("run python (set HEARTH_TEST_PYTHON to a python with the `ollama` package)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "client script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("all ok"), "{stdout}");
+    crate::support::run_python("ollama_embed_client.py", &[("OLLAMA_HOST", &format!("http://{}", s.addr)), ("MODEL", SMOL)]);
 }

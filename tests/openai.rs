@@ -7,18 +7,10 @@ use serde_json::{json, Value};
 use crate::support::{Server, GEMMA, SMOL};
 
 fn python(script: &str, s: &Server, env: &[(&str, &str)]) {
-    let python = std::env::var("HEARTH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let mut cmd = std::process::Command::new(&python);
-    cmd.arg(format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR")))
-        .env("OLLAMA_HOST", format!("http://{}", s.addr))
-        .env("OPENAI_BASE_URL", format!("http://{}/v1", s.addr));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run python (set HEARTH_TEST_PYTHON to the test venv's python)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("all ok"), "{stdout}");
+    let (ollama, openai) = (format!("http://{}", s.addr), format!("http://{}/v1", s.addr));
+    let mut all = vec![("OLLAMA_HOST", ollama.as_str()), ("OPENAI_BASE_URL", openai.as_str())];
+    all.extend_from_slice(env);
+    crate::support::run_python(script, &all);
 }
 
 #[test]

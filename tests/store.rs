@@ -252,6 +252,10 @@ fn blobs_create_copy_and_delete_over_http() {
     let second: Value = s.post("/api/chat", &json!({"model": "up", "messages": [{"role": "user", "content": "Hello"}], "stream": false})).json().expect("chat");
     assert_eq!(first["message"]["content"], second["message"]["content"], "temperature 0 from the model's parameters");
     assert_eq!(first["eval_count"], json!(8), "num_predict from the model's parameters");
+    // A format still applies to a model with parameters of its own.
+    let v: Value = s.post("/api/generate", &json!({"model": "up", "prompt": "A cat as JSON.", "format": "json", "stream": false, "options": {"num_predict": 40}})).json().expect("generate");
+    let text = v["response"].as_str().expect("response");
+    assert!(serde_json::from_str::<Value>(text).is_ok_and(|j| j.is_object()), "format json on a model with parameters: {text:?}");
 
     // Create from a name, copy, delete.
     let r = s.post("/api/create", &json!({"model": "up2", "from": "up", "system": "You are a dog."}));
@@ -420,17 +424,15 @@ fn official_ollama_python_client_manages_models() {
     let dir = fresh_store("pyclient");
     let files = FileServer::start(support::model_path(SMOL));
     let s = Server::start_with(&["--models", dir.to_str().expect("utf8")]);
-    let python = std::env::var("HEARTH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let out = Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_store_client.py"))
-        .env("OLLAMA_HOST", format!("http://{}", s.addr))
-        .env("MODEL_PATH", support::model_path(SMOL))
-        .env("PULL_URL", files.url("pulled-by-python.gguf"))
-        .output()
-        .expect("run python (set HEARTH_TEST_PYTHON to a python with the `ollama` package)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "client script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("all ok"), "{stdout}");
+    let model = support::model_path(SMOL);
+    support::run_python(
+        "ollama_store_client.py",
+        &[
+            ("OLLAMA_HOST", &format!("http://{}", s.addr)),
+            ("MODEL_PATH", model.to_str().expect("utf8")),
+            ("PULL_URL", &files.url("pulled-by-python.gguf")),
+        ],
+    );
     drop(s);
     std::fs::remove_dir_all(dir).expect("cleanup");
 }

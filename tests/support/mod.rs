@@ -188,3 +188,17 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `tests/SCRIPT` with the test venv's python (`HEARTH_TEST_PYTHON`) and `env`, and
+/// checks that it succeeded and printed "all ok".
+pub fn run_python(script: &str, env: &[(&str, &str)]) {
+    let python = std::env::var("HEARTH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let out = Command::new(&python)
+        .arg(format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR")))
+        .envs(env.iter().copied())
+        .output()
+        .expect("run python (set HEARTH_TEST_PYTHON to the test venv's python: scripts/test.sh does)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all ok"), "{script}: {stdout}");
+}
