@@ -25,11 +25,11 @@ person = {"type": "object", "properties": {"name": {"type": "string", "maxLength
 
 for model in os.environ["MODELS"].split(","):
     r = client.chat(model=model, messages=[{"role": "user", "content": "Invent a person."}], format=person,
-                    options={"temperature": 0.8})
+                    options={"temperature": 0.8, "num_predict": 200})
     jsonschema.validate(json.loads(r.message.content), person)
 
     r = client.chat(model=model, messages=[{"role": "user", "content": "What is the weather in Paris?"}], tools=tools,
-                    options={"temperature": 0.8})
+                    options={"temperature": 0.8, "num_predict": 128})
     calls = r.message.tool_calls
     assert calls and len(calls) == 1, r
     fn = calls[0].function
@@ -45,7 +45,8 @@ for model in os.environ["MODELS"].split(","):
     ], tools=tools, options={"temperature": 0, "num_predict": 24})
     assert r.message.content or r.message.tool_calls, r
 
-    stream = list(client.chat(model=model, messages=[{"role": "user", "content": "Add 2 and 3."}], tools=tools, stream=True))
+    stream = list(client.chat(model=model, messages=[{"role": "user", "content": "Add 2 and 3."}], tools=tools, stream=True,
+                         options={"num_predict": 128}))
     calls = [c for part in stream for c in (part.message.tool_calls or [])]
     assert len(calls) == 1 and calls[0].function.name in params, stream
 

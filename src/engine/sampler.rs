@@ -67,13 +67,23 @@ impl TokenSampler {
                 });
                 let token = match first {
                     Some(t) if allowed => t,
+                    // Refused: the grammar filters the most likely tokens first, and the whole
+                    // vocabulary only if it allows none of them (a grammar check per token is
+                    // costly on a 262k vocabulary). The chain's own top-k would drop anything
+                    // further down anyway.
                     _ => {
-                        let mut all = LlamaTokenDataArray::from_iter(ctx.candidates_ith(idx), false);
-                        grammar.apply(&mut all);
-                        chain.apply(&mut all);
-                        all.selected_token()
-                            .filter(|t| all.data.iter().any(|d| d.id() == *t && d.logit().is_finite()))
-                            .ok_or_else(|| "the output format allows no further token".to_string())?
+                        let mut top = LlamaTokenDataArray::from_iter(ctx.candidates_ith(idx), false);
+                        if top.data.len() > GRAMMAR_SHORTLIST {
+                            top.data.select_nth_unstable_by(GRAMMAR_SHORTLIST - 1, |a, b| b.logit().total_cmp(&a.logit()));
+                            top.data.truncate(GRAMMAR_SHORTLIST);
+                        }
+                        match pick_allowed(top, grammar, chain) {
+                            Some(t) => t,
+                            None => {
+                                let all = LlamaTokenDataArray::from_iter(ctx.candidates_ith(idx), false);
+                                pick_allowed(all, grammar, chain).ok_or_else(|| "the output format allows no further token".to_string())?
+                            }
+                        }
                     }
                 };
                 grammar
@@ -146,6 +156,21 @@ impl JsonLexState {
             }
         }
     }
+}
+
+/// How many of the most likely tokens the grammar checks before the whole vocabulary.
+const GRAMMAR_SHORTLIST: usize = 256;
+
+/// Filters `candidates` by the grammar, then lets the chain pick among what is left.
+fn pick_allowed(mut candidates: LlamaTokenDataArray, grammar: &mut LlamaSampler, chain: &mut LlamaSampler) -> Option<LlamaToken> {
+    grammar.apply(&mut candidates);
+    if !candidates.data.iter().any(|d| d.logit().is_finite()) {
+        return None;
+    }
+    chain.apply(&mut candidates);
+    candidates
+        .selected_token()
+        .filter(|t| candidates.data.iter().any(|d| d.id() == *t && d.logit().is_finite()))
 }
 
 fn argmax(logits: &[f32]) -> LlamaToken {
