@@ -74,6 +74,14 @@ impl From<StoreError> for ServiceError {
     }
 }
 
+/// Finds the model: by name for the network, by name or file path for the local user.
+fn resolve(manager: &ModelManager, model: &str, caller: Caller) -> Result<crate::store::ModelEntry, StoreError> {
+    match caller {
+        Caller::Network => manager.store().resolve(model),
+        Caller::Local => manager.store().resolve_name_or_path(model),
+    }
+}
+
 /// The request's options laid over the model's Modelfile parameters (the request wins), and
 /// whether `num_ctx` was set by either.
 fn with_model_defaults(
@@ -118,10 +126,7 @@ pub enum Caller {
 }
 
 pub async fn start(manager: &ModelManager, req: ValidRequest, caller: Caller, started: Instant) -> Result<Outcome, ServiceError> {
-    let entry = match caller {
-        Caller::Network => manager.store().resolve(&req.model)?,
-        Caller::Local => manager.store().resolve_name_or_path(&req.model)?,
-    };
+    let entry = resolve(manager, &req.model, caller)?;
     if req.prompt.is_empty() && req.keep_alive == Some(KeepAlive::For(std::time::Duration::ZERO)) {
         manager.unload(&entry.name);
         return Ok(Outcome::Loaded { unloaded: true, load_duration: std::time::Duration::ZERO });
@@ -223,10 +228,7 @@ pub struct EmbedResult {
 /// instance serves generation and embeddings), batching the inputs into as few decodes as fit.
 pub async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Caller) -> Result<EmbedResult, ServiceError> {
     let started = Instant::now();
-    let entry = match caller {
-        Caller::Network => manager.store().resolve(&req.model)?,
-        Caller::Local => manager.store().resolve_name_or_path(&req.model)?,
-    };
+    let entry = resolve(manager, &req.model, caller)?;
     let (options, explicit_num_ctx) = with_model_defaults(manager, &entry, req.options.clone(), &req.raw_options)?;
     let num_ctx = options.num_ctx;
     let lease = manager.acquire(entry, explicit_num_ctx.then_some(num_ctx), req.keep_alive).await?;

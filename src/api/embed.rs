@@ -13,10 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::ollama::parse_body;
+use super::ollama::{common, parse_body};
 use super::AppState;
-use crate::engine::options::RawOptions;
-use crate::resources::KeepAlive;
 use crate::service::{Caller, EmbedInput, ValidEmbedRequest};
 
 /// Most inputs one request may carry (OpenAI's bound; Ollama has none): each becomes a vector
@@ -42,31 +40,6 @@ pub struct EmbeddingsRequest {
     pub prompt: Option<String>,
     pub keep_alive: Option<Value>,
     pub options: Option<Value>,
-}
-
-/// What both requests share: the model, options and keep-alive, validated.
-struct Common {
-    model: String,
-    raw_options: RawOptions,
-    options: crate::engine::options::SamplingOptions,
-    keep_alive: Option<KeepAlive>,
-}
-
-fn common(model: Option<String>, options: Option<&Value>, keep_alive: Option<&Value>, default_num_ctx: u32) -> Result<Common, ApiError> {
-    let model = model
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::bad_request("model is required"))?;
-    let raw_options = match options {
-        None | Some(Value::Null) => RawOptions::default(),
-        Some(v) => RawOptions::from_json(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
-    };
-    let options = raw_options.validate(default_num_ctx).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let keep_alive = keep_alive
-        .filter(|v| !v.is_null())
-        .map(KeepAlive::from_json)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
-    Ok(Common { model, raw_options, options, keep_alive })
 }
 
 impl EmbedRequest {

@@ -79,19 +79,37 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// The fields `/api/generate` and `/api/chat` share, validated.
-struct Common {
-    model: String,
-    raw_options: RawOptions,
-    options: crate::engine::options::SamplingOptions,
-    keep_alive: Option<KeepAlive>,
+/// The fields every Ollama request shares (`model`, `options`, `keep_alive`), validated.
+pub struct Common {
+    pub model: String,
+    pub raw_options: RawOptions,
+    pub options: crate::engine::options::SamplingOptions,
+    pub keep_alive: Option<KeepAlive>,
 }
 
 /// Most alternatives a request may ask log-probabilities for.
 pub const MAX_TOP_LOGPROBS: i64 = 20;
 
-#[allow(clippy::too_many_arguments)]
-fn common(
+/// Validates the model name, the `options` object and `keep_alive`.
+pub fn common(model: Option<String>, options: Option<&Value>, keep_alive: Option<&Value>, default_num_ctx: u32) -> Result<Common, ApiError> {
+    let model = model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::bad_request("model is required"))?;
+    let raw = match options {
+        None | Some(Value::Null) => RawOptions::default(),
+        Some(v) => RawOptions::from_json(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
+    let options = raw.validate(default_num_ctx).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let keep_alive = keep_alive
+        .filter(|v| !v.is_null())
+        .map(KeepAlive::from_json)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    Ok(Common { model, raw_options: raw, options, keep_alive })
+}
+
+/// `common` plus what generation adds: `format` (a grammar), `logprobs`, and `think`.
+fn generation_common(
     model: Option<String>,
     options: Option<&Value>,
     keep_alive: Option<&Value>,
@@ -100,25 +118,13 @@ fn common(
     logprobs: (Option<bool>, Option<i64>),
     default_num_ctx: u32,
 ) -> Result<Common, ApiError> {
-    let model = model
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::bad_request("model is required"))?;
-    let raw = match options {
-        None | Some(Value::Null) => RawOptions::default(),
-        Some(v) => RawOptions::from_json(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
-    };
-    let mut options = raw.validate(default_num_ctx).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let keep_alive = keep_alive
-        .filter(|v| !v.is_null())
-        .map(KeepAlive::from_json)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
-    options.grammar = super::tools::format_grammar(format)?;
-    options.logprobs = logprob_request(logprobs.0, logprobs.1)?;
+    let mut c = common(model, options, keep_alive, default_num_ctx)?;
+    c.options.grammar = super::tools::format_grammar(format)?;
+    c.options.logprobs = logprob_request(logprobs.0, logprobs.1)?;
     if matches!(think, Some(Value::Bool(true)) | Some(Value::String(_))) {
-        return Err(ApiError::bad_request(format!("\"{model}\" does not support thinking")));
+        return Err(ApiError::bad_request(format!("\"{}\" does not support thinking", c.model)));
     }
-    Ok(Common { model, raw_options: raw, options, keep_alive })
+    Ok(c)
 }
 
 /// `logprobs`/`top_logprobs` as the engine takes them: `None` (off) or the number of
@@ -134,7 +140,7 @@ pub fn logprob_request(logprobs: Option<bool>, top: Option<i64>) -> Result<Optio
 
 impl GenerateRequest {
     pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
-        let Common { model, raw_options, options, keep_alive } = common(
+        let Common { model, raw_options, options, keep_alive } = generation_common(
             self.model,
             self.options.as_ref(),
             self.keep_alive.as_ref(),
@@ -179,7 +185,7 @@ impl GenerateRequest {
 
 impl ChatRequest {
     pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
-        let Common { model, raw_options, mut options, keep_alive } = common(
+        let Common { model, raw_options, mut options, keep_alive } = generation_common(
             self.model,
             self.options.as_ref(),
             self.keep_alive.as_ref(),
@@ -308,11 +314,14 @@ pub fn response_stream(generation: Generation, kind: Kind, model: String, tools:
         tools: Option<ToolRequest>,
         /// Text held back while it may be a tool call.
         held: String,
+        /// Whether the answer so far may still be a tool call.
+        holding: bool,
         /// Objects ready to send.
         queue: std::collections::VecDeque<Value>,
         done: bool,
     }
-    let state = State { g: generation, tools, held: String::new(), queue: Default::default(), done: false };
+    let holding = tools.as_ref().is_some_and(|tr| tr.may_call(""));
+    let state = State { g: generation, tools, held: String::new(), holding, queue: Default::default(), done: false };
     futures::stream::unfold(state, move |mut st| {
         let model = model.clone();
         async move {
@@ -327,15 +336,16 @@ pub fn response_stream(generation: Generation, kind: Kind, model: String, tools:
                 match st.g.events.recv().await {
                     Some(Event::Logprob(lp)) => logprobs.push(logprob_json(&lp)),
                     Some(Event::Text(t)) => {
-                        let holding = st.tools.as_ref().is_some_and(|tr| {
-                            let so_far = format!("{}{t}", st.held);
-                            so_far.trim().is_empty() || tr.may_call(&so_far)
-                        });
-                        if holding {
+                        let text = if st.holding {
                             st.held.push_str(&t);
-                            continue;
-                        }
-                        let text = std::mem::take(&mut st.held) + &t;
+                            if st.tools.as_ref().is_some_and(|tr| tr.may_call(&st.held)) {
+                                continue;
+                            }
+                            st.holding = false;
+                            std::mem::take(&mut st.held)
+                        } else {
+                            t
+                        };
                         let mut v = base(kind, &model, &text, false);
                         if !logprobs.is_empty() {
                             v["logprobs"] = Value::Array(std::mem::take(&mut logprobs));

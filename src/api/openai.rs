@@ -90,6 +90,23 @@ impl IntoResponse for OpenAiError {
 
 type OaiResult<T> = Result<T, OpenAiError>;
 
+/// A failure of the request path, naming `model` for a 404 and `client_param` for other
+/// client errors.
+fn service_error(e: service::ServiceError, client_param: Option<&'static str>) -> OpenAiError {
+    let error = ApiError::from(e);
+    let param = match error.status {
+        StatusCode::NOT_FOUND => Some("model"),
+        s if s.is_client_error() => client_param,
+        _ => None,
+    };
+    OpenAiError { error, param }
+}
+
+/// `keep_alive`, as Ollama takes it.
+fn keep_alive(v: Option<&Value>) -> OaiResult<Option<KeepAlive>> {
+    v.filter(|v| !v.is_null()).map(KeepAlive::from_json).transpose().map_err(|e| invalid("keep_alive", e))
+}
+
 // ---------------------------------------------------------------- requests
 
 #[derive(Debug, Deserialize)]
@@ -219,13 +236,7 @@ impl Sampling {
         }
         let raw_options = RawOptions::from_json(&Value::Object(o)).map_err(|e| invalid("options", e.to_string()))?;
         let options = raw_options.validate(default_num_ctx).map_err(|e| invalid("options", e.to_string()))?;
-        let keep_alive = self
-            .keep_alive
-            .as_ref()
-            .filter(|v| !v.is_null())
-            .map(KeepAlive::from_json)
-            .transpose()
-            .map_err(|e| invalid("keep_alive", e))?;
+        let keep_alive = keep_alive(self.keep_alive.as_ref())?;
         Ok(Plan {
             model,
             options,
@@ -359,11 +370,9 @@ async fn start_choices(app: &AppState, req: ValidRequest, n: usize, started: Ins
         if let Some(seed) = r.options.seed {
             r.options.seed = Some(seed.wrapping_add(i as u32));
         }
-        let outcome = service::start(&app.manager, r, Caller::Network, started).await.map_err(|e| {
-            let error = ApiError::from(e);
-            let param = (error.status == StatusCode::NOT_FOUND).then_some("model");
-            OpenAiError { error, param }
-        })?;
+        let outcome = service::start(&app.manager, r, Caller::Network, started)
+            .await
+            .map_err(|e| service_error(e, None))?;
         match outcome {
             Outcome::Generating(g) => generations.push(g),
             Outcome::Loaded { .. } => return Err(invalid("messages", "nothing to complete")),
@@ -404,18 +413,9 @@ fn usage(prompt: u32, completion: u32) -> Value {
     json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
 }
 
-/// Chat `logprobs.content` entries.
+/// Chat `logprobs.content`: the same entries Ollama's API sends.
 fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
-    let entry = |bytes: &[u8], logprob: f32| json!({ "token": String::from_utf8_lossy(bytes), "logprob": logprob, "bytes": bytes });
-    let content: Vec<Value> = lps
-        .iter()
-        .map(|lp| {
-            let mut v = entry(&lp.bytes, lp.logprob);
-            v["top_logprobs"] = lp.top.iter().map(|(b, l)| entry(b, *l)).collect();
-            v
-        })
-        .collect();
-    json!({ "content": content })
+    json!({ "content": lps.iter().map(super::ollama::logprob_json).collect::<Vec<_>>() })
 }
 
 fn tool_call_json(name: &str, args: &Value) -> Value {
@@ -497,7 +497,7 @@ fn chat_stream(generations: Vec<Generation>, id: String, created: u64, model: St
         let chunk = chunk.clone();
         let tools = tools.clone();
         let tally = Arc::clone(&tally);
-        choice_events(g, tools.is_some())
+        choice_events(g, tools.clone())
             .flat_map(move |ev| {
                 let delta = |d: Value, lp: Value, reason: Value| chunk(json!([{ "index": index, "delta": d, "logprobs": lp, "finish_reason": reason }]));
                 let out: Vec<Value> = match ev {
@@ -537,15 +537,21 @@ fn chat_stream(generations: Vec<Generation>, id: String, created: u64, model: St
             .boxed()
     });
     let merged = futures::stream::select_all(per_choice);
-    let tail = futures::stream::once(async move {
+    let usage_chunk = move |usage: Value| {
+        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": fingerprint(), "choices": [], "usage": usage })
+    };
+    sse_response(merged.chain(usage_tail(tally, include_usage, usage_chunk)))
+}
+
+/// The last chunk of a stream that asked for `stream_options.include_usage`: the tokens of
+/// every choice, counted once they have all finished.
+fn usage_tail(tally: Arc<Mutex<UsageTally>>, include_usage: bool, chunk: impl FnOnce(Value) -> Value + Send + 'static) -> impl Stream<Item = Value> + Send {
+    futures::stream::once(async move {
         let t = tally.lock().map(|t| (t.prompt, t.completion)).unwrap_or((0, 0));
-        include_usage.then(|| {
-            json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "system_fingerprint": fingerprint(), "choices": [], "usage": usage(t.0, t.1) })
-        })
+        include_usage.then(|| chunk(usage(t.0, t.1)))
     })
-    .filter_map(|v| async move { v });
-    sse_response(merged.chain(tail))
+    .filter_map(|v| async move { v })
 }
 
 /// What one streamed choice produces, with text that may be a tool call held back.
@@ -556,16 +562,18 @@ enum ChoiceEvent {
     Failed(ApiError),
 }
 
-fn choice_events(g: Generation, may_call: bool) -> impl Stream<Item = ChoiceEvent> + Send {
+fn choice_events(g: Generation, tools: Option<ToolRequest>) -> impl Stream<Item = ChoiceEvent> + Send {
     struct St {
         g: Generation,
+        tools: Option<ToolRequest>,
         started: bool,
         held: String,
         holding: bool,
         logprobs: Vec<TokenLogprob>,
         done: bool,
     }
-    let st = St { g, started: false, held: String::new(), holding: may_call, logprobs: Vec::new(), done: false };
+    let holding = tools.as_ref().is_some_and(|tr| tr.may_call(""));
+    let st = St { g, tools, started: false, held: String::new(), holding, logprobs: Vec::new(), done: false };
     futures::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
@@ -580,8 +588,7 @@ fn choice_events(g: Generation, may_call: bool) -> impl Stream<Item = ChoiceEven
                 Some(Event::Text(t)) => {
                     if st.holding {
                         st.held.push_str(&t);
-                        let start = st.held.trim_start();
-                        if start.is_empty() || start.starts_with('{') {
+                        if st.tools.as_ref().is_some_and(|tr| tr.may_call(&st.held)) {
                             continue;
                         }
                         st.holding = false;
@@ -666,7 +673,7 @@ async fn completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
                         "system_fingerprint": fingerprint(),
                         "choices": [{ "index": index, "text": text, "logprobs": lp, "finish_reason": reason }] })
             };
-            choice_events(g, false)
+            choice_events(g, None)
                 .flat_map(move |ev| {
                     let out = match ev {
                         ChoiceEvent::Start if lead.is_empty() => vec![],
@@ -689,16 +696,11 @@ async fn completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
                 .boxed()
         });
         let merged = futures::stream::select_all(per_choice);
-        let include_usage = plan.include_usage;
-        let tail = futures::stream::once(async move {
-            let t = tally.lock().map(|t| (t.prompt, t.completion)).unwrap_or((0, 0));
-            include_usage.then(|| {
-                json!({ "id": id, "object": "text_completion", "created": created, "model": model,
-                        "system_fingerprint": fingerprint(), "choices": [], "usage": usage(t.0, t.1) })
-            })
-        })
-        .filter_map(|v| async move { v });
-        return Ok(sse_response(merged.chain(tail)));
+        let usage_chunk = move |usage: Value| {
+            json!({ "id": id, "object": "text_completion", "created": created, "model": model,
+                    "system_fingerprint": fingerprint(), "choices": [], "usage": usage })
+        };
+        return Ok(sse_response(merged.chain(usage_tail(tally, plan.include_usage, usage_chunk))));
     }
     let results = futures::future::join_all(generations.into_iter().map(finish)).await;
     let mut choices = Vec::new();
@@ -800,7 +802,7 @@ async fn embeddings_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
     }
     let raw_options = RawOptions::from_json(&Value::Object(o)).map_err(|e| invalid("num_ctx", e.to_string()))?;
     let options = raw_options.validate(app.manager.defaults().num_ctx).map_err(|e| invalid("num_ctx", e.to_string()))?;
-    let keep_alive = req.keep_alive.as_ref().filter(|v| !v.is_null()).map(KeepAlive::from_json).transpose().map_err(|e| invalid("keep_alive", e))?;
+    let keep_alive = keep_alive(req.keep_alive.as_ref())?;
     let valid = service::ValidEmbedRequest {
         model: model.clone(),
         inputs,
@@ -811,15 +813,9 @@ async fn embeddings_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
         raw_options,
         keep_alive,
     };
-    let result = service::embed(&app.manager, valid, Caller::Network).await.map_err(|e| {
-        let error = ApiError::from(e);
-        let param = match error.status {
-            StatusCode::NOT_FOUND => Some("model"),
-            s if s.is_client_error() => Some("input"),
-            _ => None,
-        };
-        OpenAiError { error, param }
-    })?;
+    let result = service::embed(&app.manager, valid, Caller::Network)
+        .await
+        .map_err(|e| service_error(e, Some("input")))?;
     let data: Vec<Value> = result
         .embeddings
         .iter()

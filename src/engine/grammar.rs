@@ -183,8 +183,10 @@ impl ToolRequest {
     }
 
     /// Whether an answer starting with `text` may be a tool call (to hold streaming back).
+    /// (Nothing but whitespace yet may still become one.)
     pub fn may_call(&self, text: &str) -> bool {
-        self.choice != ToolChoice::None && text.trim_start().starts_with('{')
+        let start = text.trim_start();
+        self.choice != ToolChoice::None && (start.is_empty() || start.starts_with('{'))
     }
 
     /// Reads a finished answer as a tool call: `(name, arguments)`.

@@ -10,7 +10,6 @@
 //! the partial file.
 
 use std::io::{Read, Seek, Write};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -377,11 +376,6 @@ fn content_range(resp: &reqwest::Response) -> Option<(u64, Option<u64>)> {
     let (range, total) = rest.split_once('/')?;
     let start = range.split_once('-')?.0.trim().parse().ok()?;
     Some((start, total.trim().parse().ok()))
-}
-
-/// Whether `path` is a partial download (for cleanup tools and tests).
-pub fn is_partial(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "partial")
 }
 
 #[cfg(test)]
