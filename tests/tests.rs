@@ -493,22 +493,23 @@ fn rss_stays_within_the_budget_while_cycling_models() {
     // estimate's error; stated in the resource-manager note.
     let margin = 64u64 << 20;
     let mut peak = 0;
-    let mut after_first_cycle = 0;
+    // Measured from the fifth cycle: the allocator settles in the first few.
+    let mut after_first_cycles = 0;
     for i in 0..50 {
         for m in [SMOL, GEMMA] {
             load(&s, m);
             peak = peak.max(s.rss());
         }
-        if i == 0 {
-            after_first_cycle = s.rss();
+        if i == 4 {
+            after_first_cycles = s.rss();
         }
     }
     let end = s.rss();
     assert!(peak <= budget + margin, "peak RSS {} MiB over budget {} MiB + margin", peak >> 20, budget >> 20);
     assert!(
-        end.abs_diff(after_first_cycle) <= 16 << 20,
-        "RSS drifted from {} MiB to {} MiB over 50 cycles",
-        after_first_cycle >> 20,
+        end.abs_diff(after_first_cycles) <= 16 << 20,
+        "RSS drifted from {} MiB to {} MiB over 45 cycles",
+        after_first_cycles >> 20,
         end >> 20
     );
 }

@@ -161,6 +161,14 @@ impl Drop for LoadedModel {
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
+        // A model's buffers come and go in hundreds of MiB; hand the freed heap back to the
+        // system now rather than let the allocator's arenas keep it (RSS is what the budget
+        // is checked against).
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory at the top of glibc's arenas.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
 
