@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config;
 
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version = crate::LONG_VERSION, about = "A CPU-first local LLM runtime with an Ollama-compatible API")]
@@ -40,6 +39,8 @@ pub enum Command {
     /// Remove models from the store.
     #[command(alias = "remove")]
     Rm(RmArgs),
+    /// Work with the YAML config file.
+    Config(ConfigArgs),
 }
 
 #[derive(Debug, Args)]
@@ -101,34 +102,35 @@ pub struct StoreArgs {
     pub models: Option<PathBuf>,
 }
 
-/// How models are loaded and run.
-#[derive(Debug, Clone, Args)]
+/// How models are loaded and run. Each is a flag, its `HEARTH_*` variable, the config file's
+/// `engine` section, or the default, in that order.
+#[derive(Debug, Clone, Default, Args)]
 pub struct EngineArgs {
-    /// Sequences decoded together per model (parallel slots).
-    #[arg(long, env = "HEARTH_NUM_PARALLEL", default_value_t = config::DEFAULT_PARALLEL, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub parallel: u32,
+    /// Sequences decoded together per model (parallel slots) [default: 4].
+    #[arg(long, env = "HEARTH_NUM_PARALLEL", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: Option<u32>,
     /// CPU threads for llama.cpp [default: physical cores].
     #[arg(long, env = "HEARTH_NUM_THREADS", value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
-    /// Default context length per request, in tokens.
-    #[arg(long = "context-length", env = "HEARTH_CONTEXT_LENGTH", default_value_t = config::DEFAULT_NUM_CTX, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
-    pub context_length: u32,
-    /// Most tokens per decode step (prompt chunk size).
-    #[arg(long = "batch-size", env = "HEARTH_BATCH_SIZE", default_value_t = config::DEFAULT_BATCH, value_parser = clap::value_parser!(u32).range(16..=8192))]
-    pub batch_size: u32,
-    /// How long an idle model stays loaded (e.g. 5m, 1h, 0, -1 for forever).
-    #[arg(long = "keep-alive", env = "HEARTH_KEEP_ALIVE", default_value = "5m", allow_hyphen_values = true)]
-    pub keep_alive: String,
+    /// Default context length per request, in tokens [default: 4096].
+    #[arg(long = "context-length", env = "HEARTH_CONTEXT_LENGTH", value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub context_length: Option<u32>,
+    /// Most tokens per decode step (prompt chunk size) [default: 512].
+    #[arg(long = "batch-size", env = "HEARTH_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(16..=8192))]
+    pub batch_size: Option<u32>,
+    /// How long an idle model stays loaded (e.g. 5m, 1h, 0, -1 for forever) [default: 5m].
+    #[arg(long = "keep-alive", env = "HEARTH_KEEP_ALIVE", allow_hyphen_values = true)]
+    pub keep_alive: Option<String>,
     /// RAM all loaded models may use: bytes with a unit (6GiB, 512MB) or a percentage of the
     /// machine's (or cgroup's) memory [default: 80%].
     #[arg(long = "ram-budget", env = "HEARTH_RAM_BUDGET")]
     pub ram_budget: Option<String>,
-    /// At most this many models loaded at once (0: the RAM budget alone decides).
-    #[arg(long = "max-loaded-models", env = "HEARTH_MAX_LOADED_MODELS", default_value_t = 0)]
-    pub max_loaded_models: usize,
-    /// Requests per model that may wait for a slot; more get 503 with Retry-After.
-    #[arg(long = "max-queue", env = "HEARTH_MAX_QUEUE", default_value_t = 64)]
-    pub max_queue: usize,
+    /// At most this many models loaded at once (0: the RAM budget alone decides) [default: 0].
+    #[arg(long = "max-loaded-models", env = "HEARTH_MAX_LOADED_MODELS")]
+    pub max_loaded_models: Option<usize>,
+    /// Requests per model that may wait for a slot; more get 503 with Retry-After [default: 64].
+    #[arg(long = "max-queue", env = "HEARTH_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -139,10 +141,37 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one) [default: 11434, or HEARTH_HOST's].
     #[arg(long)]
     pub port: Option<u16>,
+    /// The YAML config file (see config/hearth.yaml); flags and environment override it.
+    #[arg(long, env = "HEARTH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where conversations and profiles are kept [default: the per-user data dir; HEARTH_DATA].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Log format on stderr: text (readable) or json (one object per line) [default: text].
+    #[arg(long = "log-format", env = "HEARTH_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Also log prompts and answers (off by default: they may be private).
+    #[arg(long = "log-prompts", env = "HEARTH_LOG_PROMPTS")]
+    pub log_prompts: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a config file (with the environment's overrides) and print what it sets.
+    Check {
+        /// The YAML file.
+        file: PathBuf,
+    },
 }
 
 /// Ollama generation options as flags.

@@ -33,10 +33,14 @@
 //!   being freed.
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod conversations;
 pub mod engine;
+pub mod metrics;
+pub mod prompts;
 pub mod resources;
 pub mod service;
 pub mod store;

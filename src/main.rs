@@ -6,17 +6,11 @@ use hearth::commands;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // The server logs its work; the one-shot commands stay quiet unless asked (stdout is theirs).
-    let default_filter = match cli.command {
-        Command::Serve(_) => "warn,hearth=info",
-        _ => "error",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // The server starts its own logging once it has read its config (the format may be set
+    // there); the one-shot commands stay quiet unless asked (stdout is theirs).
+    if !matches!(cli.command, Command::Serve(_)) {
+        commands::init_logging(false, "error");
+    }
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -38,6 +32,7 @@ fn main() -> std::process::ExitCode {
             Command::Create(a) => commands::create::run(a),
             Command::Cp(a) => commands::cp::run(a),
             Command::Rm(a) => commands::rm::run(a),
+            Command::Config(a) => commands::config_check::run(a),
         }
     });
     // Don't wait for a blocked stdin reader or a draining worker after the answer is out.

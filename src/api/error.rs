@@ -99,6 +99,7 @@ impl From<EngineError> for ApiError {
             // The file passed hearth's validation but llama.cpp refused it (a missing tensor, an
             // unknown architecture, an adapter for another model): the model is at fault.
             EngineError::Load { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            EngineError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::Backend(_)
             | EngineError::WorkerGone
             | EngineError::Decode(_)
@@ -138,8 +139,35 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::Resource(e) => e.into(),
             ServiceError::Engine(e) => e.into(),
-            e @ ServiceError::ModelDefaults { .. } => ApiError::bad_request(e.to_string()),
+            e @ (ServiceError::ModelDefaults { .. }
+            | ServiceError::PersonaOptions { .. }
+            | ServiceError::Template(_)
+            | ServiceError::Invalid(_)) => ApiError::bad_request(e.to_string()),
+            e @ (ServiceError::UnknownPersona(_) | ServiceError::UnknownTemplate(_)) => ApiError::not_found(e.to_string()),
+            ServiceError::Conversation(e) => e.into(),
+            e @ ServiceError::Busy { .. } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                retry_after: Some(1),
+            },
             ServiceError::Internal(msg) => ApiError::internal(msg),
+        }
+    }
+}
+
+impl From<crate::conversations::ConversationError> for ApiError {
+    fn from(e: crate::conversations::ConversationError) -> Self {
+        use crate::conversations::ConversationError as E;
+        let status = match &e {
+            E::InvalidId { .. } => StatusCode::BAD_REQUEST,
+            E::CreateDir { .. } | E::Open { .. } | E::SchemaTooNew { .. } | E::Database { .. } | E::Task(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+            retry_after: None,
         }
     }
 }

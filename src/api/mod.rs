@@ -1,16 +1,23 @@
-//! HTTP: the axum router for Ollama's API. Handlers parse the wire format (`ollama`), call the
-//! shared request path (`service`), and write NDJSON or JSON back. The only place with routes.
+//! HTTP: the axum router for Ollama's API, OpenAI's (`openai`), the service layer's own routes
+//! (`layer`: health, metrics, cache, templates, conversations, reload) and the seeds' routes
+//! (`seed`). Handlers parse the wire format, call the shared request path (`service`), and
+//! write NDJSON, SSE or JSON back. `observe` gives every request an id, a log line and its
+//! metrics. The only place with routes.
 
 pub mod embed;
 pub mod error;
+pub mod layer;
 pub mod models;
+pub mod observe;
 pub mod ollama;
 pub mod openai;
+pub mod seed;
 pub mod store;
 pub mod tools;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -25,6 +32,7 @@ use serde::Deserialize;
 use self::error::ApiError;
 use self::ollama::{ChatRequest, GenerateRequest, Kind, Reply};
 use crate::resources::ModelManager;
+use crate::service::{ResponseInfo, Service};
 
 /// Largest request body accepted (a long prompt is a few MB at most).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -33,6 +41,42 @@ const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub manager: ModelManager,
+    pub service: Service,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// The server's life: when it started, whether it is shutting down, and how to reload its
+/// config.
+pub struct Lifecycle {
+    pub started: Instant,
+    pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Re-reads the config file and applies what can change live; returns a report, or why
+    /// the new config was refused (the old one stays).
+    pub reload: Option<Reloader>,
+}
+
+pub type Reloader = Box<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
+
+impl AppState {
+    /// State around a service, with no config file to reload.
+    pub fn new(service: Service) -> AppState {
+        AppState {
+            manager: service.manager.clone(),
+            service,
+            lifecycle: Arc::new(Lifecycle { started: Instant::now(), shutting_down: Default::default(), reload: None }),
+        }
+    }
+}
+
+/// The header that says whether the response cache answered.
+pub const CACHE_HEADER: &str = "x-hearth-cache";
+
+/// Marks a response with the cache result and the model (for the metrics).
+pub fn mark(resp: &mut Response, model: &str, info: Option<&ResponseInfo>) {
+    if let Some(info) = info {
+        resp.headers_mut().insert(CACHE_HEADER, header::HeaderValue::from_static(info.cache.as_str()));
+    }
+    resp.extensions_mut().insert(observe::ModelLabel(model.to_string()));
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,6 +95,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/copy", post(store::copy))
         .route("/api/delete", delete(store::delete))
         .merge(openai::routes())
+        .merge(layer::routes())
+        .merge(seed::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Blob uploads are model-sized and streamed to disk: no body limit.
@@ -58,6 +104,7 @@ pub fn router(state: AppState) -> Router {
             "/api/blobs/{*digest}",
             post(store::post_blob).head(store::head_blob).layer(DefaultBodyLimit::disable()),
         )
+        .layer(axum::middleware::from_fn_with_state(state.service.metrics.clone(), observe::observe))
         .with_state(state)
 }
 
@@ -102,22 +149,33 @@ async fn respond(app: &AppState, req: Result<crate::service::ValidRequest, ApiEr
         Err(e) => return e.into_response(),
     };
     let model = req.model.clone();
-    match ollama::run(&app.manager, req, kind, crate::service::Caller::Network, started).await {
-        Ok(Reply::One(v)) => Json(v).into_response(),
+    match ollama::run(&app.service, req, kind, crate::service::Caller::Network, started).await {
+        Ok(Reply::One(v, info)) => {
+            let mut resp = Json(v).into_response();
+            mark(&mut resp, &model, info.as_ref());
+            resp
+        }
         Ok(Reply::Stream(g, tools)) => {
-            let lines = ollama::response_stream(g, kind, model, tools).map(|v| {
+            let info = g.info.clone();
+            let lines = ollama::response_stream(g, kind, model.clone(), tools).map(|v| {
                 let mut line = serde_json::to_vec(&v).unwrap_or_default();
                 line.push(b'\n');
                 Ok::<_, Infallible>(Bytes::from(line))
             });
-            (
+            let mut resp = (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/x-ndjson")],
                 Body::from_stream(lines),
             )
-                .into_response()
+                .into_response();
+            mark(&mut resp, &model, Some(&info));
+            resp
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let mut resp = e.into_response();
+            mark(&mut resp, &model, None);
+            resp
+        }
     }
 }
 

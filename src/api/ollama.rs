@@ -15,7 +15,7 @@ use crate::engine::options::RawOptions;
 use crate::engine::template::TemplateMessage;
 use crate::engine::{Completion, Event};
 use crate::resources::KeepAlive;
-use crate::service::{Generation, Outcome, PromptSpec, ValidRequest};
+use crate::service::{Generation, Outcome, PromptSpec, ResponseInfo, ValidRequest};
 
 #[derive(Debug, Deserialize)]
 pub struct GenerateRequest {
@@ -34,6 +34,61 @@ pub struct GenerateRequest {
     pub think: Option<Value>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub service: ServiceFields,
+}
+
+/// hearth's service-layer fields, accepted on every generation request of both APIs.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServiceFields {
+    /// A persona by name.
+    pub persona: Option<String>,
+    /// `true` caches a sampled answer too, `false` bypasses the cache.
+    pub use_cache: Option<bool>,
+    /// Continue this server-side conversation: send only the new messages.
+    pub conversation_id: Option<String>,
+    /// A named prompt template (with `variables`); on `/api/generate`, `template` names one
+    /// only when `variables` is given, and is Ollama's prompt template otherwise.
+    pub prompt_template: Option<String>,
+    /// The template's variables: strings, numbers or booleans.
+    pub variables: Option<serde_json::Map<String, Value>>,
+}
+
+impl ServiceFields {
+    /// Validates the fields; `template` is the request's own `template` field, a prompt
+    /// template's name when `variables` come with it.
+    pub fn validate(self, template: Option<String>) -> Result<crate::service::ServiceOptions, ApiError> {
+        let non_empty = |field: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
+            match v {
+                Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("{field} must not be empty"))),
+                v => Ok(v),
+            }
+        };
+        let name = non_empty("prompt_template", self.prompt_template.or(template))?;
+        let template = match (name, self.variables) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(ApiError::bad_request("variables need a template: name one with \"template\"")),
+            (Some(name), vars) => {
+                let mut variables = std::collections::BTreeMap::new();
+                for (k, v) in vars.unwrap_or_default() {
+                    let text = match v {
+                        Value::String(s) => s,
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => return Err(ApiError::bad_request(format!("variable '{k}' must be a string, number or boolean"))),
+                    };
+                    variables.insert(k, text);
+                }
+                Some(crate::service::TemplateUse { name, variables })
+            }
+        };
+        Ok(crate::service::ServiceOptions {
+            persona: non_empty("persona", self.persona)?,
+            use_cache: self.use_cache,
+            conversation_id: non_empty("conversation_id", self.conversation_id)?,
+            template,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +105,10 @@ pub struct ChatRequest {
     pub top_logprobs: Option<i64>,
     /// hearth's own: OpenAI's `tool_choice` (`auto` by default).
     pub tool_choice: Option<Value>,
+    /// hearth's own: a prompt template's name, with `variables`.
+    pub template: Option<String>,
+    #[serde(flatten)]
+    pub service: ServiceFields,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,8 +199,14 @@ pub fn logprob_request(logprobs: Option<bool>, top: Option<i64>) -> Result<Optio
 
 impl GenerateRequest {
     pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
+        // A prompt template by `template` when variables come with it; else Ollama's.
+        let (template, prompt_template) = match self.service.variables {
+            Some(_) => (None, self.template),
+            None => (self.template, None),
+        };
+        let service = self.service.validate(prompt_template)?;
         let Common { model, raw_options, options, keep_alive } = generation_common(
-            self.model,
+            self.model.or_else(|| service.persona.clone()),
             self.options.as_ref(),
             self.keep_alive.as_ref(),
             self.format.as_ref(),
@@ -162,7 +227,7 @@ impl GenerateRequest {
             .into_iter()
             .map(|t| i32::try_from(t).map_err(|_| ApiError::bad_request(format!("context token {t} is out of range"))))
             .collect::<Result<_, _>>()?;
-        if raw && (self.template.is_some() || self.system.is_some() || !context.is_empty()) {
+        if raw && (template.is_some() || self.system.is_some() || !context.is_empty()) {
             return Err(ApiError::bad_request("raw mode does not support template, system, or context"));
         }
         Ok(ValidRequest {
@@ -170,7 +235,7 @@ impl GenerateRequest {
             prompt: PromptSpec::Generate {
                 prompt: self.prompt.unwrap_or_default(),
                 system: self.system,
-                template: self.template.filter(|t| !t.is_empty()),
+                template: template.filter(|t| !t.is_empty()),
                 raw,
                 context,
             },
@@ -179,14 +244,16 @@ impl GenerateRequest {
             raw_options,
             keep_alive,
             stream: self.stream.unwrap_or(true),
+            service,
         })
     }
 }
 
 impl ChatRequest {
     pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
+        let service = self.service.validate(self.template)?;
         let Common { model, raw_options, mut options, keep_alive } = generation_common(
-            self.model,
+            self.model.or_else(|| service.persona.clone()),
             self.options.as_ref(),
             self.keep_alive.as_ref(),
             self.format.as_ref(),
@@ -243,6 +310,7 @@ impl ChatRequest {
             raw_options,
             keep_alive,
             stream: self.stream.unwrap_or(true),
+            service,
         })
     }
 }
@@ -364,7 +432,9 @@ pub fn response_stream(generation: Generation, kind: Kind, model: String, tools:
                             None if !held.is_empty() => st.queue.push_back(base(kind, &model, &held, false)),
                             None => {}
                         }
-                        st.queue.push_back(final_response(kind, &model, "", &c, st.g.lease.load_duration, st.g.started));
+                        let mut v = final_response(kind, &model, "", &c, st.g.load_duration, st.g.started);
+                        annotate(&mut v, &st.g.info);
+                        st.queue.push_back(v);
                         st.done = true;
                     }
                     Some(Event::Failed(e)) => {
@@ -392,7 +462,8 @@ pub async fn collect(mut g: Generation, kind: Kind, model: &str, tools: Option<&
             Some(Event::Done(c)) => {
                 let call = tools.and_then(|tr| tr.parse_call(&text));
                 let shown = if call.is_some() { "" } else { text.as_str() };
-                let mut v = final_response(kind, model, shown, &c, g.lease.load_duration, g.started);
+                let mut v = final_response(kind, model, shown, &c, g.load_duration, g.started);
+                annotate(&mut v, &g.info);
                 if let Some((name, args)) = call {
                     v["message"]["tool_calls"] = json!([super::tools::ollama_call(&name, &args)]);
                 }
@@ -407,14 +478,28 @@ pub async fn collect(mut g: Generation, kind: Kind, model: &str, tools: Option<&
     }
 }
 
+/// The service layer's report in a final object: whether the cache answered, and the
+/// conversation's accounting.
+pub fn annotate(v: &mut Value, info: &ResponseInfo) {
+    v["cache"] = json!(info.cache.as_str());
+    if let Some(p) = &info.persona {
+        v["persona"] = json!(p);
+    }
+    if let Some(id) = &info.conversation_id {
+        v["conversation_id"] = json!(id);
+        v["dropped_messages"] = json!(info.dropped_messages);
+    }
+}
+
 /// Runs a validated request and returns either one object or a stream of them.
 pub enum Reply {
-    One(Value),
+    /// The object, and the service layer's report when there was a generation.
+    One(Value, Option<ResponseInfo>),
     Stream(Generation, Option<ToolRequest>),
 }
 
 pub async fn run(
-    manager: &crate::resources::ModelManager,
+    service: &crate::service::Service,
     req: ValidRequest,
     kind: Kind,
     caller: crate::service::Caller,
@@ -423,11 +508,14 @@ pub async fn run(
     let model = req.model.clone();
     let stream = req.stream;
     let tools = req.tools.clone();
-    match crate::service::start(manager, req, caller, started).await? {
+    match service.start(req, caller, started).await? {
         Outcome::Loaded { unloaded, load_duration } => {
-            Ok(Reply::One(load_response(kind, &model, unloaded, load_duration, started)))
+            Ok(Reply::One(load_response(kind, &model, unloaded, load_duration, started), None))
         }
         Outcome::Generating(g) if stream => Ok(Reply::Stream(g, tools)),
-        Outcome::Generating(g) => Ok(Reply::One(collect(g, kind, &model, tools.as_ref()).await?)),
+        Outcome::Generating(g) => {
+            let info = g.info.clone();
+            Ok(Reply::One(collect(g, kind, &model, tools.as_ref()).await?, Some(info)))
+        }
     }
 }

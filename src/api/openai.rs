@@ -139,6 +139,10 @@ struct Sampling {
     top_k: Option<i64>,
     min_p: Option<f64>,
     repeat_penalty: Option<f64>,
+    /// hearth's own: a prompt template's name, with `variables`.
+    template: Option<String>,
+    #[serde(flatten)]
+    service: super::ollama::ServiceFields,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,14 +187,24 @@ struct Plan {
     n: usize,
     stream: bool,
     include_usage: bool,
+    service: crate::service::ServiceOptions,
 }
 
 impl Sampling {
     fn plan(&self, default_num_ctx: u32) -> OaiResult<Plan> {
-        let model = self.model.clone().filter(|m| !m.is_empty()).ok_or_else(|| invalid("model", "model is required"))?;
+        let service = self.service.clone().validate(self.template.clone()).map_err(|e| OpenAiError { error: e, param: None })?;
+        let model = self
+            .model
+            .clone()
+            .filter(|m| !m.is_empty())
+            .or_else(|| service.persona.clone())
+            .ok_or_else(|| invalid("model", "model is required"))?;
         let n = self.n.unwrap_or(1);
         if !(1..=MAX_N).contains(&n) {
             return Err(invalid("n", format!("n must be between 1 and {MAX_N}, not {n}")));
+        }
+        if n > 1 && service.conversation_id.is_some() {
+            return Err(invalid("n", "a conversation continues with one answer: n must be 1 with conversation_id"));
         }
         if self.logit_bias.as_ref().is_some_and(|b| b.as_object().is_some_and(|o| !o.is_empty())) {
             return Err(invalid("logit_bias", "logit_bias is not supported"));
@@ -245,6 +259,7 @@ impl Sampling {
             n: n as usize,
             stream: self.stream.unwrap_or(false),
             include_usage: self.stream_options.as_ref().is_some_and(|s| s.include_usage),
+            service,
         })
     }
 }
@@ -336,6 +351,7 @@ impl ChatCompletionRequest {
             raw_options: plan.raw_options.clone(),
             keep_alive: plan.keep_alive,
             stream: plan.stream,
+            service: plan.service.clone(),
         };
         Ok((plan, req))
     }
@@ -370,7 +386,9 @@ async fn start_choices(app: &AppState, req: ValidRequest, n: usize, started: Ins
         if let Some(seed) = r.options.seed {
             r.options.seed = Some(seed.wrapping_add(i as u32));
         }
-        let outcome = service::start(&app.manager, r, Caller::Network, started)
+        let outcome = app
+            .service
+            .start(r, Caller::Network, started)
             .await
             .map_err(|e| service_error(e, None))?;
         match outcome {
@@ -444,11 +462,14 @@ async fn chat_completions_inner(app: AppState, body: Bytes) -> OaiResult<Respons
     let (plan, req) = req.validate(app.manager.defaults().num_ctx)?;
     let tools = req.tools.clone();
     let generations = start_choices(&app, req, plan.n, started).await?;
+    let info = combined_info(&generations);
     let id = new_id("chatcmpl");
     let created = unix_now();
     let model = plan.model.clone();
     if plan.stream {
-        return Ok(chat_stream(generations, id, created, model, tools, plan.include_usage));
+        let mut resp = chat_stream(generations, id, created, model.clone(), tools, plan.include_usage);
+        super::mark(&mut resp, &model, Some(&info));
+        return Ok(resp);
     }
     let results = futures::future::join_all(generations.into_iter().map(finish)).await;
     let mut choices = Vec::new();
@@ -465,7 +486,7 @@ async fn chat_completions_inner(app: AppState, body: Bytes) -> OaiResult<Respons
         let logprobs = if f.logprobs.is_empty() { Value::Null } else { chat_logprobs(&f.logprobs) };
         choices.push(json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": reason }));
     }
-    Ok(Json(json!({
+    let mut body = json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
@@ -473,8 +494,20 @@ async fn chat_completions_inner(app: AppState, body: Bytes) -> OaiResult<Respons
         "system_fingerprint": fingerprint(),
         "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
-    }))
-    .into_response())
+    });
+    super::ollama::annotate(&mut body, &info);
+    let mut resp = Json(body).into_response();
+    super::mark(&mut resp, &model, Some(&info));
+    Ok(resp)
+}
+
+/// The service layer's report for all choices: a hit only if every choice hit.
+fn combined_info(generations: &[Generation]) -> crate::service::ResponseInfo {
+    let mut info = generations.first().map(|g| g.info.clone()).unwrap_or_default();
+    if generations.iter().any(|g| g.info.cache != crate::service::CacheResult::Hit) {
+        info.cache = crate::service::CacheResult::Miss;
+    }
+    info
 }
 
 /// Token counts gathered from every choice of a streamed response.
@@ -656,9 +689,11 @@ async fn completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
             raw_options: plan.raw_options.clone(),
             keep_alive: plan.keep_alive,
             stream: plan.stream,
+            service: plan.service.clone(),
         };
         generations.extend(start_choices(&app, valid, plan.n, started).await?);
     }
+    let info = combined_info(&generations);
     let id = new_id("cmpl");
     let created = unix_now();
     let model = plan.model.clone();
@@ -700,7 +735,9 @@ async fn completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
             json!({ "id": id, "object": "text_completion", "created": created, "model": model,
                     "system_fingerprint": fingerprint(), "choices": [], "usage": usage })
         };
-        return Ok(sse_response(merged.chain(usage_tail(tally, plan.include_usage, usage_chunk))));
+        let mut resp = sse_response(merged.chain(usage_tail(tally, plan.include_usage, usage_chunk)));
+        super::mark(&mut resp, &plan.model, Some(&info));
+        return Ok(resp);
     }
     let results = futures::future::join_all(generations.into_iter().map(finish)).await;
     let mut choices = Vec::new();
@@ -714,11 +751,14 @@ async fn completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
         choices.push(json!({ "index": index, "text": format!("{lead}{}", f.text), "logprobs": logprobs,
                              "finish_reason": finish_reason(f.completion.reason) }));
     }
-    Ok(Json(json!({
+    let mut body = json!({
         "id": id, "object": "text_completion", "created": created, "model": model,
         "system_fingerprint": fingerprint(), "choices": choices, "usage": usage(prompt_tokens, completion_tokens),
-    }))
-    .into_response())
+    });
+    super::ollama::annotate(&mut body, &info);
+    let mut resp = Json(body).into_response();
+    super::mark(&mut resp, &plan.model, Some(&info));
+    Ok(resp)
 }
 
 /// The legacy completions `logprobs` object: tokens, their logprobs, top alternatives as

@@ -1,5 +1,6 @@
 //! One file per subcommand. Commands may use `anyhow` and print; the library below them may not.
 
+pub mod config_check;
 pub mod cp;
 pub mod create;
 pub mod list;
@@ -29,11 +30,11 @@ pub fn open_store(args: &StoreArgs) -> ModelStore {
 pub fn load_settings(args: &EngineArgs) -> LoadSettings {
     let threads = args.threads.unwrap_or_else(config::default_threads);
     LoadSettings {
-        num_ctx: args.context_length,
-        parallel: args.parallel,
+        num_ctx: args.context_length.unwrap_or(config::DEFAULT_NUM_CTX),
+        parallel: args.parallel.unwrap_or(config::DEFAULT_PARALLEL),
         threads,
         threads_batch: threads,
-        batch_size: args.batch_size,
+        batch_size: args.batch_size.unwrap_or(config::DEFAULT_BATCH),
     }
 }
 
@@ -48,17 +49,59 @@ pub fn ram_budget(args: &EngineArgs) -> anyhow::Result<(u64, u64)> {
 }
 
 pub fn manager(store: ModelStore, args: &EngineArgs) -> anyhow::Result<ModelManager> {
-    let keep_alive = KeepAlive::parse(&args.keep_alive)
-        .map_err(anyhow::Error::msg)
-        .context("--keep-alive")?;
+    manager_with(store, args, None)
+}
+
+/// `manager`, with the config file's keep-alive under the flag's.
+pub fn manager_with(store: ModelStore, args: &EngineArgs, file_keep_alive: Option<KeepAlive>) -> anyhow::Result<ModelManager> {
+    let keep_alive = match (&args.keep_alive, file_keep_alive) {
+        (Some(k), _) => KeepAlive::parse(k).map_err(anyhow::Error::msg).context("--keep-alive")?,
+        (None, Some(k)) => k,
+        (None, None) => KeepAlive::parse(config::DEFAULT_KEEP_ALIVE).map_err(anyhow::Error::msg)?,
+    };
     let (ram_budget, memory) = ram_budget(args)?;
     let limits = Limits {
         ram_budget,
-        max_loaded: (args.max_loaded_models > 0).then_some(args.max_loaded_models),
-        max_queue: args.max_queue,
+        max_loaded: args.max_loaded_models.filter(|&n| n > 0),
+        max_queue: args.max_queue.unwrap_or(config::DEFAULT_MAX_QUEUE),
     };
     tracing::info!("RAM budget {} MiB of {} MiB", ram_budget >> 20, memory >> 20);
     Ok(ModelManager::new(Arc::new(store), load_settings(args), keep_alive, limits))
+}
+
+/// The engine flags, with the config file's `engine` section under them (flags and their
+/// environment variables win).
+pub fn engine_with_file(args: &EngineArgs, file: &config::file::EngineFile) -> EngineArgs {
+    EngineArgs {
+        parallel: args.parallel.or(file.parallel),
+        threads: args.threads.or(file.threads),
+        context_length: args.context_length.or(file.context_length),
+        batch_size: args.batch_size.or(file.batch_size),
+        keep_alive: args.keep_alive.clone(),
+        ram_budget: args.ram_budget.clone().or_else(|| file.ram_budget.clone()),
+        max_loaded_models: args.max_loaded_models.or(file.max_loaded_models),
+        max_queue: args.max_queue.or(file.max_queue),
+    }
+}
+
+/// Where hearth keeps its own data (conversations, profiles): `HEARTH_DATA`, else the per-user
+/// data directory.
+pub fn default_data_dir() -> std::path::PathBuf {
+    match std::env::var_os("HEARTH_DATA").filter(|v| !v.is_empty()) {
+        Some(d) => d.into(),
+        None => dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("hearth"),
+    }
+}
+
+/// Starts logging to stderr: readable text, or one JSON object per line.
+pub fn init_logging(json: bool, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
 }
 
 /// Bytes as Ollama's CLI prints them (decimal units).

@@ -1,34 +1,91 @@
-//! `hearth serve`: binds the address and runs the HTTP API until SIGINT/SIGTERM.
+//! `hearth serve`: reads the config (flags > environment > file > defaults), builds the service
+//! layer (cache, conversations, metrics, personas, templates), binds the address and runs the
+//! HTTP API until SIGINT/SIGTERM. SIGHUP and `POST /api/config/reload` reload the file.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Lifecycle};
+use crate::cache::{CacheSettings, ResponseCache};
 use crate::cli::ServeArgs;
+use crate::config::file::{self, FileConfig, LogFormat};
 use crate::config;
+use crate::conversations::ConversationStore;
+use crate::metrics::{Metrics, Pricing};
+use crate::service::catalog::{profiles_path, Catalog};
+use crate::service::{Service, ServiceSettings};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let env_addr = match std::env::var("HEARTH_HOST") {
-        Ok(h) if !h.is_empty() => config::parse_host(&h).map_err(anyhow::Error::msg).context("HEARTH_HOST")?,
-        _ => config::parse_host("").map_err(anyhow::Error::msg)?,
+    // Read the config before logging starts: it may choose the log format. Its errors are
+    // printed by main.
+    let file = file::load(args.config.as_deref(), &file::process_env)?;
+    let json_logs = match args.log_format.as_deref() {
+        Some(f) => f == "json",
+        None => file.server.log_format == Some(LogFormat::Json),
     };
+    super::init_logging(json_logs, "warn,hearth=info");
+    if let Some(src) = &file.source {
+        tracing::info!("config: {}", src.display());
+    }
+
+    let env_addr = match std::env::var("HEARTH_HOST") {
+        Ok(h) if !h.is_empty() => Some(config::parse_host(&h).map_err(anyhow::Error::msg).context("HEARTH_HOST")?),
+        _ => None,
+    };
+    let base = env_addr.or(file.server.host).unwrap_or(config::parse_host("").map_err(anyhow::Error::msg)?);
     let ip = match &args.host {
         Some(h) => config::parse_host(h).map_err(anyhow::Error::msg).context("--host")?.ip(),
-        None => env_addr.ip(),
+        None => base.ip(),
     };
-    let port = args.port.unwrap_or(env_addr.port());
-    let addr = std::net::SocketAddr::new(ip, port);
+    let addr = std::net::SocketAddr::new(ip, args.port.unwrap_or(base.port()));
 
-    let store = super::open_store(&args.store);
+    let mut store_args = args.store.clone();
+    store_args.models = store_args.models.or_else(|| file.server.models.clone());
+    let store = super::open_store(&store_args);
     let models_dir = store.dir().to_path_buf();
-    let manager = super::manager(store, &args.engine)?;
+    let engine = super::engine_with_file(&args.engine, &file.engine);
+    let manager = super::manager_with(store, &engine, file.engine.keep_alive)?;
+
+    let data_dir = args.data.clone().or_else(|| file.server.data.clone()).unwrap_or_else(super::default_data_dir);
+    let cache = ResponseCache::new(&cache_settings(&file)).context("cache")?;
+    let conversations = ConversationStore::open(&data_dir)?;
+    let metrics = Metrics::new(pricing(&file));
+    let service = Service::new(
+        manager.clone(),
+        cache,
+        Some(conversations),
+        metrics,
+        catalog(&file, Default::default()),
+        settings(&file, args.log_prompts),
+    )
+    .with_profiles(profiles_path(&data_dir))
+    .map_err(anyhow::Error::msg)?;
+
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     // Tests and scripts read this line to find the port when --port 0 was given.
     eprintln!("hearth {} listening on {local} (models: {})", crate::VERSION, models_dir.display());
+
+    let reloader: Option<api::Reloader> = file.source.clone().map(|path| {
+        let service = service.clone();
+        let log_prompts = args.log_prompts;
+        let current = std::sync::Mutex::new(file.clone());
+        Box::new(move || {
+            let mut current = current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let report = reload(&service, &path, &current, log_prompts)?;
+            *current = report.0;
+            Ok(report.1)
+        }) as api::Reloader
+    });
+    let lifecycle = Arc::new(Lifecycle { started: Instant::now(), shutting_down: Default::default(), reload: reloader });
+    let state = AppState { manager: manager.clone(), service, lifecycle: Arc::clone(&lifecycle) };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reaper_stop = {
@@ -38,16 +95,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(manager.clone().run_reaper(Duration::from_secs(1), reaper_stop));
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    {
+        let lifecycle = Arc::clone(&lifecycle);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            lifecycle.shutting_down.store(true, Ordering::Release);
+            let _ = stop_tx.send(true);
+        });
+    }
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(Arc::clone(&lifecycle)));
     let mut rx = stop_rx.clone();
     let shutdown = async move {
         let _ = rx.wait_for(|s| *s).await;
         tracing::info!("shutting down: no new connections; open responses get {DRAIN:?} to finish");
     };
-    let server = api::serve(listener, AppState { manager }, shutdown);
+    let server = api::serve(listener, state, shutdown);
     let mut rx = stop_rx;
     let deadline = async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -58,6 +121,101 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         () = deadline => tracing::warn!("streams still open after {DRAIN:?}; closing them"),
     }
     Ok(())
+}
+
+fn cache_settings(file: &FileConfig) -> CacheSettings {
+    CacheSettings {
+        enabled: file.cache.enabled,
+        ttl: file.cache.ttl,
+        max_bytes: file.cache.max_bytes,
+        redis_url: file.cache.redis_url.clone(),
+    }
+}
+
+fn pricing(file: &FileConfig) -> Pricing {
+    Pricing {
+        default_per_1k_tokens: file.pricing.default_per_1k_tokens,
+        per_model: file.pricing.models.iter().map(|(k, v)| (k.clone(), *v)).collect::<HashMap<_, _>>(),
+    }
+}
+
+fn catalog(file: &FileConfig, profiles: std::collections::BTreeMap<String, crate::service::catalog::Persona>) -> Catalog {
+    Catalog {
+        personas: file.personas.clone(),
+        profiles,
+        templates: file.templates.clone(),
+        default_model: file.server.default_model.clone().unwrap_or_else(|| config::DEFAULT_MODEL.to_string()),
+    }
+}
+
+fn settings(file: &FileConfig, log_prompts: bool) -> ServiceSettings {
+    ServiceSettings {
+        max_concurrent_requests: file.server.max_concurrent_requests.unwrap_or(0),
+        request_timeout: file.server.request_timeout.filter(|d| !d.is_zero()),
+        log_prompts: log_prompts || file.server.log_prompts.unwrap_or(false),
+    }
+}
+
+/// Re-reads the config file and applies what can change while serving: personas, prompt
+/// templates, prices, limits and logging of prompts. What needs a restart (addresses, the
+/// engine, the cache backend, directories) is listed, not applied. A file that doesn't pass
+/// is refused and the running config stays.
+fn reload(service: &Service, path: &PathBuf, old: &FileConfig, log_prompts: bool) -> Result<(FileConfig, serde_json::Value), String> {
+    let new = file::load(Some(path), &file::process_env).map_err(|e| e.to_string())?;
+    let profiles = service.catalog().profiles.clone();
+    service.set_catalog(catalog(&new, profiles));
+    service.metrics.set_pricing(pricing(&new));
+    service.set_settings(settings(&new, log_prompts));
+    let mut restart = Vec::new();
+    if old.server.host != new.server.host {
+        restart.push("server.host");
+    }
+    if old.server.models != new.server.models {
+        restart.push("server.models");
+    }
+    if old.server.data != new.server.data {
+        restart.push("server.data");
+    }
+    if old.server.log_format != new.server.log_format {
+        restart.push("server.log_format");
+    }
+    if old.engine != new.engine {
+        restart.push("engine");
+    }
+    if old.cache != new.cache {
+        restart.push("cache");
+    }
+    let report = serde_json::json!({
+        "reloaded": path.display().to_string(),
+        "personas": new.personas.keys().collect::<Vec<_>>(),
+        "templates": new.templates.keys().collect::<Vec<_>>(),
+        "restart_required": restart,
+    });
+    tracing::info!(personas = new.personas.len(), templates = new.templates.len(), "config reloaded from {}", path.display());
+    if !restart.is_empty() {
+        tracing::warn!("these settings changed but apply only after a restart: {}", restart.join(", "));
+    }
+    Ok((new, report))
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(lifecycle: Arc<Lifecycle>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let lifecycle = Arc::clone(&lifecycle);
+        let result = tokio::task::spawn_blocking(move || match &lifecycle.reload {
+            Some(reload) => reload(),
+            None => Err("started without a config file; nothing to reload".to_string()),
+        })
+        .await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("SIGHUP: config not reloaded: {e}"),
+            Err(e) => tracing::error!("SIGHUP: reload failed: {e}"),
+        }
+    }
 }
 
 /// How long open responses may run after a shutdown signal.

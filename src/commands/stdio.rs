@@ -18,20 +18,32 @@ use tokio::io::AsyncBufReadExt;
 use crate::api::error::ApiError;
 use crate::api::ollama::{self, ChatRequest, GenerateRequest, Kind, Reply};
 use crate::cli::StdioArgs;
-use crate::resources::ModelManager;
-use crate::service::Caller;
+use crate::cache::ResponseCache;
+use crate::conversations::ConversationStore;
+use crate::metrics::Metrics;
+use crate::service::{Caller, Service};
 
 pub async fn run(args: StdioArgs) -> anyhow::Result<()> {
     let manager = super::manager(super::open_store(&args.store), &args.engine)?;
     // Load up front so the first request doesn't pay for it and a bad model fails at once.
     let entry = manager.store().resolve_name_or_path(&args.model)?;
     let _lease = manager.acquire(entry, None, None).await?;
+    // Scripts continue conversations by `conversation_id`, as HTTP clients do.
+    let conversations = ConversationStore::open(&super::default_data_dir())?;
+    let service = Service::new(
+        manager,
+        ResponseCache::disabled(),
+        Some(conversations),
+        Metrics::new(Default::default()),
+        Default::default(),
+        Default::default(),
+    );
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
             continue;
         }
-        match handle(&manager, &args.model, &line).await {
+        match handle(&service, &args.model, &line).await {
             Ok(()) => {}
             Err(e) => emit(&e.body())?,
         }
@@ -46,7 +58,7 @@ fn emit(v: &Value) -> std::io::Result<()> {
     out.flush()
 }
 
-async fn handle(manager: &ModelManager, default_model: &str, line: &str) -> Result<(), ApiError> {
+async fn handle(service: &Service, default_model: &str, line: &str) -> Result<(), ApiError> {
     let started = Instant::now();
     let mut v: Value = ollama::parse_body(line.as_bytes())?;
     let Some(obj) = v.as_object_mut() else {
@@ -54,7 +66,7 @@ async fn handle(manager: &ModelManager, default_model: &str, line: &str) -> Resu
     };
     obj.entry("model").or_insert_with(|| json!(default_model));
     obj.entry("stream").or_insert(json!(false));
-    let ctx = manager.defaults().num_ctx;
+    let ctx = service.manager.defaults().num_ctx;
     let (req, kind) = if obj.contains_key("messages") {
         let r: ChatRequest = serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
         (r.validate(ctx)?, Kind::Chat)
@@ -63,8 +75,8 @@ async fn handle(manager: &ModelManager, default_model: &str, line: &str) -> Resu
         (r.validate(ctx)?, Kind::Generate)
     };
     let model = req.model.clone();
-    match ollama::run(manager, req, kind, Caller::Local, started).await? {
-        Reply::One(v) => emit(&v).map_err(|e| ApiError::internal(e.to_string()))?,
+    match ollama::run(service, req, kind, Caller::Local, started).await? {
+        Reply::One(v, _) => emit(&v).map_err(|e| ApiError::internal(e.to_string()))?,
         Reply::Stream(g, tools) => {
             let mut s = Box::pin(ollama::response_stream(g, kind, model, tools));
             while let Some(v) = s.next().await {

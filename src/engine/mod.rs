@@ -68,6 +68,8 @@ pub enum EngineError {
     Template(#[from] TemplateError),
     #[error("sampling failed: {0}")]
     Sampling(String),
+    #[error("the request ran past its time limit of {0:?} (request_timeout, REQUEST_TIMEOUT)")]
+    TimedOut(std::time::Duration),
 }
 
 /// Why a generation ended, with Ollama's names.

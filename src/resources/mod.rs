@@ -88,6 +88,8 @@ pub struct LoadedInfo {
     pub expires_at: SystemTime,
     /// Estimated bytes.
     pub size: u64,
+    /// Requests running or waiting on it.
+    pub in_flight: usize,
 }
 
 struct Inner {
@@ -441,6 +443,7 @@ impl ModelManager {
                     context_length: r.model.n_ctx_slot,
                     expires_at: wall + left,
                     size: r.bytes,
+                    in_flight: r.in_flight,
                 }
             })
             .collect();

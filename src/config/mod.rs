@@ -4,14 +4,20 @@
 //! the defaults that depend on the machine (threads) and the parsing of `HEARTH_HOST`-style
 //! addresses. (The YAML config file arrives with the service-layer issue.)
 
+pub mod file;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
+/// The model the quick start and the seed routes use when a request names none.
+pub const DEFAULT_MODEL: &str = "smollm2:135m";
 /// Ollama's port.
 pub const DEFAULT_PORT: u16 = 11434;
 /// Ollama's context default on a CPU-only machine.
 pub const DEFAULT_NUM_CTX: u32 = 4096;
 pub const DEFAULT_PARALLEL: u32 = 4;
 pub const DEFAULT_BATCH: u32 = 512;
+pub const DEFAULT_KEEP_ALIVE: &str = "5m";
+pub const DEFAULT_MAX_QUEUE: usize = 64;
 
 /// Threads for llama.cpp: the physical cores this process may use. Hyper-threads share the
 /// same SIMD units, and measured decode speed drops by whole factors past the physical count.

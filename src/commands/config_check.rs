@@ -1,0 +1,48 @@
+//! `hearth config check FILE`: reads a config file as `serve --config` would (with the
+//! environment's overrides) and prints what it sets, or the first problem with its file, line
+//! and key.
+
+#![allow(clippy::print_stdout)] // a checking command: its report is the output.
+
+use crate::cli::{ConfigArgs, ConfigCommand};
+use crate::config::file;
+
+pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
+    match args.command {
+        ConfigCommand::Check { file: path } => check(&path),
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = file::load(Some(path), &file::process_env)?;
+    println!("{}: ok", path.display());
+    let s = &config.server;
+    let show = |key: &str, v: Option<String>| {
+        if let Some(v) = v {
+            println!("  {key}: {v}");
+        }
+    };
+    show("server.host", s.host.map(|h| h.to_string()));
+    show("server.models", s.models.as_ref().map(|p| p.display().to_string()));
+    show("server.data", s.data.as_ref().map(|p| p.display().to_string()));
+    show("server.default_model", s.default_model.clone());
+    show("server.max_concurrent_requests", s.max_concurrent_requests.map(|n| n.to_string()));
+    show("server.request_timeout", s.request_timeout.map(|d| humantime::format_duration(d).to_string()));
+    let c = &config.cache;
+    println!(
+        "  cache: {} (ttl {}, max {} bytes{})",
+        if !c.enabled { "disabled" } else if c.redis_url.is_some() { "redis" } else { "memory" },
+        humantime::format_duration(c.ttl),
+        c.max_bytes,
+        c.redis_url.as_deref().map(|u| format!(", {u}")).unwrap_or_default()
+    );
+    let personas: Vec<_> = config.personas.values().map(|p| format!("{} -> {}", p.name, p.model)).collect();
+    println!("  personas: {}", if personas.is_empty() { "none".to_string() } else { personas.join(", ") });
+    let templates: Vec<_> = config.templates.keys().cloned().collect();
+    println!("  templates: {}", templates.join(", "));
+    let overridden: Vec<_> = file::ENV_VARS.iter().filter(|(name, _)| file::process_env(name).is_some()).map(|(name, _)| *name).collect();
+    if !overridden.is_empty() {
+        println!("  from the environment: {}", overridden.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,635 @@
+//! Server-side conversations: clients send a `conversation_id` and only their new message, and
+//! this module keeps the history in `DATA_DIR/conversations.db` (SQLite, WAL) so it survives a
+//! restart. It owns the schema, the blocking SQLite calls (always on `spawn_blocking`, never on
+//! an async worker) and the per-conversation turn locks that keep two requests on one
+//! conversation from interleaving. It does not render prompts, call the engine or know any wire
+//! format; content is stored exactly as given.
+//!
+//! Limit: a conversation keeps at most [`MAX_MESSAGES`] messages. An append that would go past
+//! it deletes the oldest messages, in the same transaction, so the count stays at the limit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+/// The most messages one conversation keeps; older ones are dropped on append.
+pub const MAX_MESSAGES: usize = 10_000;
+
+/// The most characters a conversation id may have.
+pub const MAX_ID_CHARS: usize = 128;
+
+const DB_FILE: &str = "conversations.db";
+
+/// `PRAGMA user_version` of the schema this code writes. Bump it together with a migration in
+/// `migrate`; a database from a newer hearth is refused rather than guessed at.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Long enough to ride out another process's checkpoint, short enough that a stuck lock
+/// surfaces as an error instead of a hung request.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS conversations (
+    id         TEXT PRIMARY KEY NOT NULL,
+    model      TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversations_updated_at ON conversations(updated_at);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    seq             INTEGER NOT NULL,
+    role            TEXT NOT NULL,
+    content         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+";
+
+/// Everything that can go wrong in the conversation store.
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    #[error("invalid conversation id {id:?}: {reason}")]
+    InvalidId { id: String, reason: String },
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the conversation database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error(
+        "the conversation database {path} has schema version {found}, but this hearth understands \
+         only up to {supported}: upgrade hearth or point it at another data directory"
+    )]
+    SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("conversation database {path}: {source}")]
+    Database { path: PathBuf, source: rusqlite::Error },
+    #[error("the conversation store's worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// One stored message, oldest first in every list this module returns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredMessage {
+    pub role: String,
+    pub content: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A conversation with its full history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    pub id: String,
+    /// The model of the latest append.
+    pub model: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds of the latest append.
+    pub updated_at: i64,
+    pub messages: Vec<StoredMessage>,
+}
+
+/// One line of [`ConversationStore::list`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationSummary {
+    pub id: String,
+    pub model: Option<String>,
+    pub message_count: u64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// Checks a client-chosen conversation id: 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
+/// The id is only ever a SQL parameter, but keeping it plain keeps it safe to log and to put in
+/// URLs and file names later.
+pub fn validate_id(id: &str) -> Result<(), ConversationError> {
+    let reason = if id.is_empty() {
+        Some("it is empty; use 1 to 128 characters of A-Z a-z 0-9 . _ : @ -".to_owned())
+    } else if id.chars().count() > MAX_ID_CHARS {
+        Some(format!(
+            "it has {} characters, more than the {MAX_ID_CHARS} allowed",
+            id.chars().count()
+        ))
+    } else {
+        id.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')))
+            .map(|c| format!("character {c:?} is not allowed; use only A-Z a-z 0-9 . _ : @ -"))
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(ConversationError::InvalidId { id: id.to_owned(), reason }),
+    }
+}
+
+/// Handle on the conversation database. Cheap to clone; every clone shares one connection and
+/// one set of turn locks.
+#[derive(Clone)]
+pub struct ConversationStore {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    path: PathBuf,
+    /// One connection is enough: each call is a short transaction, and a single writer is what
+    /// SQLite wants anyway.
+    conn: Mutex<Connection>,
+    turns: Arc<Mutex<TurnLocks>>,
+}
+
+/// Per-conversation turn mutexes. An entry lives only while someone holds or waits for its
+/// mutex: the map's own `Arc` is then not the only one.
+type TurnLocks = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
+
+impl std::fmt::Debug for ConversationStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConversationStore").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+impl ConversationStore {
+    /// Opens (creating if needed) `data_dir/conversations.db`. Blocks briefly on file I/O; call
+    /// it at startup, not on a request path.
+    pub fn open(data_dir: &Path) -> Result<Self, ConversationError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| ConversationError::CreateDir { path: data_dir.to_owned(), source })?;
+        let path = data_dir.join(DB_FILE);
+        let open_err = |source| ConversationError::Open { path: path.clone(), source };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // Some filesystems (network mounts) refuse WAL; SQLite still works, only slower.
+            tracing::warn!(path = %path.display(), mode, "conversation database is not in WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        migrate(&mut conn, &path)?;
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                path,
+                conn: Mutex::new(conn),
+                turns: Arc::new(Mutex::new(HashMap::new())),
+            }),
+        })
+    }
+
+    /// The database file this store writes.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The conversation with its whole history, or `None` if the id is unknown.
+    pub async fn get(&self, id: &str) -> Result<Option<Conversation>, ConversationError> {
+        validate_id(id)?;
+        let id = id.to_owned();
+        self.with_conn(move |conn| {
+            // One read transaction so the row and its messages come from the same snapshot even
+            // if another process writes in between.
+            let tx = conn.transaction()?;
+            let row = tx
+                .query_row(
+                    "SELECT model, created_at, updated_at FROM conversations WHERE id = ?1",
+                    params![id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            let Some((model, created_at, updated_at)) = row else {
+                return Ok(None);
+            };
+            let messages = read_history(&tx, &id)?;
+            tx.commit()?;
+            Ok(Some(Conversation { id, model, created_at, updated_at, messages }))
+        })
+        .await
+    }
+
+    /// The messages of a conversation, oldest first; empty if the id is unknown.
+    pub async fn history(&self, id: &str) -> Result<Vec<StoredMessage>, ConversationError> {
+        validate_id(id)?;
+        let id = id.to_owned();
+        self.with_conn(move |conn| read_history(conn, &id)).await
+    }
+
+    /// Appends `messages` (role, content) after the existing ones in one transaction, creating
+    /// the conversation if needed and recording `model` as its latest model. Past
+    /// [`MAX_MESSAGES`] the oldest messages are deleted.
+    pub async fn append(
+        &self,
+        id: &str,
+        model: &str,
+        messages: Vec<(String, String)>,
+    ) -> Result<(), ConversationError> {
+        validate_id(id)?;
+        let id = id.to_owned();
+        let model = model.to_owned();
+        self.with_conn(move |conn| {
+            let now = now_millis();
+            // IMMEDIATE takes the write lock up front, so reading MAX(seq) and inserting after it
+            // cannot race another writer on the same file.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO conversations (id, model, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(id) DO UPDATE SET model = excluded.model,
+                                               updated_at = excluded.updated_at",
+                params![id, model, now],
+            )?;
+            let last: Option<i64> = tx.query_row(
+                "SELECT MAX(seq) FROM messages WHERE conversation_id = ?1",
+                params![id],
+                |row| row.get(0),
+            )?;
+            let mut seq = last.map_or(0, |last| last + 1);
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO messages (conversation_id, seq, role, content, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (role, content) in &messages {
+                    insert.execute(params![id, seq, role, content, now])?;
+                    seq += 1;
+                }
+            }
+            // Only the oldest messages are ever deleted, so seqs stay contiguous and everything
+            // at or below `newest - MAX_MESSAGES` is exactly the overflow.
+            let keep = i64::try_from(MAX_MESSAGES).unwrap_or(i64::MAX);
+            tx.execute(
+                "DELETE FROM messages WHERE conversation_id = ?1 AND seq < ?2",
+                params![id, seq.saturating_sub(keep)],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Deletes a conversation and its messages; `true` if it existed.
+    pub async fn delete(&self, id: &str) -> Result<bool, ConversationError> {
+        validate_id(id)?;
+        let id = id.to_owned();
+        self.with_conn(move |conn| {
+            // Messages go by ON DELETE CASCADE (foreign_keys is on for this connection).
+            let removed = conn.execute("DELETE FROM conversations WHERE id = ?1", params![id])?;
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    /// Up to `limit` conversations, most recently updated first.
+    pub async fn list(&self, limit: usize) -> Result<Vec<ConversationSummary>, ConversationError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.id, c.model, c.created_at, c.updated_at,
+                        (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
+                 FROM conversations c
+                 ORDER BY c.updated_at DESC, c.id
+                 LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |row| {
+                Ok(ConversationSummary {
+                    id: row.get(0)?,
+                    model: row.get(1)?,
+                    created_at: row.get(2)?,
+                    updated_at: row.get(3)?,
+                    // COUNT(*) is never negative.
+                    message_count: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Waits for this process's turn on conversation `id` and holds it until the guard drops.
+    /// Turns on one id run one at a time in arrival order (tokio's mutex is FIFO); other ids are
+    /// unaffected. The id is only a map key here: validate it before calling. Hold the guard
+    /// across read-history -> generate -> append so two requests can't interleave.
+    pub async fn turn(&self, id: &str) -> TurnGuard {
+        let mutex = {
+            let mut turns = self.inner.turns.lock().unwrap_or_else(PoisonError::into_inner);
+            // Drops entries a cancelled waiter left behind; live ones have another `Arc` out.
+            turns.retain(|_, m| Arc::strong_count(m) > 1);
+            Arc::clone(turns.entry(id.to_owned()).or_default())
+        };
+        let guard = mutex.lock_owned().await;
+        TurnGuard { guard: Some(guard), id: id.to_owned(), turns: Arc::clone(&self.inner.turns) }
+    }
+
+    /// Runs `f` on the connection on the blocking pool and maps SQLite errors to ours.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, ConversationError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let result = tokio::task::spawn_blocking(move || {
+            // A panic mid-call rolled its transaction back when the `Transaction` dropped, so
+            // the connection is still sound after a poison.
+            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await?;
+        result.map_err(|source| ConversationError::Database { path: self.inner.path.clone(), source })
+    }
+}
+
+/// This process's exclusive turn on one conversation; dropping it lets the next waiter in and
+/// forgets the conversation's lock if nobody else wants it.
+pub struct TurnGuard {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    id: String,
+    turns: Arc<Mutex<TurnLocks>>,
+}
+
+impl std::fmt::Debug for TurnGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnGuard").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        // Release first so our `Arc` is gone before counting; `turn` clones under the same map
+        // lock, so a count of 1 means nobody holds, waits for, or is about to wait for it.
+        drop(self.guard.take());
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        if turns.get(&self.id).is_some_and(|m| Arc::strong_count(m) == 1) {
+            turns.remove(&self.id);
+        }
+    }
+}
+
+fn read_history(conn: &Connection, id: &str) -> rusqlite::Result<Vec<StoredMessage>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT role, content, created_at FROM messages WHERE conversation_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![id], |row| {
+        Ok(StoredMessage { role: row.get(0)?, content: row.get(1)?, created_at: row.get(2)? })
+    })?;
+    rows.collect()
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], refusing a database written by a newer hearth.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ConversationError> {
+    let db_err = |source| ConversationError::Open { path: path.to_owned(), source };
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(db_err)?;
+    if found > SCHEMA_VERSION {
+        return Err(ConversationError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+    tx.execute_batch(SCHEMA_V1).map_err(db_err)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_err)?;
+    tx.commit().map_err(db_err)
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "hearth-conversations-{tag}-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4()
+            ));
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn msgs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(r, c)| ((*r).to_owned(), (*c).to_owned())).collect()
+    }
+
+    fn contents(history: &[StoredMessage]) -> Vec<(&str, &str)> {
+        history.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect()
+    }
+
+    fn message_rows(store: &ConversationStore, id: &str) -> i64 {
+        let conn = store.inner.conn.lock().expect("connection lock");
+        conn.query_row("SELECT COUNT(*) FROM messages WHERE conversation_id = ?1", [id], |r| r.get(0))
+            .expect("count messages")
+    }
+
+    #[tokio::test]
+    async fn append_keeps_order_across_appends() {
+        let dir = TempDir::new("order");
+        let store = ConversationStore::open(&dir.0).expect("open");
+        store.append("chat-1", "m1", msgs(&[("user", "hi"), ("assistant", "hello")])).await.expect("append");
+        store.append("chat-1", "m2", msgs(&[("user", "again"), ("assistant", "yes")])).await.expect("append");
+        let history = store.history("chat-1").await.expect("history");
+        assert_eq!(
+            contents(&history),
+            [("user", "hi"), ("assistant", "hello"), ("user", "again"), ("assistant", "yes")]
+        );
+        assert!(store.history("unknown").await.expect("history").is_empty());
+
+        let conv = store.get("chat-1").await.expect("get").expect("exists");
+        assert_eq!(conv.model.as_deref(), Some("m2"));
+        assert_eq!(conv.messages, history);
+        assert!(conv.updated_at >= conv.created_at);
+        assert!(store.get("nope").await.expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn history_survives_reopening() {
+        let dir = TempDir::new("reopen");
+        {
+            let store = ConversationStore::open(&dir.0).expect("open");
+            store.append("persist", "m", msgs(&[("user", "remember me")])).await.expect("append");
+        }
+        let store = ConversationStore::open(&dir.0).expect("reopen");
+        let history = store.history("persist").await.expect("history");
+        assert_eq!(contents(&history), [("user", "remember me")]);
+        store.append("persist", "m", msgs(&[("assistant", "I do")])).await.expect("append");
+        assert_eq!(store.history("persist").await.expect("history").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn delete_cascades_and_reports_existence() {
+        let dir = TempDir::new("delete");
+        let store = ConversationStore::open(&dir.0).expect("open");
+        store.append("gone", "m", msgs(&[("user", "a"), ("assistant", "b")])).await.expect("append");
+        store.append("kept", "m", msgs(&[("user", "c")])).await.expect("append");
+        assert_eq!(message_rows(&store, "gone"), 2);
+        assert!(store.delete("gone").await.expect("delete"));
+        assert_eq!(message_rows(&store, "gone"), 0, "messages must cascade");
+        assert!(!store.delete("gone").await.expect("delete again"));
+        assert_eq!(message_rows(&store, "kept"), 1);
+    }
+
+    #[tokio::test]
+    async fn list_is_newest_first_with_counts() {
+        let dir = TempDir::new("list");
+        let store = ConversationStore::open(&dir.0).expect("open");
+        store.append("older", "m1", msgs(&[("user", "a")])).await.expect("append");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.append("newer", "m2", msgs(&[("user", "b"), ("assistant", "c")])).await.expect("append");
+        let all = store.list(10).await.expect("list");
+        let ids: Vec<_> = all.iter().map(|s| (s.id.as_str(), s.message_count)).collect();
+        assert_eq!(ids, [("newer", 2), ("older", 1)]);
+        assert_eq!(all[0].model.as_deref(), Some("m2"));
+        assert_eq!(store.list(1).await.expect("list").len(), 1);
+    }
+
+    #[test]
+    fn invalid_ids_are_refused() {
+        let long = "a".repeat(MAX_ID_CHARS + 1);
+        for bad in ["../x", "", long.as_str(), "has space", "a/b", "é"] {
+            let err = validate_id(bad).expect_err(bad);
+            assert!(matches!(err, ConversationError::InvalidId { .. }), "{bad}: {err}");
+        }
+        assert!(validate_id("").expect_err("empty").to_string().contains("A-Z a-z 0-9"));
+        assert!(validate_id(&long).expect_err("long").to_string().contains("128"));
+        for good in ["a", "user@example.com", "tg:12345", "A-b_c.d", &"z".repeat(MAX_ID_CHARS)] {
+            validate_id(good).expect(good);
+        }
+    }
+
+    #[tokio::test]
+    async fn store_methods_refuse_invalid_ids() {
+        let dir = TempDir::new("badid");
+        let store = ConversationStore::open(&dir.0).expect("open");
+        let err = store.append("../x", "m", msgs(&[("user", "a")])).await.expect_err("refused");
+        assert!(matches!(err, ConversationError::InvalidId { .. }));
+        assert!(store.get("a b").await.is_err());
+        assert!(store.list(10).await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn wal_mode_and_pragmas_are_set() {
+        let dir = TempDir::new("wal");
+        let store = ConversationStore::open(&dir.0).expect("open");
+        let conn = store.inner.conn.lock().expect("connection lock");
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).expect("mode");
+        assert_eq!(mode, "wal");
+        let fk: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).expect("fk");
+        assert_eq!(fk, 1);
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let dir = TempDir::new("schema");
+        drop(ConversationStore::open(&dir.0).expect("open"));
+        {
+            let conn = Connection::open(dir.0.join(DB_FILE)).expect("raw open");
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
+        }
+        let err = ConversationStore::open(&dir.0).expect_err("newer schema");
+        assert!(matches!(err, ConversationError::SchemaTooNew { .. }), "{err}");
+        assert!(err.to_string().contains("upgrade hearth"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn append_drops_the_oldest_past_the_limit() {
+        let dir = TempDir::new("limit");
+        let store = ConversationStore::open(&dir.0).expect("open");
+        let first: Vec<_> = (0..MAX_MESSAGES - 2).map(|i| ("user".to_owned(), i.to_string())).collect();
+        store.append("big", "m", first).await.expect("append");
+        let more: Vec<_> = (0..5).map(|i| ("assistant".to_owned(), format!("new{i}"))).collect();
+        store.append("big", "m", more).await.expect("append");
+        let history = store.history("big").await.expect("history");
+        assert_eq!(history.len(), MAX_MESSAGES);
+        assert_eq!(history[0].content, "3", "the three oldest go");
+        assert_eq!(history[MAX_MESSAGES - 1].content, "new4");
+        assert_eq!(store.list(1).await.expect("list")[0].message_count, MAX_MESSAGES as u64);
+    }
+
+    #[tokio::test]
+    async fn turns_serialize_per_conversation() {
+        let dir = TempDir::new("turn");
+        let store = ConversationStore::open(&dir.0).expect("open");
+        let first = store.turn("a").await;
+
+        // A second turn on "a" must wait; one on "b" must not.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), store.turn("a")).await;
+        assert!(waiting.is_err(), "turn(\"a\") was granted while another was held");
+        let other = tokio::time::timeout(Duration::from_secs(5), store.turn("b")).await;
+        let other = other.expect("turn(\"b\") must not wait for \"a\"");
+
+        let first_done = Arc::new(AtomicBool::new(false));
+        let second = tokio::spawn({
+            let store = store.clone();
+            let first_done = Arc::clone(&first_done);
+            async move {
+                let _turn = store.turn("a").await;
+                let saw_flag = first_done.load(Ordering::SeqCst);
+                let history = store.history("a").await.expect("history");
+                store.append("a", "m", msgs(&[("user", "second")])).await.expect("append");
+                (saw_flag, history.len())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.append("a", "m", msgs(&[("user", "first")])).await.expect("append");
+        first_done.store(true, Ordering::SeqCst);
+        drop(first);
+
+        let (saw_flag, history_len) = second.await.expect("second turn");
+        assert!(saw_flag, "second turn ran before the first released");
+        assert_eq!(history_len, 1, "second turn must see the first turn's append");
+        let history = store.history("a").await.expect("history");
+        assert_eq!(contents(&history), [("user", "first"), ("user", "second")]);
+        drop(other);
+    }
+
+    #[tokio::test]
+    async fn turn_map_is_pruned_after_guards_drop() {
+        let dir = TempDir::new("prune");
+        let store = ConversationStore::open(&dir.0).expect("open");
+        let map_len = || store.inner.turns.lock().expect("turn map").len();
+
+        let a = store.turn("a").await;
+        let b = store.turn("b").await;
+        assert_eq!(map_len(), 2);
+
+        // A waiter keeps the entry alive after the holder leaves, then takes it over.
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let _turn = store.turn("a").await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a);
+        waiter.await.expect("waiter");
+        drop(b);
+        assert_eq!(map_len(), 0, "entries must go once nobody holds or waits");
+
+        // A waiter cancelled after the lock was handed to it leaves an entry nobody refers to;
+        // the next turn sweeps it.
+        store.inner.turns.lock().expect("turn map").insert("stale".to_owned(), Arc::default());
+        let _d = store.turn("d").await;
+        let keys: Vec<String> = store.inner.turns.lock().expect("turn map").keys().cloned().collect();
+        assert_eq!(keys, ["d"]);
+    }
+}

@@ -1,0 +1,267 @@
+//! An answer on its way out: forwarded from the engine to the caller while it is recorded for
+//! the response cache, the conversation and the metrics; or a cached answer replayed as if it
+//! were generated. Either way the caller sees the same events in the same order.
+//!
+//! Nothing is recorded from an answer that did not finish: a failed, cancelled or timed-out
+//! generation leaves the cache and the conversation as they were.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tracing::Instrument;
+
+use super::PromptSpec;
+use crate::cache::{CacheKey, ResponseCache};
+use crate::conversations::{ConversationStore, TurnGuard};
+use crate::engine::grammar::ToolRequest;
+use crate::engine::options::SamplingOptions;
+use crate::engine::{Completion, DoneReason, EngineError, Event, TokenLogprob};
+use crate::metrics::Metrics;
+use crate::resources::ModelLease;
+use crate::store::ModelEntry;
+
+/// Format of the cached bytes; part of the key, so a new format never reads an old entry.
+const FORMAT: &[u8] = b"hearth-answer-v1";
+
+/// The key of an answer: everything the rendered prompt and the sampling depend on. The model's
+/// file (digest, or path, size and time) and its Modelfile settings are part of it, so a
+/// changed model never hits an old answer.
+pub fn cache_key(entry: &ModelEntry, persona: Option<&str>, prompt: &PromptSpec, tools: Option<&ToolRequest>, options: &SamplingOptions) -> CacheKey {
+    let model = match &entry.digest {
+        Some(d) => format!("{} {d}", entry.name),
+        None => format!("{} {} {} {:?}", entry.name, entry.path.display(), entry.size, entry.modified),
+    };
+    let defaults = format!("{:?}", entry.defaults);
+    let prompt = format!("{prompt:?}");
+    let tools = format!("{tools:?}");
+    let options = format!("{options:?}");
+    CacheKey::of(&[
+        FORMAT,
+        crate::VERSION.as_bytes(),
+        model.as_bytes(),
+        defaults.as_bytes(),
+        persona.unwrap_or("").as_bytes(),
+        prompt.as_bytes(),
+        tools.as_bytes(),
+        options.as_bytes(),
+    ])
+}
+
+/// A finished answer as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    pieces: Vec<Piece>,
+    reason: String,
+    prompt_tokens: u32,
+    eval_tokens: u32,
+    context: Vec<i32>,
+    /// A checksum of the rest, so a corrupted or foreign entry reads as a miss.
+    check: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Piece {
+    Text(String),
+    Logprob { bytes: Vec<u8>, logprob: f32, top: Vec<(Vec<u8>, f32)> },
+}
+
+impl CachedAnswer {
+    fn new(pieces: Vec<Piece>, c: &Completion) -> CachedAnswer {
+        let mut a = CachedAnswer {
+            pieces,
+            reason: c.reason.as_str().to_string(),
+            prompt_tokens: c.prompt_tokens,
+            eval_tokens: c.eval_tokens,
+            context: c.context.clone(),
+            check: String::new(),
+        };
+        a.check = a.checksum();
+        a
+    }
+
+    fn checksum(&self) -> String {
+        let body = format!("{:?}{}{}{}{:?}", self.pieces, self.reason, self.prompt_tokens, self.eval_tokens, self.context);
+        let digest = Sha256::digest(body.as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<CachedAnswer> {
+        let a: CachedAnswer = serde_json::from_slice(bytes).ok()?;
+        (a.check == a.checksum() && matches!(a.reason.as_str(), "stop" | "length")).then_some(a)
+    }
+}
+
+/// A conversation turn in progress: its lock and the messages to store with the answer.
+pub struct Turn {
+    pub store: Option<ConversationStore>,
+    pub id: String,
+    pub guard: TurnGuard,
+    pub model: String,
+    pub new_messages: Vec<(String, String)>,
+}
+
+/// What to do with an answer once it is complete, and what to hold until then.
+pub struct Record {
+    pub cache: Option<(ResponseCache, CacheKey)>,
+    pub conversation: Option<Turn>,
+    pub metrics: Metrics,
+    pub model: String,
+    pub persona: Option<String>,
+    pub started: Instant,
+    pub timeout: Option<Duration>,
+    /// The request's messages, logged with the answer when `--log-prompts` is on.
+    pub log_prompt: Option<String>,
+    pub running: Option<super::RunningGuard>,
+    pub lease: Option<ModelLease>,
+}
+
+/// Forwards the engine's events to the returned receiver and records the answer when it is
+/// complete. The model's lease and the turn's lock are held until then. Dropping the receiver
+/// cancels the generation (the engine sees its channel close).
+pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> UnboundedReceiver<Event> {
+    let (tx, rx) = unbounded_channel();
+    let task = async move {
+        let deadline = record.timeout.map(|t| tokio::time::Instant::from_std(record.started) + t);
+        let mut pieces = Vec::new();
+        let mut answer = String::new();
+        let mut first_token = None;
+        loop {
+            let event = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, engine.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => {
+                        let limit = record.timeout.unwrap_or_default();
+                        record.metrics.record_error("timeout");
+                        tracing::warn!(model = %record.model, "generation stopped: past the request timeout of {limit:?}");
+                        let _ = tx.send(Event::Failed(EngineError::TimedOut(limit)));
+                        return;
+                    }
+                },
+                None => engine.recv().await,
+            };
+            match event {
+                Some(Event::Text(t)) => {
+                    first_token.get_or_insert_with(Instant::now);
+                    answer.push_str(&t);
+                    if record.cache.is_some() {
+                        pieces.push(Piece::Text(t.clone()));
+                    }
+                    if tx.send(Event::Text(t)).is_err() {
+                        return;
+                    }
+                }
+                Some(Event::Logprob(lp)) => {
+                    if record.cache.is_some() {
+                        pieces.push(Piece::Logprob { bytes: lp.bytes.clone(), logprob: lp.logprob, top: lp.top.clone() });
+                    }
+                    if tx.send(Event::Logprob(lp)).is_err() {
+                        return;
+                    }
+                }
+                Some(Event::Done(c)) => {
+                    if let Some((cache, key)) = &record.cache {
+                        cache.put(key, CachedAnswer::new(pieces, &c).encode()).await;
+                    }
+                    let ttft = first_token.map(|t| t.duration_since(record.started));
+                    finish(record, &answer, &c, ttft, false).await;
+                    let _ = tx.send(Event::Done(c));
+                    return;
+                }
+                Some(Event::Failed(e)) => {
+                    let _ = tx.send(Event::Failed(e));
+                    return;
+                }
+                None => return,
+            }
+        }
+    };
+    tokio::spawn(task.in_current_span());
+    rx
+}
+
+/// Replays a cached answer as events, and records the turn like a fresh answer.
+pub fn replay(cached: CachedAnswer, record: Record) -> UnboundedReceiver<Event> {
+    let (tx, rx) = unbounded_channel();
+    let task = async move {
+        let replay_started = Instant::now();
+        let ttft = Some(replay_started.saturating_duration_since(record.started));
+        let mut answer = String::new();
+        for piece in cached.pieces {
+            let ev = match piece {
+                Piece::Text(t) => {
+                    answer.push_str(&t);
+                    Event::Text(t)
+                }
+                Piece::Logprob { bytes, logprob, top } => Event::Logprob(TokenLogprob { bytes, logprob, top }),
+            };
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+        let took = replay_started.elapsed().max(Duration::from_micros(1));
+        let c = Completion {
+            reason: if cached.reason == "length" { DoneReason::Length } else { DoneReason::Stop },
+            prompt_tokens: cached.prompt_tokens,
+            prompt_eval: Duration::ZERO,
+            eval_tokens: cached.eval_tokens,
+            eval: took,
+            context: cached.context,
+        };
+        finish(record, &answer, &c, ttft, true).await;
+        let _ = tx.send(Event::Done(c));
+    };
+    tokio::spawn(task.in_current_span());
+    rx
+}
+
+/// Stores the turn, counts the tokens, and logs the request's one summary line.
+async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Duration>, hit: bool) {
+    let Record { conversation, metrics, model, persona, started, log_prompt, .. } = record;
+    if let Some(turn) = conversation {
+        if let Some(store) = &turn.store {
+            let mut messages = turn.new_messages;
+            messages.push(("assistant".to_string(), answer.to_string()));
+            if let Err(e) = store.append(&turn.id, &turn.model, messages).await {
+                metrics.record_error("conversation");
+                tracing::error!(conversation = %turn.id, "could not store the turn: {e}");
+            }
+        }
+        drop(turn.guard);
+    }
+    let total = started.elapsed();
+    metrics.record_generation(&model, u64::from(c.prompt_tokens), u64::from(c.eval_tokens), ttft, total);
+    let cache = if hit { "hit" } else { "miss" };
+    let persona = persona.as_deref().unwrap_or("");
+    match log_prompt {
+        Some(prompt) => tracing::info!(
+            model = %model, persona, prompt_tokens = c.prompt_tokens, eval_tokens = c.eval_tokens,
+            duration_ms = total.as_millis() as u64, cache, prompt = %prompt, answer = %answer, "generation done"
+        ),
+        None => tracing::info!(
+            model = %model, persona, prompt_tokens = c.prompt_tokens, eval_tokens = c.eval_tokens,
+            duration_ms = total.as_millis() as u64, cache, "generation done"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_answer_round_trips_and_rejects_tampering() {
+        let c = Completion { reason: DoneReason::Stop, prompt_tokens: 3, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: vec![1, 2, 3] };
+        let a = CachedAnswer::new(vec![Piece::Text("Hel".into()), Piece::Text("lo".into())], &c);
+        let bytes = a.encode();
+        assert_eq!(CachedAnswer::decode(&bytes), Some(a));
+        let tampered = String::from_utf8(bytes).expect("utf8").replace("Hel", "Bye");
+        assert_eq!(CachedAnswer::decode(tampered.as_bytes()), None);
+        assert_eq!(CachedAnswer::decode(b"not json"), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! What the service layer knows by name: personas (from the config file), profiles (stored at
+//! run time through `/llm/configure`), and prompt templates (built in, plus the config file's).
+//!
+//! A `Catalog` is immutable; a reload or a new profile builds a new one and swaps it in, so a
+//! request keeps the catalog it started with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{PromptSpec, ServiceError, TemplateUse};
+pub use crate::config::file::Persona;
+use crate::engine::template::TemplateMessage;
+use crate::prompts::PromptTemplate;
+use crate::store::ModelEntry;
+
+/// Personas, profiles and templates as one snapshot.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub personas: BTreeMap<String, Persona>,
+    /// Set through `/llm/configure`; kept in the data directory, so they survive restarts and
+    /// reloads. A config persona of the same name wins.
+    pub profiles: BTreeMap<String, Persona>,
+    pub templates: BTreeMap<String, PromptTemplate>,
+    /// The model of requests that name none (seed routes).
+    pub default_model: String,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            personas: BTreeMap::new(),
+            profiles: BTreeMap::new(),
+            templates: crate::prompts::builtin(),
+            default_model: crate::config::DEFAULT_MODEL.to_string(),
+        }
+    }
+}
+
+impl Catalog {
+    /// A persona or profile by name; `name` and `name:latest` are the same.
+    pub fn persona(&self, name: &str) -> Option<&Persona> {
+        let bare = name.strip_suffix(":latest").unwrap_or(name);
+        let tagged = format!("{bare}:latest");
+        [bare, tagged.as_str()]
+            .iter()
+            .find_map(|n| self.personas.get(*n).or_else(|| self.profiles.get(*n)))
+    }
+}
+
+impl Persona {
+    /// The persona's options as Ollama's `options` object, its stop words included.
+    pub fn options_json(&self) -> serde_json::Map<String, Value> {
+        let mut o = self.options.clone();
+        if !self.stop.is_empty() && !o.contains_key("stop") {
+            o.insert("stop".into(), Value::from(self.stop.clone()));
+        }
+        o
+    }
+}
+
+/// Renders a named prompt template into the prompt: the generate prompt, or a new last user
+/// message of a chat. The variant for the model's architecture is used when the template has
+/// one.
+pub fn apply_template(catalog: &Catalog, entry: &ModelEntry, t: &TemplateUse, prompt: PromptSpec) -> Result<PromptSpec, ServiceError> {
+    let template = catalog.templates.get(&t.name).ok_or_else(|| ServiceError::UnknownTemplate(t.name.clone()))?;
+    let family = if template.families.is_empty() { None } else { architecture(&entry.path) };
+    let text = template.render(family.as_deref(), &t.variables)?;
+    Ok(match prompt {
+        PromptSpec::Generate { prompt, system, template: None, raw: false, context } if prompt.is_empty() => {
+            PromptSpec::Generate { prompt: text, system, template: None, raw: false, context }
+        }
+        PromptSpec::Generate { .. } => {
+            return Err(ServiceError::Invalid(
+                "a prompt template replaces the prompt: send variables without prompt, raw or a request template".into(),
+            ))
+        }
+        PromptSpec::Chat { mut messages, tools } => {
+            messages.push(TemplateMessage { role: "user".into(), content: text });
+            PromptSpec::Chat { messages, tools }
+        }
+    })
+}
+
+/// The model file's `general.architecture`, e.g. `llama` or `gemma3`.
+pub fn architecture(path: &Path) -> Option<String> {
+    crate::store::gguf::read_gguf(path).ok().map(|info| info.architecture().to_string())
+}
+
+/// Profiles kept as JSON in the data directory.
+pub fn profiles_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("profiles.json")
+}
+
+/// A profile as `profiles.json` keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredProfile {
+    name: String,
+    model: String,
+    system: Option<String>,
+    #[serde(default)]
+    options: serde_json::Map<String, Value>,
+    #[serde(default)]
+    stop: Vec<String>,
+    description: Option<String>,
+}
+
+/// Reads the stored profiles; a missing file is none, a damaged one is an error naming it.
+pub fn load_profiles(path: &Path) -> Result<BTreeMap<String, Persona>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let stored: Vec<StoredProfile> = serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))?;
+    Ok(stored
+        .into_iter()
+        .map(|p| {
+            let persona = Persona {
+                name: p.name.clone(),
+                model: p.model,
+                system: p.system,
+                options: p.options,
+                stop: p.stop,
+                examples: Vec::new(),
+                adapter: None,
+                description: p.description,
+            };
+            (p.name, persona)
+        })
+        .collect())
+}
+
+/// Writes the profiles atomically (a temporary file renamed over the old one).
+pub fn save_profiles(path: &Path, profiles: &BTreeMap<String, Persona>) -> Result<(), String> {
+    let stored: Vec<StoredProfile> = profiles
+        .values()
+        .map(|p| StoredProfile {
+            name: p.name.clone(),
+            model: p.model.clone(),
+            system: p.system.clone(),
+            options: p.options.clone(),
+            stop: p.stop.clone(),
+            description: p.description.clone(),
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&stored).map_err(|e| e.to_string())?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
