@@ -6,11 +6,20 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# The shared response cache is tested against a real Redis server (the tests start their own
+# on a free loopback port).
+if ! command -v redis-server >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+fi
+
 venv=target/test-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ollama==0.6.3 gguf==0.19.0 openai==3.54.0 jsonschema==4.26.0
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ollama==0.6.3 gguf==0.19.0 openai==3.54.0 jsonschema==4.26.0 prometheus-client==0.26.0
 export HEARTH_TEST_PYTHON="$PWD/$venv/bin/python"
 
 cargo test --no-fail-fast "$@"

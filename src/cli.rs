@@ -41,6 +41,56 @@ pub enum Command {
     Rm(RmArgs),
     /// Work with the YAML config file.
     Config(ConfigArgs),
+    /// Measure a model's speed: prefill, decode, latency percentiles, throughput by concurrency.
+    Bench(BenchArgs),
+}
+
+/// `hearth bench` (see src/bench/ for what each number means).
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model name, or a path to a .gguf file (with --url: the name the server knows).
+    pub model: String,
+    /// Measure a running server (http://host:port) instead of loading the model here.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// With --url: the API to drive, Ollama's /api/generate or OpenAI's /v1/completions
+    /// (which llama.cpp's llama-server also serves).
+    #[arg(long, default_value = "ollama", value_parser = ["ollama", "openai"], requires = "url")]
+    pub api: String,
+    /// With --url: the server's process id, to report its peak RSS.
+    #[arg(long, requires = "url")]
+    pub pid: Option<u32>,
+    /// Concurrency levels of the sweep, comma-separated [default: 1,2,4,8,16; --quick: 1,2].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: Option<Vec<u32>>,
+    /// Requests per concurrency level, at least the level [default: 8; --quick: 2].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub requests: Option<u32>,
+    /// Tokens each sweep request generates [default: 64; --quick: 16].
+    #[arg(long = "num-predict", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub num_predict: Option<u32>,
+    /// Tokens the single-stream decode phase generates [default: 128; --quick: 32].
+    #[arg(long = "decode-tokens", value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub decode_tokens: Option<u32>,
+    /// Repetitions of the prefill and decode phases; rates are their medians [default: 3;
+    /// --quick: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: Option<u32>,
+    /// A few seconds' smoke run with small defaults (numbers are rough).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a chart (throughput and latency by concurrency) to this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Loading settings for the in-process run (ignored with --url); --parallel defaults to
+    /// the highest concurrency level and --context-length to 2048.
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]

@@ -4,13 +4,24 @@
 //! The code map, in the order a request travels:
 //!
 //! - `cli`        clap structures only; `commands/` holds one file per subcommand.
-//! - `config`     machine-dependent defaults (threads) and address parsing.
+//! - `config`     machine-dependent defaults (threads), address parsing, and the YAML file
+//!                (`file`): raw YAML + environment -> one validated `FileConfig`.
 //! - `api`        wire formats and routes: `ollama` (requests -> `ValidRequest`, responses),
 //!                `openai` (the /v1 routes and OpenAI's error shape), `tools` (tool definitions,
 //!                formats, reading calls back), `embed` (Ollama's embedding routes),
 //!                `models` (tags/show/ps objects), `store` (pull/create/copy/delete/blobs),
+//!                `layer` (health, metrics, cache, templates, conversations, reload), `seed`
+//!                (the seeds' routes), `observe` (request ids, request logs and metrics),
 //!                `error` (the one error -> status table).
-//! - `service`    the shared request path: resolve, lease, render prompt, tokenize, submit.
+//! - `service`    the shared request path (`Service::start`): persona, prompt template and
+//!                conversation history (`history`, `catalog`), response-cache lookup, resolve,
+//!                lease, render, tokenize, submit; `answer` forwards the engine's events (or
+//!                replays a cached answer) and records the finished answer.
+//! - `cache`      the response cache: bytes under hashed keys, in memory or in Redis.
+//! - `conversations` server-side conversations in SQLite (WAL), one turn at a time per id.
+//! - `metrics`    the Prometheus registry and its JSON view with percentiles.
+//! - `prompts`    named prompt templates with `{variable}` placeholders.
+//! - `bench`      `hearth bench`: prefill/decode speed, latency percentiles, throughput.
 //! - `resources`  the resource manager: RAM budget, estimates from GGUF metadata, LRU eviction
 //!                of idle models, leases, keep-alive unloads, per-model queue bound.
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
@@ -29,10 +40,13 @@
 //! - No name or digest from outside becomes a path before `store` has validated it, and no
 //!   model appears in the store before its file is complete, verified and validated.
 //! - A model with a live `ModelLease` is never unloaded.
+//! - Nothing is cached or appended to a conversation from an answer that did not finish.
+//! - No prompt or answer text is logged unless `--log-prompts` asks for it.
 //! - No model is loaded unless its estimate fits the RAM budget next to what is loaded or still
 //!   being freed.
 
 pub mod api;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod commands;

@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
             Command::Cp(a) => commands::cp::run(a),
             Command::Rm(a) => commands::rm::run(a),
             Command::Config(a) => commands::config_check::run(a),
+            Command::Bench(a) => commands::bench::run(a).await,
         }
     });
     // Don't wait for a blocked stdin reader or a draining worker after the answer is out.

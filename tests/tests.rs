@@ -3,6 +3,7 @@
 
 mod embed;
 mod openai;
+mod service;
 mod store;
 mod gguf_validation;
 mod support;

@@ -34,7 +34,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         if !c.enabled { "disabled" } else if c.redis_url.is_some() { "redis" } else { "memory" },
         humantime::format_duration(c.ttl),
         c.max_bytes,
-        c.redis_url.as_deref().map(|u| format!(", {u}")).unwrap_or_default()
+        c.redis_url.as_deref().map(|u| format!(", {}", without_password(u))).unwrap_or_default()
     );
     let personas: Vec<_> = config.personas.values().map(|p| format!("{} -> {}", p.name, p.model)).collect();
     println!("  personas: {}", if personas.is_empty() { "none".to_string() } else { personas.join(", ") });
@@ -45,4 +45,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         println!("  from the environment: {}", overridden.join(", "));
     }
     Ok(())
+}
+
+/// The URL with any credentials masked: a config check's output may be pasted anywhere.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_are_masked() {
+        assert_eq!(super::without_password("redis://user:secret@10.0.0.1:6379/0"), "redis://***@10.0.0.1:6379/0");
+        assert_eq!(super::without_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
 }

@@ -1,5 +1,6 @@
 //! One file per subcommand. Commands may use `anyhow` and print; the library below them may not.
 
+pub mod bench;
 pub mod config_check;
 pub mod cp;
 pub mod create;

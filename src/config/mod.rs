@@ -1,8 +1,9 @@
-//! Settings from flags and environment, turned into validated values once.
+//! Settings from flags, environment and the YAML file, turned into validated values once.
 //!
-//! clap reads flags and their `HEARTH_*` environment variables (flags win); this module holds
-//! the defaults that depend on the machine (threads) and the parsing of `HEARTH_HOST`-style
-//! addresses. (The YAML config file arrives with the service-layer issue.)
+//! clap reads flags and their `HEARTH_*` environment variables (flags win); `file` reads the
+//! YAML file with the seeds' environment variables over it; `commands` lays flags over the
+//! file. This module holds the defaults that depend on the machine (threads) and the parsing
+//! of `HEARTH_HOST`-style addresses.
 
 pub mod file;
 

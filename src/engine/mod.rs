@@ -7,6 +7,7 @@
 
 pub mod embed;
 pub mod options;
+pub mod prefix;
 mod sampler;
 pub mod grammar;
 pub mod template;

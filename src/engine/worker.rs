@@ -4,6 +4,10 @@
 //! the batch size, into one batch and decodes once; then each sequence samples its next token.
 //! A request whose receiver is gone (client left) is dropped before the next step, so a
 //! cancelled prompt costs at most one chunk. Nothing outside this thread touches the context.
+//! Prefix reuse: a slot keeps its sequence's KV cache after its request ends, and a new prompt
+//! goes to the free slot sharing the longest prefix with it (`prefix::pick_slot`); only the
+//! rest is decoded. A slot taken over by an unrelated prompt first saves its state into a
+//! RAM-bounded `PrefixStore`, from which a later prompt that shares it restores it.
 //! Embed jobs go to the `embed::Embedder`, which runs decodes of its own context between
 //! generation steps; while both have work each gets half the time (`FairShare`), so a chat in
 //! progress keeps streaming while inputs are embedded.
@@ -14,6 +18,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::model::LlamaLoraAdapter;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -24,6 +29,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::embed::{EmbedJob, Embedder, FairShare};
 use super::options::{PredictLimit, SamplingOptions};
+use super::prefix::{self, PrefixStore};
 use super::text::{StopMatcher, StopScan, Utf8Stream};
 use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
 
@@ -53,6 +59,8 @@ struct Active {
     /// The context this request may use.
     n_ctx: usize,
     prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the slot's cache or the prefix store, not decoded.
+    cached_tokens: usize,
     generated: u32,
     /// Where a structured answer is, to wrap it up properly near its token limit.
     json: sampler::JsonLexState,
@@ -85,6 +93,7 @@ impl Active {
             options: job.options,
             sampler,
             prompt_tokens: job.prompt.len(),
+            cached_tokens: 0,
             history: job.prompt,
             n_past: 0,
             n_ctx,
@@ -118,6 +127,11 @@ impl Active {
         }
     }
 
+    /// The tokens whose KV is in this request's sequence: what its slot offers the next prompt.
+    fn in_cache(&self) -> Vec<LlamaToken> {
+        self.history[..self.n_past].to_vec()
+    }
+
     /// Flushes held-back text and reports the end of generation.
     fn finish(mut self, reason: DoneReason) {
         // Text held back as a possible stop sequence was not one; an unfinished UTF-8
@@ -126,6 +140,12 @@ impl Active {
         self.send_text(tail);
         let now = Instant::now();
         let first = self.first_token_at.unwrap_or(now);
+        tracing::debug!(
+            prompt_tokens = self.prompt_tokens,
+            cached_tokens = self.cached_tokens,
+            prompt_eval_ms = (first - self.started).as_millis() as u64,
+            "generation finished"
+        );
         let _ = self.events.send(Event::Done(Completion {
             reason,
             prompt_tokens: self.prompt_tokens as u32,
@@ -200,6 +220,7 @@ pub(super) fn run(
     // Logit biases toward closing JSON, computed the first time a structured answer wraps up.
     let mut closers: Option<sampler::WrapUpBias> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx());
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
     let mut open = true;
@@ -219,26 +240,30 @@ pub(super) fn run(
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        // Clients that left give their place back.
+        // Clients that left give their place back (what they read stays cached for reuse).
         waiting.retain(|job| !job.events.is_closed());
         for (seq, slot) in slots.iter_mut().enumerate() {
             if slot.as_ref().is_some_and(|a| a.events.is_closed()) {
-                *slot = None;
-                clear_seq(&mut ctx, seq);
-            }
-        }
-        for (seq, slot) in slots.iter_mut().enumerate() {
-            if slot.is_none() {
-                if let Some(job) = waiting.pop_front() {
-                    clear_seq(&mut ctx, seq);
-                    let Some(active) = Active::new(job, model, n_ctx_slot) else { continue };
-                    if active.options.num_predict == PredictLimit::Tokens(0) {
-                        active.finish(DoneReason::Length);
-                    } else {
-                        *slot = Some(active);
-                    }
+                if let Some(a) = slot.take() {
+                    prefixes.release(seq, a.in_cache());
                 }
             }
+        }
+        while slots.iter().any(Option::is_none) {
+            let Some(job) = waiting.pop_front() else { break };
+            let Some(mut active) = Active::new(job, model, n_ctx_slot) else { continue };
+            if active.options.num_predict == PredictLimit::Tokens(0) {
+                active.finish(DoneReason::Length);
+                continue;
+            }
+            let free: Vec<usize> = (0..slots.len()).filter(|&s| slots[s].is_none()).collect();
+            let Some((seq, keep)) = prefixes.assign(&mut ctx, &free, &active.history) else {
+                waiting.push_front(Job { prompt: active.history, options: active.options, events: active.events });
+                break;
+            };
+            active.n_past = keep;
+            active.cached_tokens = keep;
+            slots[seq] = Some(active);
         }
         if !embedder.idle() && share.embed_now(slots.iter().any(Option::is_some)) {
             let started = Instant::now();
@@ -253,7 +278,7 @@ pub(super) fn run(
         }
 
         let step_started = Instant::now();
-        fill_batch(&mut batch, &mut slots, &mut ctx, settings.batch_size as usize);
+        fill_batch(&mut batch, &mut slots, &mut ctx, &mut prefixes, settings.batch_size as usize);
         if batch.n_tokens() == 0 {
             continue;
         }
@@ -262,7 +287,7 @@ pub(super) fn run(
             for (seq, slot) in slots.iter_mut().enumerate() {
                 if let Some(a) = slot.take() {
                     let _ = a.events.send(Event::Failed(EngineError::Decode(e.to_string())));
-                    clear_seq(&mut ctx, seq);
+                    prefixes.forget(&mut ctx, seq);
                 }
             }
             continue;
@@ -282,7 +307,7 @@ pub(super) fn run(
                 Ok(t) => t,
                 Err(e) => {
                     let _ = a.events.send(Event::Failed(EngineError::Sampling(e)));
-                    clear_seq(&mut ctx, seq);
+                    prefixes.forget(&mut ctx, seq);
                     continue;
                 }
             };
@@ -297,8 +322,8 @@ pub(super) fn run(
             }
             match step(&mut a, model, token) {
                 Some(reason) => {
+                    prefixes.release(seq, a.in_cache());
                     a.finish(reason);
-                    clear_seq(&mut ctx, seq);
                 }
                 None => *slot = Some(a),
             }
@@ -316,7 +341,7 @@ fn accept(work: Work, waiting: &mut VecDeque<Job>, embedder: &mut Embedder<'_>) 
 
 /// Puts each generating sequence's next token first (decode steps are what streams wait on),
 /// then prompt chunks until the batch is full.
-fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, capacity: usize) {
+fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes, capacity: usize) {
     batch.clear();
     let mut room = capacity;
     for generating in [true, false] {
@@ -332,8 +357,8 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
                 if a.make_room() {
                     clear_seq(ctx, seq);
                 } else if let Some(a) = slot.take() {
+                    prefixes.release(seq, a.in_cache());
                     a.finish(DoneReason::Length);
-                    clear_seq(ctx, seq);
                     continue;
                 }
             }
@@ -386,4 +411,118 @@ fn step(a: &mut Active, model: &LlamaModel, token: LlamaToken) -> Option<DoneRea
 
 fn clear_seq(ctx: &mut LlamaContext, seq: usize) {
     let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+}
+
+/// What each slot's sequence holds between requests, and the prefixes saved from slots that
+/// were taken over. Keeps the invariant that a free slot's `cached` tokens are exactly the
+/// positions its sequence holds in the KV cache (or it is empty and so is the sequence).
+struct Prefixes {
+    cached: Vec<Vec<LlamaToken>>,
+    store: PrefixStore<LlamaToken, SeqState>,
+    /// Whether the store's bound was set from a measured state size yet.
+    sized: bool,
+    /// The model's sliding-window size (0 when it has none).
+    n_swa: u32,
+    /// KV cells of the whole context (all slots).
+    n_ctx_total: u32,
+}
+
+impl Prefixes {
+    fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32) -> Prefixes {
+        let arch = model.meta_val_str("general.architecture").unwrap_or_default();
+        let n_swa = model
+            .meta_val_str(&format!("{arch}.attention.sliding_window"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Prefixes {
+            cached: vec![Vec::new(); slots],
+            store: PrefixStore::new(prefix::PREFIX_STORE_MAX_BYTES),
+            sized: false,
+            n_swa,
+            n_ctx_total,
+        }
+    }
+
+    /// A request left slot `seq` with `tokens` in its sequence.
+    fn release(&mut self, seq: usize, tokens: Vec<LlamaToken>) {
+        self.cached[seq] = tokens;
+    }
+
+    /// Slot `seq`'s sequence can no longer be trusted: empty it.
+    fn forget(&mut self, ctx: &mut LlamaContext, seq: usize) {
+        clear_seq(ctx, seq);
+        self.cached[seq].clear();
+    }
+
+    /// Picks one of the `free` slots for `prompt` and prepares its sequence: keeps the longest
+    /// usable cached prefix (from the slot or restored from the store), removes the rest.
+    /// Returns the slot and how many prompt tokens are already in its KV cache.
+    fn assign(&mut self, ctx: &mut LlamaContext, free: &[usize], prompt: &[LlamaToken]) -> Option<(usize, usize)> {
+        let candidates: Vec<(usize, &[LlamaToken])> = free.iter().map(|&s| (s, self.cached[s].as_slice())).collect();
+        let (seq, common) = prefix::pick_slot(&candidates, prompt)?;
+        let mut held = std::mem::take(&mut self.cached[seq]);
+        let mut keep = prefix::reusable(common, prompt.len());
+        if let Some((tokens, state, shared)) = self.store.take_best(prompt, common) {
+            if held.len() >= prefix::MIN_SAVED_TOKENS {
+                self.save(ctx, seq, held);
+            }
+            clear_seq(ctx, seq);
+            match ctx.state_seq_set(&state, seq as i32) {
+                Ok(()) => {
+                    held = tokens;
+                    keep = prefix::reusable(shared, prompt.len());
+                }
+                Err(e) => {
+                    tracing::warn!("could not restore a saved prefix: {e}");
+                    held = Vec::new();
+                    keep = 0;
+                }
+            }
+        } else if prefix::worth_saving(held.len(), keep) {
+            self.save(ctx, seq, held.clone());
+        }
+        Some((seq, self.trim(ctx, seq, held.len(), keep)))
+    }
+
+    /// Cuts slot `seq`'s sequence (holding `held` positions) to its first `keep`; returns what
+    /// it kept: 0 after clearing it when the cut is impossible (a sliding window that no longer
+    /// covers the kept end, or a recurrent state, which cannot roll back).
+    fn trim(&self, ctx: &mut LlamaContext, seq: usize, held: usize, keep: usize) -> usize {
+        if keep == 0 {
+            clear_seq(ctx, seq);
+            return 0;
+        }
+        let id = seq as i32;
+        let complete = usize::try_from(ctx.kv_cache_seq_pos_max(id)).is_ok_and(|max| max + 1 >= keep)
+            && prefix::window_intact(keep, ctx.kv_cache_seq_pos_min(id), self.n_swa);
+        let cut = complete
+            && (keep == held || matches!(ctx.clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None), Ok(true)));
+        if cut {
+            keep
+        } else {
+            tracing::debug!(slot = seq, keep, "cached prefix not reusable here; reading the whole prompt");
+            clear_seq(ctx, seq);
+            0
+        }
+    }
+
+    /// Saves slot `seq`'s sequence (holding `tokens`) into the store.
+    fn save(&mut self, ctx: &LlamaContext, seq: usize, tokens: Vec<LlamaToken>) {
+        if tokens.is_empty() || self.store.limit() == 0 {
+            return;
+        }
+        match ctx.state_seq_get(seq as i32, LlamaStateSeqFlags::empty()) {
+            Ok(state) => {
+                let bytes = state.byte_len() as u64;
+                if !self.sized {
+                    let per_token = bytes / tokens.len() as u64;
+                    self.store.set_limit(prefix::prefix_store_bytes(per_token * u64::from(self.n_ctx_total)));
+                    self.sized = true;
+                }
+                self.store.insert(tokens, state, bytes);
+            }
+            Err(e) => tracing::warn!("could not save a cached prefix: {e}"),
+        }
+    }
 }

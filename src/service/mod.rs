@@ -355,7 +355,8 @@ impl Service {
             model = p.model.clone();
         }
         let entry = resolve(&self.manager, &model, caller)?;
-        if prompt.is_empty() {
+        // An empty request only loads or unloads; a prompt template fills an empty prompt.
+        if prompt.is_empty() && service.template.is_none() {
             if keep_alive == Some(KeepAlive::For(Duration::ZERO)) {
                 self.manager.unload(&entry.name);
                 return Ok(Outcome::Loaded { unloaded: true, load_duration: Duration::ZERO });

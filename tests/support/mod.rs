@@ -46,6 +46,10 @@ pub fn model_path(name: &str) -> PathBuf {
 pub fn hearth() -> Command {
     let mut c = Command::new(bin());
     c.env("HEARTH_MODELS", models_dir()).env_remove("HEARTH_HOST");
+    // The service layer's variables would change what tests see: each test sets its own.
+    for v in ["HEARTH_CONFIG", "REDIS_URL", "LLM_RESPONSE_CACHE_TTL", "MAX_CONCURRENT_REQUESTS", "REQUEST_TIMEOUT", "HEARTH_LOG_FORMAT"] {
+        c.env_remove(v);
+    }
     c
 }
 
@@ -70,6 +74,18 @@ pub struct Server {
     pub client: reqwest::blocking::Client,
     /// Every line the server wrote to stderr so far.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its data directory (conversations, profiles).
+    pub data: PathBuf,
+}
+
+/// A fresh, empty directory under the system's temp dir, unique to this call.
+pub fn temp_dir(label: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hearth-test-{}-{label}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
 }
 
 impl Server {
@@ -78,7 +94,18 @@ impl Server {
     }
 
     pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    /// Starts `hearth serve` with `extra` flags and `env` variables; each server gets its own
+    /// data directory unless `env` names one in `HEARTH_DATA`.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = hearth();
+        let data = match env.iter().find(|(k, _)| *k == "HEARTH_DATA") {
+            Some((_, d)) => PathBuf::from(d),
+            None => temp_dir("data"),
+        };
+        cmd.env("HEARTH_DATA", &data).envs(env.iter().copied());
         cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
         if !extra.contains(&"--context-length") {
             cmd.args(["--context-length", "2048"]);
@@ -116,7 +143,11 @@ impl Server {
             .timeout(Duration::from_secs(300))
             .build()
             .expect("client");
-        Server { child, addr, client, log }
+        Server { child, addr, client, log, data }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Resident memory of the server process, in bytes.
