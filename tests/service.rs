@@ -440,3 +440,45 @@ fn seed_routes_answer_in_their_shapes() {
     assert_eq!(s.post("/llm/generate", &json!({"prompt": "x", "scenario": "nowhere"})).status(), 404);
     assert_eq!(s.post("/llm/configure", &json!({"scenario": "bad", "temperature": "hot"})).status(), 400);
 }
+
+#[test]
+fn a_persona_with_an_adapter_loads_as_its_own_instance() {
+    let dir = temp_dir("persona-lora");
+    let python = std::env::var("HEARTH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let lora = dir.join("lora.gguf");
+    let status = Command::new(&python)
+        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/make_lora.py")])
+        .arg(crate::support::model_path(SMOL))
+        .arg(&lora)
+        .status()
+        .expect("run make_lora.py (HEARTH_TEST_PYTHON needs the gguf package)");
+    assert!(status.success());
+    let config = dir.join("hearth.yaml");
+    std::fs::write(&config, "personas:\n  tuned:\n    model: smollm2:135m\n    adapter: lora.gguf\n    options: {temperature: 0, num_predict: 12}\n").expect("write");
+    let s = Server::start_with(&["--config", config.to_str().expect("path")]);
+    let ask = |model: &str| -> Value {
+        s.post("/api/generate", &json!({"model": model, "prompt": "Who are you?", "stream": false, "options": {"temperature": 0, "num_predict": 12}}))
+            .json()
+            .expect("json")
+    };
+    let tuned = ask("tuned");
+    let base = ask(SMOL);
+    assert_ne!(tuned["response"], base["response"], "the adapter is applied");
+    let mut loaded = s.loaded();
+    loaded.sort();
+    assert_eq!(loaded, vec![SMOL.to_string(), "tuned:latest".to_string()]);
+}
+
+#[test]
+fn a_generation_past_the_request_timeout_is_stopped_with_504() {
+    let s = Server::start_with_env(&[], &[("REQUEST_TIMEOUT", "1")]);
+    let long = json!({"model": SMOL, "prompt": "Write a very long story about a dragon.", "stream": false,
+                      "options": {"num_predict": 2000, "temperature": 0.8}});
+    let started = Instant::now();
+    let r = s.post("/api/generate", &long);
+    assert_eq!(r.status(), 504);
+    assert!(r.text().expect("body").contains("time limit"));
+    assert!(started.elapsed() < Duration::from_secs(60), "the timeout stopped it");
+    // The server goes on serving.
+    assert_eq!(s.post("/api/generate", &greedy("Hi")).status(), 200);
+}

@@ -3,6 +3,7 @@
 
 mod embed;
 mod openai;
+mod prefix;
 mod service;
 mod store;
 mod gguf_validation;

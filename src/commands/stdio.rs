@@ -29,11 +29,17 @@ pub async fn run(args: StdioArgs) -> anyhow::Result<()> {
     let entry = manager.store().resolve_name_or_path(&args.model)?;
     let _lease = manager.acquire(entry, None, None).await?;
     // Scripts continue conversations by `conversation_id`, as HTTP clients do.
-    let conversations = ConversationStore::open(&super::default_data_dir())?;
+    let conversations = match ConversationStore::open(&super::default_data_dir()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("conversations are off: {e}");
+            None
+        }
+    };
     let service = Service::new(
         manager,
         ResponseCache::disabled(),
-        Some(conversations),
+        conversations,
         Metrics::new(Default::default()),
         Default::default(),
         Default::default(),

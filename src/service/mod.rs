@@ -354,7 +354,13 @@ impl Service {
         if let Some(p) = by_model {
             model = p.model.clone();
         }
-        let entry = resolve(&self.manager, &model, caller)?;
+        let mut entry = resolve(&self.manager, &model, caller)?;
+        // A persona with a LoRA adapter is its own loaded instance: the base model plus the
+        // adapter, under the persona's name.
+        if let Some((p, adapter)) = persona.as_ref().and_then(|p| p.adapter.as_ref().map(|a| (p, a))) {
+            entry.defaults.adapters = vec![adapter.clone()];
+            entry.name = p.name.clone();
+        }
         // An empty request only loads or unloads; a prompt template fills an empty prompt.
         if prompt.is_empty() && service.template.is_none() {
             if keep_alive == Some(KeepAlive::For(Duration::ZERO)) {
