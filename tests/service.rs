@@ -482,3 +482,32 @@ fn a_generation_past_the_request_timeout_is_stopped_with_504() {
     // The server goes on serving.
     assert_eq!(s.post("/api/generate", &greedy("Hi")).status(), 200);
 }
+
+#[test]
+fn concurrent_turns_on_one_conversation_take_turns() {
+    let s = std::sync::Arc::new(Server::start());
+    let turn = |s: &Server, text: &str| -> Value {
+        s.post("/api/chat", &json!({"model": SMOL, "conversation_id": "busy", "stream": false,
+            "messages": [{"role": "user", "content": text}], "options": {"temperature": 0, "num_predict": 8}}))
+            .json()
+            .expect("json")
+    };
+    let handles: Vec<_> = ["Tell me about cats.", "Tell me about dogs."]
+        .into_iter()
+        .map(|text| {
+            let s = s.clone();
+            std::thread::spawn(move || turn(&s, text))
+        })
+        .collect();
+    let mut answers: Vec<Value> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    // Whichever went second saw the first's exchange in its prompt.
+    answers.sort_by_key(|a| a["prompt_eval_count"].as_u64());
+    let (first, second) = (&answers[0], &answers[1]);
+    assert!(
+        second["prompt_eval_count"].as_u64() > first["prompt_eval_count"].as_u64().map(|n| n + 8),
+        "the later turn includes the earlier one: {first} {second}"
+    );
+    let stored: Value = s.get("/api/conversations/busy").json().expect("json");
+    let roles: Vec<&str> = stored["messages"].as_array().expect("messages").iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+}
