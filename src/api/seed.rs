@@ -180,7 +180,7 @@ struct ValidateBody {
 }
 
 /// `POST /validate-model`: whether a model is available, its size and RAM estimate, and a short
-/// measured decode speed (16 greedy tokens, never cached).
+/// measured decode speed (`hearth bench`'s decode phase, 16 greedy tokens, never cached).
 async fn validate_model(State(app): State<AppState>, body: Bytes) -> Response {
     let b: ValidateBody = match parse_body(&body) {
         Ok(b) => b,
@@ -223,33 +223,21 @@ async fn validate_model(State(app): State<AppState>, body: Bytes) -> Response {
         body["error"] = json!("the model does not fit the RAM budget");
         return Json(body).into_response();
     }
-    let mut options = Map::new();
-    options.insert("temperature".into(), json!(0));
-    options.insert("num_predict".into(), json!(16));
-    let r = SeedRequest {
-        model: Some(entry.name.clone()),
-        prompt: "Count from one to twenty in words.".into(),
-        system: None,
-        options,
-        persona: None,
-        conversation_id: None,
-        use_cache: Some(false),
-    };
-    let started = Instant::now();
-    match run(&app, r).await {
-        Ok(a) => {
-            let secs = started.elapsed().as_secs_f64();
+    // The score is `hearth bench`'s decode measurement, shortened.
+    match crate::bench::decode_score(&app.service, &entry.name, 16).await {
+        Ok(score) => {
             body["valid"] = json!(true);
             body["score"] = json!({
-                "tokens": a.completion_tokens,
-                "seconds": secs,
-                "tokens_per_second": if secs > 0.0 { a.completion_tokens as f64 / secs } else { 0.0 },
+                "tokens_per_second": score.tokens_per_second,
+                "tokens": score.generated_tokens,
+                "ttft_ms": score.ttft_ms,
+                "load_seconds": score.load_seconds,
             });
             reply(body, &entry.name, None)
         }
         Err(e) => {
             body["valid"] = json!(false);
-            body["error"] = json!(e.message);
+            body["error"] = json!(e.to_string());
             (StatusCode::OK, Json(body)).into_response()
         }
     }

@@ -38,8 +38,9 @@ impl Api {
 /// What a benchmark runs against.
 #[derive(Clone)]
 pub enum Target {
-    /// This process's service layer (`hearth bench MODEL`).
-    Local(Service),
+    /// This process's service layer: `hearth bench MODEL` as the local user (names or .gguf
+    /// paths), `decode_score` as the network (names only).
+    Local { service: Service, caller: Caller },
     /// A running server (`hearth bench --url`).
     Http { base: String, api: Api, client: reqwest::Client },
 }
@@ -49,14 +50,14 @@ impl Target {
     pub fn http(url: &str, api: Api) -> Result<Target, BenchError> {
         let url = url.trim().trim_end_matches('/');
         let base = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
-        let client = reqwest::Client::builder().build()?;
+        let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?;
         Ok(Target::Http { base, api, client })
     }
 
     /// How reports name the target.
     pub fn describe(&self) -> (String, &'static str) {
         match self {
-            Target::Local(_) => ("in-process".to_string(), "service"),
+            Target::Local { .. } => ("in-process".to_string(), "service"),
             Target::Http { base, api, .. } => (base.clone(), api.as_str()),
         }
     }
@@ -120,9 +121,9 @@ fn rate(tokens: f64, time: Duration) -> Option<f64> {
 /// the target says. The OpenAI API has no load request: a one-token generation stands in.
 pub async fn load(target: &Target, model: &str) -> Result<Option<Duration>, BenchError> {
     match target {
-        Target::Local(service) => {
+        Target::Local { service, caller } => {
             let req = validate(service, json!({"model": model, "prompt": ""}))?;
-            match service.start(req, Caller::Local, Instant::now()).await? {
+            match service.start(req, *caller, Instant::now()).await? {
                 Outcome::Loaded { load_duration, .. } => Ok(Some(load_duration)),
                 Outcome::Generating(_) => Err(BenchError::Protocol("an empty prompt started a generation".into())),
             }
@@ -139,7 +140,7 @@ pub async fn load(target: &Target, model: &str) -> Result<Option<Duration>, Benc
 /// Generates up to `num_predict` tokens greedily from a raw `prompt` and times it.
 pub async fn generate(target: &Target, model: &str, prompt: &str, num_predict: u32) -> Result<Sample, BenchError> {
     match target {
-        Target::Local(service) => local(service, model, prompt, num_predict).await,
+        Target::Local { service, caller } => local(service, *caller, model, prompt, num_predict).await,
         Target::Http { base, api: Api::Ollama, client } => {
             let body = json!({"model": model, "prompt": prompt, "raw": true, "stream": true, "use_cache": false,
                               "options": {"temperature": 0, "num_predict": num_predict}});
@@ -168,14 +169,14 @@ fn validate(service: &Service, body: Value) -> Result<crate::service::ValidReque
     req.validate(service.manager.defaults().num_ctx).map_err(|e| BenchError::Invalid(e.message))
 }
 
-async fn local(service: &Service, model: &str, prompt: &str, num_predict: u32) -> Result<Sample, BenchError> {
+async fn local(service: &Service, caller: Caller, model: &str, prompt: &str, num_predict: u32) -> Result<Sample, BenchError> {
     let req = validate(
         service,
         json!({"model": model, "prompt": prompt, "raw": true, "stream": true, "use_cache": false,
                "options": {"temperature": 0, "num_predict": num_predict}}),
     )?;
     let start = Instant::now();
-    let Outcome::Generating(Generation { mut events, load_duration, .. }) = service.start(req, Caller::Local, start).await? else {
+    let Outcome::Generating(Generation { mut events, load_duration, .. }) = service.start(req, caller, start).await? else {
         return Err(BenchError::Protocol("the prompt only loaded the model".into()));
     };
     let mut sample = Sample { load: Some(load_duration), ..Sample::default() };

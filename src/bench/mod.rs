@@ -3,8 +3,8 @@
 //! same code (`decode_score` is the short version).
 //!
 //! A run has three phases, each on greedy, raw, uncached requests (see `client`):
-//! 1. **prefill**: a ~512-token prompt with `num_predict` 1, `runs` times (each prompt starts
-//!    differently, so no server-side prompt cache helps);
+//! 1. **prefill**: a ~512-token prompt (~128 in the quick plan) with `num_predict` 1, `runs`
+//!    times (each prompt starts differently, so no server-side prompt cache helps);
 //! 2. **decode**: a short prompt with `decode_tokens` to generate, `runs` times;
 //! 3. **concurrency sweep**: for each level N, N clients share `max(requests, N)` requests of
 //!    `num_predict` tokens, each taking the next as soon as its last finishes.
@@ -48,7 +48,7 @@ use serde::Serialize;
 pub use client::{Api, Sample, Target};
 pub use report::{DecodeResult, LevelResult, PrefillResult, Report, Settings};
 
-use crate::service::{Service, ServiceError};
+use crate::service::{Caller, Service, ServiceError};
 use stats::{median, Summary};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +71,11 @@ pub enum BenchError {
     Plan(String),
 }
 
-/// About 512 tokens on both test models (SmolLM2 and Gemma 3 tokenizers), as in
-/// benches/compare.py, so prefill numbers compare with llama-bench's pp512.
-pub fn prefill_prompt() -> String {
-    (0..65).map(|i| format!("item {i} is a number.")).collect::<Vec<_>>().join(" ")
+/// A prompt of about 8 tokens per item on both test models (SmolLM2 and Gemma 3 tokenizers):
+/// 65 items make the ~512 tokens of benches/compare.py, so prefill numbers compare with
+/// llama-bench's pp512.
+pub fn prefill_prompt(items: usize) -> String {
+    (0..items).map(|i| format!("item {i} is a number.")).collect::<Vec<_>>().join(" ")
 }
 
 /// The decode phase's prompt, as in benches/compare.py (tg128).
@@ -108,7 +109,7 @@ impl Plan {
         Plan {
             model: model.to_string(),
             runs: 3,
-            prefill_prompt: prefill_prompt(),
+            prefill_prompt: prefill_prompt(65),
             decode_prompt: DECODE_PROMPT.to_string(),
             decode_tokens: 128,
             concurrency: vec![1, 2, 4, 8, 16],
@@ -117,9 +118,18 @@ impl Plan {
         }
     }
 
-    /// A few seconds' check that everything runs (tests, smoke runs): numbers are rougher.
+    /// A few seconds' check that everything runs (tests, smoke runs): numbers are rougher, and
+    /// the prefill prompt is ~128 tokens.
     pub fn quick(model: &str) -> Plan {
-        Plan { runs: 1, decode_tokens: 32, concurrency: vec![1, 2], requests: 2, num_predict: 16, ..Plan::full(model) }
+        Plan {
+            runs: 1,
+            prefill_prompt: prefill_prompt(16),
+            decode_tokens: 32,
+            concurrency: vec![1, 2],
+            requests: 2,
+            num_predict: 16,
+            ..Plan::full(model)
+        }
     }
 
     pub fn requests_at(&self, concurrency: u32) -> u32 {
@@ -199,7 +209,7 @@ pub async fn run(target: &Target, plan: &Plan, progress: &dyn Progress) -> Resul
 
     let (target_name, api) = target.describe();
     let (settings, peak_rss_bytes) = match target {
-        Target::Local(service) => (Some(Settings::from(service.manager.defaults())), peak_rss(None)),
+        Target::Local { service, .. } => (Some(Settings::from(service.manager.defaults())), peak_rss(None)),
         Target::Http { .. } => (None, None),
     };
     Ok(Report {
@@ -320,9 +330,10 @@ pub struct Score {
 }
 
 /// Loads `model` and times one greedy generation of up to `tokens` tokens (at least 2) from a
-/// fixed prompt through the service, bypassing the response cache.
+/// fixed prompt through the service, bypassing the response cache. The model is resolved as a
+/// network request's would be (a name, never a file path): HTTP routes call this.
 pub async fn decode_score(service: &Service, model: &str, tokens: u32) -> Result<Score, BenchError> {
-    let target = Target::Local(service.clone());
+    let target = Target::Local { service: service.clone(), caller: Caller::Network };
     let load = client::load(&target, model).await?;
     let sample = client::generate(&target, model, DECODE_PROMPT, tokens.max(2)).await?;
     Ok(Score {

@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use crate::bench::{self, Api, Plan, Progress, Target};
 use crate::cli::BenchArgs;
-use crate::service::Service;
+use crate::service::{Caller, Service};
 
 /// Context per slot for an in-process run when the flags give none: the prompts need ~650
 /// tokens, and with 16 slots the default 4096 would reserve KV memory the bench never uses.
@@ -31,7 +31,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             engine.parallel = engine.parallel.or(Some(plan.max_concurrency()));
             engine.context_length = engine.context_length.or(Some(BENCH_CONTEXT));
             let manager = super::manager(super::open_store(&args.store), &engine)?;
-            Target::Local(Service::local(manager))
+            Target::Local { service: Service::local(manager), caller: Caller::Local }
         }
     };
     let progress = Bar::new(&plan);
