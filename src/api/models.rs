@@ -161,6 +161,7 @@ pub fn ram_estimate(info: &GgufInfo, settings: &crate::engine::LoadSettings) -> 
         "kv_cache": e.kv_cache,
         "overhead": e.overhead,
         "embedding": e.embedding,
+        "prefix_store": e.prefix_store,
         "num_ctx": crate::resources::estimate::effective_ctx(info, settings.num_ctx),
         "parallel": settings.parallel,
     })

@@ -473,10 +473,11 @@ async fn chat_completions_inner(app: AppState, body: Bytes) -> OaiResult<Respons
     }
     let results = futures::future::join_all(generations.into_iter().map(finish)).await;
     let mut choices = Vec::new();
-    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let (mut prompt_tokens, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
     for (index, r) in results.into_iter().enumerate() {
         let f = r?;
         prompt_tokens = f.completion.prompt_tokens;
+        cached_tokens = cached_tokens.max(f.completion.cached_tokens);
         completion_tokens += f.completion.eval_tokens;
         let call = tools.as_ref().and_then(|t| t.parse_call(&f.text));
         let (message, reason) = match call {
@@ -495,6 +496,8 @@ async fn chat_completions_inner(app: AppState, body: Bytes) -> OaiResult<Respons
         "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
     });
+    // Prompt tokens whose KV was reused from an earlier turn (prefix reuse).
+    body["usage"]["prompt_tokens_details"] = json!({ "cached_tokens": cached_tokens });
     super::ollama::annotate(&mut body, &info);
     let mut resp = Json(body).into_response();
     super::mark(&mut resp, &model, Some(&info));

@@ -94,6 +94,8 @@ impl DoneReason {
 pub struct Completion {
     pub reason: DoneReason,
     pub prompt_tokens: u32,
+    /// Prompt tokens whose KV was reused from an earlier request (not evaluated again).
+    pub cached_tokens: u32,
     pub prompt_eval: Duration,
     pub eval_tokens: u32,
     pub eval: Duration,

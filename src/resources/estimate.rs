@@ -32,11 +32,13 @@ pub struct Estimate {
     pub overhead: u64,
     /// The embedding context (KV cells and compute), whether or not it is made yet.
     pub embedding: u64,
+    /// The most the worker's store of saved prompt prefixes may hold.
+    pub prefix_store: u64,
 }
 
 impl Estimate {
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.overhead + self.embedding
+        self.weights + self.kv_cache + self.overhead + self.embedding + self.prefix_store
     }
 }
 
@@ -76,6 +78,7 @@ pub fn estimate(info: &GgufInfo, settings: &LoadSettings) -> Estimate {
         kv_cache,
         overhead,
         embedding,
+        prefix_store: crate::engine::prefix::prefix_store_bytes(kv_cache),
     }
 }
 
@@ -143,7 +146,7 @@ mod tests {
     fn overhead_grows_with_vocabulary() {
         let e = estimate(&info(), &settings(2048, 4));
         assert_eq!(e.overhead, FIXED_OVERHEAD + 49152 * PER_VOCAB_ENTRY);
-        assert_eq!(e.total(), e.weights + e.kv_cache + e.overhead + e.embedding);
+        assert_eq!(e.total(), e.weights + e.kv_cache + e.overhead + e.embedding + e.prefix_store);
     }
 
     #[test]

@@ -208,6 +208,7 @@ pub fn replay(cached: CachedAnswer, record: Record) -> UnboundedReceiver<Event> 
         let c = Completion {
             reason: if cached.reason == "length" { DoneReason::Length } else { DoneReason::Stop },
             prompt_tokens: cached.prompt_tokens,
+            cached_tokens: 0,
             prompt_eval: Duration::ZERO,
             eval_tokens: cached.eval_tokens,
             eval: took,
@@ -256,7 +257,7 @@ mod tests {
 
     #[test]
     fn a_cached_answer_round_trips_and_rejects_tampering() {
-        let c = Completion { reason: DoneReason::Stop, prompt_tokens: 3, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: vec![1, 2, 3] };
+        let c = Completion { reason: DoneReason::Stop, prompt_tokens: 3, cached_tokens: 0, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: vec![1, 2, 3] };
         let a = CachedAnswer::new(vec![Piece::Text("Hel".into()), Piece::Text("lo".into())], &c);
         let bytes = a.encode();
         assert_eq!(CachedAnswer::decode(&bytes), Some(a));
