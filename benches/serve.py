@@ -27,6 +27,14 @@ ap.add_argument("models", nargs="+")
 args = ap.parse_args()
 
 
+LOGS = tempfile.mkdtemp(prefix="hearth-serve-bench-")
+
+
+def log_file(name):
+    """The server's stderr, kept for when something fails."""
+    return open(os.path.join(LOGS, f"{name}-{time.time():.0f}.log"), "w")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,7 +70,7 @@ def start_llama_server(model_file):
     port = free_port()
     proc = subprocess.Popen([args.server, "-m", model_file, "-t", str(args.threads), "-np", str(args.clients),
                              "-c", str(args.clients * args.ctx), "--host", "127.0.0.1", "--port", str(port),
-                             "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--no-webui"], stdout=subprocess.DEVNULL, stderr=log_file("llama-server"))
     wait_ready(f"http://127.0.0.1:{port}/health", proc)
     return proc, port
 
@@ -75,7 +83,7 @@ def start_hearth(cache=False):
     env = dict(os.environ, HEARTH_MODELS=args.models_dir, HEARTH_DATA=tempfile.mkdtemp(prefix="hearth-bench-"))
     proc = subprocess.Popen([args.hearth, "serve", "--port", str(port), "--config", conf.name, "--parallel", str(args.clients),
                              "--threads", str(args.threads), "--context-length", str(args.ctx)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.DEVNULL, stderr=log_file("hearth"))
     wait_ready(f"http://127.0.0.1:{port}/health", proc)
     return proc, port
 
@@ -86,11 +94,11 @@ def bench(model, port, pid):
                           "--num-predict", str(args.predict), "--runs", "1", "--json"],
                          capture_output=True, text=True, env=dict(os.environ, HEARTH_MODELS=args.models_dir))
     if out.returncode != 0:
-        sys.exit(f"hearth bench failed: {out.stderr}")
+        sys.exit(f"hearth bench failed: {out.stderr} (server logs in {LOGS})")
     report = json.loads(out.stdout)
     level = report["concurrency"][0]
     if level["errors"]:
-        sys.exit(f"bench errors: {level['first_error']}")
+        sys.exit(f"bench errors: {level['first_error']} (server logs in {LOGS})")
     return level["tokens_per_second"], report.get("peak_rss_bytes")
 
 

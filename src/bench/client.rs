@@ -50,7 +50,13 @@ impl Target {
     pub fn http(url: &str, api: Api) -> Result<Target, BenchError> {
         let url = url.trim().trim_end_matches('/');
         let base = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
-        let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?;
+        // A fresh connection per request: servers close idle keep-alive connections on their
+        // own schedule (llama-server after 5 s), and a request sent on one being closed fails.
+        // On loopback a connect costs well under a millisecond, the same for every server.
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+            .build()?;
         Ok(Target::Http { base, api, client })
     }
 

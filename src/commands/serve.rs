@@ -3,7 +3,6 @@
 //! HTTP API until SIGINT/SIGTERM. SIGHUP and `POST /api/config/reload` reload the file.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,7 +159,7 @@ fn settings(file: &FileConfig, log_prompts: bool) -> ServiceSettings {
 /// templates, prices, limits and logging of prompts. What needs a restart (addresses, the
 /// engine, the cache backend, directories) is listed, not applied. A file that doesn't pass
 /// is refused and the running config stays.
-fn reload(service: &Service, path: &PathBuf, old: &FileConfig, log_prompts: bool) -> Result<(FileConfig, serde_json::Value), String> {
+fn reload(service: &Service, path: &std::path::Path, old: &FileConfig, log_prompts: bool) -> Result<(FileConfig, serde_json::Value), String> {
     let new = file::load(Some(path), &file::process_env).map_err(|e| e.to_string())?;
     let profiles = service.catalog().profiles.clone();
     service.set_catalog(catalog(&new, profiles));
