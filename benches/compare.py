@@ -59,9 +59,11 @@ for name in args.models:
     )
     ask(proc, {**TG, "options": {**TG["options"], "num_predict": 8}})  # warm-up
     samples = []
-    for _ in range(args.reps):
+    for rep in range(args.reps):
         pp_b, tg_b = llama_bench(path)
-        rp = ask(proc, PP)
+        # A different start each time: hearth reuses a cached prompt prefix, llama-bench
+        # never does, and pp measures processing the whole prompt.
+        rp = ask(proc, {**PP, "prompt": f"Run {rep}: {LONG}"})
         rt = ask(proc, TG)
         pp_h = rp["prompt_eval_count"] / (rp["prompt_eval_duration"] / 1e9)
         tg_h = (rt["eval_count"] - 1) / (rt["eval_duration"] / 1e9)
