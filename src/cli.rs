@@ -201,7 +201,8 @@ pub struct ServeArgs {
     #[arg(long = "log-format", env = "HEARTH_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
     /// Also log prompts and answers (off by default: they may be private).
-    #[arg(long = "log-prompts", env = "HEARTH_LOG_PROMPTS")]
+    #[arg(long = "log-prompts", env = "HEARTH_LOG_PROMPTS", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub log_prompts: bool,
     #[command(flatten)]
     pub store: StoreArgs,
