@@ -3,7 +3,6 @@
 //! `/api/templates/render`), personas (`/api/personas`), conversations
 //! (`/api/conversations[/{id}]`) and `/api/config/reload`.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
@@ -135,16 +134,10 @@ async fn render_template(State(app): State<AppState>, body: Bytes) -> Response {
     let Some(template) = catalog.templates.get(&name) else {
         return ApiError::not_found(format!("prompt template '{name}' not found")).into_response();
     };
-    let mut vars = BTreeMap::new();
-    for (k, v) in req.variables {
-        let text = match v {
-            Value::String(s) => s,
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            _ => return ApiError::bad_request(format!("variable '{k}' must be a string, number or boolean")).into_response(),
-        };
-        vars.insert(k, text);
-    }
+    let vars = match super::ollama::template_variables(req.variables) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
     let family = match (req.family, req.model) {
         (Some(f), _) => Some(f),
         (None, Some(m)) => match app.manager.store().resolve(&m) {

@@ -69,17 +69,7 @@ impl ServiceFields {
             (None, None) => None,
             (None, Some(_)) => return Err(ApiError::bad_request("variables need a template: name one with \"template\"")),
             (Some(name), vars) => {
-                let mut variables = std::collections::BTreeMap::new();
-                for (k, v) in vars.unwrap_or_default() {
-                    let text = match v {
-                        Value::String(s) => s,
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => return Err(ApiError::bad_request(format!("variable '{k}' must be a string, number or boolean"))),
-                    };
-                    variables.insert(k, text);
-                }
-                Some(crate::service::TemplateUse { name, variables })
+                Some(crate::service::TemplateUse { name, variables: template_variables(vars.unwrap_or_default())? })
             }
         };
         Ok(crate::service::ServiceOptions {
@@ -89,6 +79,18 @@ impl ServiceFields {
             template,
         })
     }
+}
+
+/// A prompt template's variables as text: strings, numbers or booleans.
+pub fn template_variables(vars: serde_json::Map<String, Value>) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    vars.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            Value::Number(n) => Ok((k, n.to_string())),
+            Value::Bool(b) => Ok((k, b.to_string())),
+            _ => Err(ApiError::bad_request(format!("variable '{k}' must be a string, number or boolean"))),
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
