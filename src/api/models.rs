@@ -158,6 +158,7 @@ pub fn ram_estimate(info: &GgufInfo, settings: &crate::engine::LoadSettings) -> 
     json!({
         "total": e.total(),
         "weights": e.weights,
+        "convert_weights": settings.weights.as_str(),
         "kv_cache": e.kv_cache,
         "overhead": e.overhead,
         "embedding": e.embedding,

@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! { model, target ("in-process" or the URL), api ("service" | "ollama" | "openai"), version,
-//!   settings: {threads, parallel, context_length, batch_size} | null,
+//!   settings: {threads, parallel, context_length, batch_size, convert_weights} | null,
 //!   plan: {runs, decode_tokens, concurrency: [N..], requests, num_predict},
 //!   load_seconds, wall_seconds, peak_rss_bytes,
 //!   prefill: {runs, prompt_tokens, tokens_per_second, ttft_ms: S},

@@ -32,11 +32,19 @@ pub struct Settings {
     pub parallel: u32,
     pub context_length: u32,
     pub batch_size: u32,
+    /// `--convert-weights`: none or q8_0.
+    pub convert_weights: &'static str,
 }
 
 impl From<&LoadSettings> for Settings {
     fn from(s: &LoadSettings) -> Settings {
-        Settings { threads: s.threads, parallel: s.parallel, context_length: s.num_ctx, batch_size: s.batch_size }
+        Settings {
+            threads: s.threads,
+            parallel: s.parallel,
+            context_length: s.num_ctx,
+            batch_size: s.batch_size,
+            convert_weights: s.weights.as_str(),
+        }
     }
 }
 
@@ -104,7 +112,11 @@ impl Report {
     fn write_table(&self, out: &mut String) -> std::fmt::Result {
         writeln!(out, "hearth bench {} ({}, {} API, hearth {})", self.model, self.target, self.api, self.version)?;
         if let Some(s) = &self.settings {
-            writeln!(out, "threads {}, parallel {}, context {}, batch {}", s.threads, s.parallel, s.context_length, s.batch_size)?;
+            writeln!(
+                out,
+                "threads {}, parallel {}, context {}, batch {}, convert weights {}",
+                s.threads, s.parallel, s.context_length, s.batch_size, s.convert_weights
+            )?;
         }
         let load = self.load_seconds.map_or_else(|| "-".to_string(), |s| format!("{s:.2} s"));
         let rss = self.peak_rss_bytes.map_or_else(|| "-".to_string(), |b| format!("{} MiB", b >> 20));
@@ -180,7 +192,7 @@ pub(crate) mod tests {
             target: "in-process".into(),
             api: "service",
             version: crate::VERSION,
-            settings: Some(Settings { threads: 2, parallel: 16, context_length: 2048, batch_size: 512 }),
+            settings: Some(Settings { threads: 2, parallel: 16, context_length: 2048, batch_size: 512, convert_weights: "none" }),
             plan: Plan::full("smollm2:135m"),
             load_seconds: Some(0.4),
             wall_seconds: 60.0,

@@ -36,6 +36,7 @@ pub fn load_settings(args: &EngineArgs) -> LoadSettings {
         threads,
         threads_batch: threads,
         batch_size: args.batch_size.unwrap_or(config::DEFAULT_BATCH),
+        weights: args.convert_weights.unwrap_or_default(),
     }
 }
 
@@ -78,6 +79,7 @@ pub fn engine_with_file(args: &EngineArgs, file: &config::file::EngineFile) -> E
         threads: args.threads.or(file.threads),
         context_length: args.context_length.or(file.context_length),
         batch_size: args.batch_size.or(file.batch_size),
+        convert_weights: args.convert_weights.or(file.convert_weights),
         keep_alive: args.keep_alive.clone(),
         ram_budget: args.ram_budget.clone().or_else(|| file.ram_budget.clone()),
         max_loaded_models: args.max_loaded_models.or(file.max_loaded_models),

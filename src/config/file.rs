@@ -131,6 +131,8 @@ pub struct EngineFile {
     pub context_length: Option<u32>,
     #[serde(default, deserialize_with = "scalar::batch_size")]
     pub batch_size: Option<u32>,
+    #[serde(default, deserialize_with = "scalar::convert_weights")]
+    pub convert_weights: Option<crate::engine::convert::Weights>,
     #[serde(default, deserialize_with = "scalar::keep_alive")]
     pub keep_alive: Option<KeepAlive>,
     /// Checked for syntax; `resources::budget::parse_budget` turns it into bytes.
@@ -783,6 +785,9 @@ mod scalar {
     }
     pub fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         read(d, "a whole number", |s| parse_in_range(s, 16, 8192))
+    }
+    pub fn convert_weights<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::engine::convert::Weights>, D::Error> {
+        read(d, "none or q8_0", crate::engine::convert::Weights::parse)
     }
     pub fn keep_alive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KeepAlive>, D::Error> {
         read(d, "a duration, 0, or -1", KeepAlive::parse)

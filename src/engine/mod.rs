@@ -5,6 +5,7 @@
 //! channels and never blocks on a decode. A `LoadedModel` is the handle: dropping the last one
 //! closes the job channel, the worker finishes what it has in flight, and the model is freed.
 
+pub mod convert;
 pub mod embed;
 pub mod options;
 pub mod prefix;
@@ -41,6 +42,8 @@ pub struct LoadSettings {
     pub threads_batch: i32,
     /// Most tokens put into one decode step.
     pub batch_size: u32,
+    /// How the weights are held in memory (`convert`).
+    pub weights: convert::Weights,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +180,22 @@ impl Drop for LoadedModel {
     }
 }
 
+/// The converted copy of the model `settings.weights` asks for, or `None` to load the file as
+/// it is (no conversion asked, or nothing in this model to convert).
+fn convert_if_asked(path: &Path, settings: &LoadSettings) -> Result<Option<convert::Converted>, String> {
+    if settings.weights == convert::Weights::AsStored {
+        return Ok(None);
+    }
+    let info = crate::store::gguf::read_gguf(path).map_err(|e| e.to_string())?;
+    if !convert::worth_converting(&info, settings.weights) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let converted = convert::convert(path, &info, settings.threads_batch)?;
+    tracing::info!(weights = settings.weights.as_str(), elapsed_ms = started.elapsed().as_millis() as u64, "converted the weights");
+    Ok(Some(converted))
+}
+
 impl LoadedModel {
     /// Loads the GGUF at `path` and starts its worker. Blocking: call from a blocking thread.
     /// `adapters` (at most one LoRA, applied at scale 1) must already be validated GGUF files.
@@ -188,8 +207,13 @@ impl LoadedModel {
             reason,
         };
         let params = LlamaModelParams::default().with_n_gpu_layers(0);
-        let mut model = LlamaModel::load_from_file(backend, path, &params)
+        // With a conversion, the model is loaded from the converted in-memory copy, which stays
+        // mapped by the model after `converted` closes its descriptor.
+        let converted = convert_if_asked(path, &settings).map_err(load_err)?;
+        let source = converted.as_ref().map_or_else(|| path.to_path_buf(), convert::Converted::path);
+        let mut model = LlamaModel::load_from_file(backend, &source, &params)
             .map_err(|e| load_err(format!("{e} (llama.cpp could not read it; see the log)")))?;
+        drop(converted);
         let adapter = match adapters {
             [] => None,
             [a] => Some(model.lora_adapter_init(a).map_err(|e| {

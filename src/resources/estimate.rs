@@ -52,8 +52,9 @@ pub fn effective_ctx(info: &GgufInfo, num_ctx: u32) -> u32 {
 
 /// Estimates an instance of `info` loaded with `settings`.
 pub fn estimate(info: &GgufInfo, settings: &LoadSettings) -> Estimate {
-    // Tensor data is what gets mapped; fall back to the file size for an unknown type.
-    let weights = info.tensor_bytes().unwrap_or(info.file_size);
+    // Tensor data is what gets mapped (converted, if asked); fall back to the file size for an
+    // unknown type.
+    let weights = crate::engine::convert::weight_bytes(info, settings.weights).unwrap_or(info.file_size);
     let layers = info.arch_u64("block_count").unwrap_or(0);
     let heads = info.arch_u64("attention.head_count").unwrap_or(1).max(1);
     let kv_heads = info.arch_u64("attention.head_count_kv").unwrap_or(heads);
@@ -120,12 +121,15 @@ mod tests {
             threads: 2,
             threads_batch: 2,
             batch_size: 512,
+            weights: Default::default(),
         }
     }
 
     #[test]
     fn weights_come_from_tensor_types() {
         assert_eq!(estimate(&info(), &settings(2048, 4)).weights, 576 * 1024 / 32 * 20);
+        let q8 = LoadSettings { weights: crate::engine::convert::Weights::Q8_0, ..settings(2048, 4) };
+        assert_eq!(estimate(&info(), &q8).weights, 576 * 1024 / 32 * 34, "converted to Q8_0: 34 bytes per 32");
     }
 
     #[test]

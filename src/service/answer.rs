@@ -28,7 +28,7 @@ const FORMAT: &[u8] = b"hearth-answer-v1";
 /// The key of an answer: everything the rendered prompt and the sampling depend on. The model's
 /// file (digest, or path, size and time) and its Modelfile settings are part of it, so a
 /// changed model never hits an old answer.
-pub fn cache_key(entry: &ModelEntry, persona: Option<&str>, prompt: &PromptSpec, tools: Option<&ToolRequest>, options: &SamplingOptions) -> CacheKey {
+pub fn cache_key(entry: &ModelEntry, weights: crate::engine::convert::Weights, persona: Option<&str>, prompt: &PromptSpec, tools: Option<&ToolRequest>, options: &SamplingOptions) -> CacheKey {
     let model = match &entry.digest {
         Some(d) => format!("{} {d}", entry.name),
         None => format!("{} {} {} {:?}", entry.name, entry.path.display(), entry.size, entry.modified),
@@ -41,6 +41,8 @@ pub fn cache_key(entry: &ModelEntry, persona: Option<&str>, prompt: &PromptSpec,
         FORMAT,
         crate::VERSION.as_bytes(),
         model.as_bytes(),
+        // Converted weights answer slightly differently from the file's.
+        weights.as_str().as_bytes(),
         defaults.as_bytes(),
         persona.unwrap_or("").as_bytes(),
         prompt.as_bytes(),

@@ -422,7 +422,7 @@ impl Service {
         let cacheable = service.use_cache.unwrap_or(options.temperature == 0.0 || options.seed.is_some());
         let mut record = record;
         if cacheable && self.cache.backend() != "disabled" {
-            let key = answer::cache_key(&entry, info.persona.as_deref(), &assembled.prompt, tools.as_ref(), &options);
+            let key = answer::cache_key(&entry, self.manager.defaults().weights, info.persona.as_deref(), &assembled.prompt, tools.as_ref(), &options);
             match self.cache.get(&key).await {
                 Lookup::Hit(bytes) => match answer::CachedAnswer::decode(&bytes) {
                     Some(cached) => {
