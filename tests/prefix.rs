@@ -16,7 +16,7 @@ use crate::support::{Server, GEMMA, SMOL};
 const WORKER_LOG: (&str, &str) = ("HEARTH_LOG", "warn,hearth=info,hearth::engine::worker=debug");
 
 /// A conversation opening with about a thousand tokens of history.
-fn opening() -> Vec<Value> {
+pub fn opening() -> Vec<Value> {
     let colours = ["red", "blue", "green", "amber"];
     let facts: Vec<String> = (0..60)
         .map(|i| format!("Fact {i}: the {} box number {i} holds {} marbles.", colours[i % 4], i * 7))
@@ -27,7 +27,7 @@ fn opening() -> Vec<Value> {
     ]
 }
 
-fn chat(s: &Server, model: &str, messages: &[Value]) -> Value {
+pub fn chat(s: &Server, model: &str, messages: &[Value]) -> Value {
     let r = s.post(
         "/api/chat",
         &json!({"model": model, "stream": false, "messages": messages, "logprobs": true, "top_logprobs": 2,
@@ -102,6 +102,11 @@ const NEAR_TIE: f64 = 0.5;
 /// Asserts that `reused` and `fresh` (chat answers with two top log-probabilities per token)
 /// hold the same tokens, or part ways only where the fresh answer's best two were nearly tied.
 fn assert_same_greedy(what: &str, reused: &Value, fresh: &Value) {
+    assert_greedy_close(what, reused, fresh, NEAR_TIE);
+}
+
+/// `assert_same_greedy` with the near-tie margin given (`near_tie` nats).
+pub fn assert_greedy_close(what: &str, reused: &Value, fresh: &Value, near_tie: f64) {
     let tokens = |v: &Value| v["logprobs"].as_array().expect("logprobs").clone();
     let (a, b) = (tokens(reused), tokens(fresh));
     assert!(!b.is_empty(), "{what}: no tokens in {fresh}");
@@ -117,7 +122,7 @@ fn assert_same_greedy(what: &str, reused: &Value, fresh: &Value) {
                 .collect();
             let margin = top[0] - top.get(1).copied().unwrap_or(f64::NEG_INFINITY);
             assert!(
-                margin < NEAR_TIE,
+                margin < near_tie,
                 "{what}: answers part at token {i} where the fresh server was sure ({margin:.2} nats):\n  reused: {}\n  fresh:  {}",
                 reused["message"]["content"],
                 fresh["message"]["content"]

@@ -2,6 +2,7 @@
 //! real test models. One test binary (with `support`) keeps link time down.
 
 mod bench;
+mod convert;
 mod embed;
 mod openai;
 mod prefix;
