@@ -75,14 +75,15 @@ def start_llama_server(model_file):
     return proc, port
 
 
-def start_hearth(cache=False):
+def start_hearth(cache=False, convert="none"):
     port = free_port()
     conf = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     conf.write(f"cache:\n  enabled: {'true' if cache else 'false'}\n")
     conf.close()
     env = dict(os.environ, HEARTH_MODELS=args.models_dir, HEARTH_DATA=tempfile.mkdtemp(prefix="hearth-bench-"))
     proc = subprocess.Popen([args.hearth, "serve", "--port", str(port), "--config", conf.name, "--parallel", str(args.clients),
-                             "--threads", str(args.threads), "--context-length", str(args.ctx)],
+                             "--threads", str(args.threads), "--context-length", str(args.ctx),
+                             "--convert-weights", convert],
                             env=env, stdout=subprocess.DEVNULL, stderr=log_file("hearth"))
     wait_ready(f"http://127.0.0.1:{port}/health", proc)
     return proc, port
@@ -139,24 +140,25 @@ def cache_hits(model, port):
 
 for model in args.models:
     model_file = os.path.join(args.models_dir, f"{model}.gguf")
-    peer_tps, ours_tps = [], []
+    # Per repetition, in turn: llama-server, hearth as the file stores the weights, hearth with
+    # --convert-weights q8_0 (llama-server gets the file as it is in both comparisons).
+    tps = {"peer": [], "none": [], "q8_0": []}
+    rss = {}
     for rep in range(args.reps):
-        proc, port = start_llama_server(model_file)
-        try:
-            tps, peer_rss = bench(model, port, proc.pid)
-            peer_tps.append(tps)
-        finally:
-            stop(proc)
-        proc, port = start_hearth(cache=False)
-        try:
-            tps, our_rss = bench(model, port, proc.pid)
-            ours_tps.append(tps)
-        finally:
-            stop(proc)
-    p, o = statistics.median(peer_tps), statistics.median(ours_tps)
+        for variant in tps:
+            proc, port = start_llama_server(model_file) if variant == "peer" else start_hearth(cache=False, convert=variant)
+            try:
+                rate, rss[variant] = bench(model, port, proc.pid)
+                tps[variant].append(rate)
+            finally:
+                stop(proc)
+    p = statistics.median(tps["peer"])
     print(f"{model}: {args.clients} clients x {args.predict} tokens: llama-server -np {args.clients} {p:.1f} tok/s "
-          f"(peak RSS {(peer_rss or 0) >> 20} MiB), hearth {o:.1f} tok/s (peak RSS {(our_rss or 0) >> 20} MiB): "
-          f"ratio {o / p:.2f}x  [runs: peer {', '.join(f'{x:.1f}' for x in peer_tps)}; hearth {', '.join(f'{x:.1f}' for x in ours_tps)}]")
+          f"(peak RSS {(rss['peer'] or 0) >> 20} MiB)  [runs: {', '.join(f'{x:.1f}' for x in tps['peer'])}]")
+    for variant in ("none", "q8_0"):
+        o = statistics.median(tps[variant])
+        print(f"{model}:   hearth --convert-weights {variant}: {o:.1f} tok/s (peak RSS {(rss[variant] or 0) >> 20} MiB): "
+              f"ratio {o / p:.2f}x  [runs: {', '.join(f'{x:.1f}' for x in tps[variant])}]")
 
     proc, port = start_hearth(cache=False)
     try:

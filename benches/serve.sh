@@ -3,7 +3,8 @@
 # machine, same run, driven by the same client (`hearth bench --url --api openai`, OpenAI's
 # streaming /v1/completions, which both serve). Prints, per model:
 #   - aggregate decode tok/s with CLIENTS concurrent clients (llama-server -np CLIENTS, hearth
-#     --parallel CLIENTS) and the ratio hearth / llama-server;
+#     --parallel CLIENTS) and the ratio hearth / llama-server, for hearth with the weights as the
+#     file stores them and with --convert-weights q8_0 (llama-server always gets the file);
 #   - the second turn of a chat with a ~1k-token history: its prompt time over the first turn's
 #     (prefix reuse);
 # and once: cache-hit latency percentiles at a fixed request rate (hey -q), for a response the
