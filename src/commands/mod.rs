@@ -107,6 +107,28 @@ pub fn init_logging(json: bool, default_filter: &str) {
     }
 }
 
+/// The server's logging: like `init_logging`, but lines are written to stderr by a background
+/// thread (a request never waits on a write; measured on cache hits, where the write was ~7% of
+/// the request's CPU), and colours only on a terminal. Keep the guard until the server ends: it
+/// flushes the lines still queued when dropped. A full queue blocks rather than drops lines.
+pub fn init_server_logging(json: bool, default_filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
+    if json {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
+    guard
+}
+
 /// Bytes as Ollama's CLI prints them (decimal units).
 pub fn human_bytes(n: u64) -> String {
     let n = n as f64;

@@ -27,7 +27,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(f) => f == "json",
         None => file.server.log_format == Some(LogFormat::Json),
     };
-    super::init_logging(json_logs, "warn,hearth=info");
+    let _log_guard = super::init_server_logging(json_logs, "warn,hearth=info");
     if let Some(src) = &file.source {
         tracing::info!("config: {}", src.display());
     }
