@@ -124,8 +124,14 @@ fn exact_pattern(name: &str) -> String {
     p
 }
 
+#[cfg(not(target_os = "linux"))]
+pub fn convert(_path: &Path, _info: &GgufInfo, _threads: i32) -> Result<Converted, String> {
+    Err("--convert-weights needs Linux (an in-memory file, memfd)".to_string())
+}
+
 /// Converts the model at `path` (described by `info`) into an in-memory GGUF with llama.cpp's
 /// quantizer on `threads` threads. The caller has checked `worth_converting`.
+#[cfg(target_os = "linux")]
 pub fn convert(path: &Path, info: &GgufInfo, threads: i32) -> Result<Converted, String> {
     let name = CString::new("hearth-weights").expect("no NUL in a literal");
     // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
