@@ -181,8 +181,9 @@ pub struct EngineArgs {
     /// Requests per model that may wait for a slot; more get 503 with Retry-After [default: 64].
     #[arg(long = "max-queue", env = "HEARTH_MAX_QUEUE")]
     pub max_queue: Option<usize>,
-    /// Convert low-bit weights at load: none, or q8_0 (faster prefill and batched decode on
-    /// CPUs without a GEMM kernel for the file's type, ~1.5x the weights' RAM) [default: none].
+    /// Convert low-bit weights at load: none, or q8_0 (faster prefill and many-client decode on
+    /// CPUs without a batched kernel for the file's type; slower one-stream decode, ~1.5x the
+    /// weights' RAM) [default: none].
     #[arg(long = "convert-weights", env = "HEARTH_CONVERT_WEIGHTS", value_parser = crate::engine::convert::Weights::parse)]
     pub convert_weights: Option<crate::engine::convert::Weights>,
 }

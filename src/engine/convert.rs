@@ -5,8 +5,9 @@
 //! more with AVX2 repacking). Other types (Q4_1 and the K-quants on a CPU without AVX2) go
 //! through a per-row dot product, so prefill and multi-stream decode cost about as much per
 //! token as single-stream decode. Q8_0 has the GEMM everywhere. Measured on SmolLM2 Q4_1 on a
-//! 2-core AVX (no AVX2) machine: prefill 1.85x, 8 streams 1.35x, one stream on par; weights
-//! take 1.47x the RAM (see the performance issue's note and `benches/serve.sh`).
+//! 2-core AVX (no AVX2) machine, against llama.cpp on the file: prefill 1.71x, 8 clients 1.35x,
+//! but one-stream decode 0.87x (more bytes per token); weights take 1.49x the RAM (README,
+//! "Converted weights"; `benches/compare.sh`, `benches/serve.sh`).
 //!
 //! What: every 2-D tensor stored with fewer than 8 bits per weight becomes Q8_0; tensors in
 //! Q8_0, F16, BF16 or F32 are copied as they are. Q8_0 holds a 4- or 5-bit block's values to

@@ -188,38 +188,36 @@ pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> Unbounde
 }
 
 /// Replays a cached answer as events, and records the turn like a fresh answer.
-pub fn replay(cached: CachedAnswer, record: Record) -> UnboundedReceiver<Event> {
+pub async fn replay(cached: CachedAnswer, record: Record) -> UnboundedReceiver<Event> {
+    // Everything is at hand: queue the whole answer now, in this task (no task to spawn and
+    // wake per hit), and finish the record before the final event, as a generation does.
     let (tx, rx) = unbounded_channel();
-    let task = async move {
-        let replay_started = Instant::now();
-        let ttft = Some(replay_started.saturating_duration_since(record.started));
-        let mut answer = String::new();
-        for piece in cached.pieces {
-            let ev = match piece {
-                Piece::Text(t) => {
-                    answer.push_str(&t);
-                    Event::Text(t)
-                }
-                Piece::Logprob { bytes, logprob, top } => Event::Logprob(TokenLogprob { bytes, logprob, top }),
-            };
-            if tx.send(ev).is_err() {
-                return;
+    let replay_started = Instant::now();
+    let ttft = Some(replay_started.saturating_duration_since(record.started));
+    let mut answer = String::new();
+    for piece in cached.pieces {
+        let ev = match piece {
+            Piece::Text(t) => {
+                answer.push_str(&t);
+                Event::Text(t)
             }
-        }
-        let took = replay_started.elapsed().max(Duration::from_micros(1));
-        let c = Completion {
-            reason: if cached.reason == "length" { DoneReason::Length } else { DoneReason::Stop },
-            prompt_tokens: cached.prompt_tokens,
-            cached_tokens: 0,
-            prompt_eval: Duration::ZERO,
-            eval_tokens: cached.eval_tokens,
-            eval: took,
-            context: cached.context,
+            Piece::Logprob { bytes, logprob, top } => Event::Logprob(TokenLogprob { bytes, logprob, top }),
         };
-        finish(record, &answer, &c, ttft, true).await;
-        let _ = tx.send(Event::Done(c));
+        // The receiver is still in this function's hands: sending cannot fail.
+        let _ = tx.send(ev);
+    }
+    let took = replay_started.elapsed().max(Duration::from_micros(1));
+    let c = Completion {
+        reason: if cached.reason == "length" { DoneReason::Length } else { DoneReason::Stop },
+        prompt_tokens: cached.prompt_tokens,
+        cached_tokens: 0,
+        prompt_eval: Duration::ZERO,
+        eval_tokens: cached.eval_tokens,
+        eval: took,
+        context: cached.context,
     };
-    tokio::spawn(task.in_current_span());
+    finish(record, &answer, &c, ttft, true).await;
+    let _ = tx.send(Event::Done(c));
     rx
 }
 

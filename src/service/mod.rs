@@ -428,7 +428,7 @@ impl Service {
                     Some(cached) => {
                         self.metrics.record_cache("hit");
                         info.cache = CacheResult::Hit;
-                        let events = answer::replay(cached, record);
+                        let events = answer::replay(cached, record).await;
                         return Ok(Outcome::Generating(Generation { events, load_duration: Duration::ZERO, started, info }));
                     }
                     None => self.metrics.record_cache("miss"),
