@@ -375,7 +375,9 @@ fn reload_picks_up_new_personas_by_request_and_by_sighup() {
     assert_eq!(s.post("/api/config/reload", &json!({})).status(), 400);
     assert_eq!(ask("chef").status(), 200);
 
-    std::fs::write(&config, format!("{PERSONAS}  baker:\n    model: smollm2:135m\n    system: You bake.\n")).expect("write");
+    // Every persona asked here has a token limit: without one, a sampled answer may run on
+    // (context shifting, as Ollama does) past the client's timeout.
+    std::fs::write(&config, format!("{PERSONAS}  baker:\n    model: smollm2:135m\n    system: You bake.\n    options: {{num_predict: 4}}\n")).expect("write");
     let status = Command::new("kill").args(["-HUP", &s.pid().to_string()]).status().expect("kill -HUP");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
