@@ -98,13 +98,7 @@ pub fn default_data_dir() -> std::path::PathBuf {
 
 /// Starts logging to stderr: readable text, or one JSON object per line.
 pub fn init_logging(json: bool, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().with_current_span(true).with_span_list(false).init();
-    } else {
-        builder.init();
-    }
+    install_logging(json, default_filter, std::io::stderr, None);
 }
 
 /// The server's logging: like `init_logging`, but lines are written to stderr by a background
@@ -113,20 +107,29 @@ pub fn init_logging(json: bool, default_filter: &str) {
 /// flushes the lines still queued when dropped. A full queue blocks rather than drops lines.
 pub fn init_server_logging(json: bool, default_filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal());
+    install_logging(json, default_filter, writer, Some(std::io::stderr().is_terminal()));
+    guard
+}
+
+/// Installs the global subscriber: `HEARTH_LOG` (else `default_filter`), text or JSON lines;
+/// `ansi` overrides tracing-subscriber's own choice of colour codes.
+fn install_logging<W>(json: bool, default_filter: &str, writer: W, ansi: Option<bool>)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let mut builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    if let Some(ansi) = ansi {
+        builder = builder.with_ansi(ansi);
+    }
     if json {
         builder.json().with_current_span(true).with_span_list(false).init();
     } else {
         builder.init();
     }
-    guard
 }
 
 /// Bytes as Ollama's CLI prints them (decimal units).
