@@ -13,28 +13,39 @@
 //!                `layer` (health, metrics, cache, templates, conversations, reload), `seed`
 //!                (the seeds' routes), `observe` (request ids, request logs and metrics),
 //!                `error` (the one error -> status table).
-//! - `service`    the shared request path (`Service::start`): persona, prompt template and
-//!                conversation history (`history`, `catalog`), response-cache lookup, resolve,
-//!                lease, render, tokenize, submit; `answer` forwards the engine's events (or
-//!                replays a cached answer) and records the finished answer.
+//! - `service`    the shared request path (`Service::start`, `Service::embed`): persona, prompt
+//!                template and conversation history (`history`, `catalog`), response-cache
+//!                lookup, admission, resolve, lease, generate; `answer` forwards the backend's
+//!                events (or replays a cached answer) and records the finished answer.
 //! - `cache`      the response cache: bytes under hashed keys, in memory or in Redis.
 //! - `conversations` server-side conversations in SQLite (WAL), one turn at a time per id.
 //! - `metrics`    the Prometheus registry and its JSON view with percentiles.
 //! - `prompts`    named prompt templates with `{variable}` placeholders.
 //! - `bench`      `hearth bench`: prefill/decode speed, latency percentiles, throughput.
-//! - `resources`  the resource manager: RAM budget, estimates from GGUF metadata, LRU eviction
-//!                of idle models, leases, keep-alive unloads, per-model queue bound.
+//! - `resources`  the resource manager: RAM budget, LRU eviction of idle models, leases,
+//!                keep-alive unloads, per-model queue bound, load reservations and deadlines,
+//!                dead instances dropped. Holds models only as `backend::ModelInstance`.
+//! - `backend`    the seam: `Backend` (estimate, load) and `ModelInstance` (generate from an
+//!                assembled prompt, embed), with typed `Event`s back. `llama` is llama.cpp
+//!                behind it (render, trim history, tokenize, submit); `fake` is a deterministic
+//!                stand-in for the tests of the layers above (`cfg(test)`/`test-support`).
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
 //!                with continuous batching and embeddings (`worker`, `embed`), sampling with
 //!                grammars and logprobs (`sampler`), JSON schemas and tool calls as grammars
 //!                (`grammar`), chat templates (`template`), streamed-text handling (`text`),
-//!                option validation (`options`).
+//!                option validation (`options`), RAM estimates from GGUF metadata (`estimate`).
 //! - `store`      model names -> manifests over content-addressed blobs, drop-in `NAME.gguf`
 //!                files and Ollama's store (read-only); `pull` (resumable downloads),
 //!                `modelfile` (create), `gguf` (the validator every file passes first).
 //!
+//! Layers point down: api -> service -> resources -> backend -> engine -> store. (Not yet all
+//! true: `engine::options`, `engine::template` and `engine::grammar` are llama-free and used
+//! from above as value types; `store::modelfile` checks templates with `engine::template`.)
+//!
 //! Invariants, written as absences:
 //! - Nothing outside `engine` imports `llama_cpp_2`, and no async task ever runs a decode.
+//! - Nothing above `backend` knows which backend produced a token: `resources` and `service`
+//!   hold `dyn ModelInstance`, and the tests run them on the fake.
 //! - Nothing outside `api` defines a wire struct; the core takes only validated types.
 //! - Nothing writes to stdout but the commands, which own it (`stdio` carries the protocol).
 //! - No name or digest from outside becomes a path before `store` has validated it, and no
@@ -46,6 +57,7 @@
 //!   being freed.
 
 pub mod api;
+pub mod backend;
 pub mod bench;
 pub mod cache;
 pub mod cli;

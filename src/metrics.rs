@@ -124,6 +124,16 @@ impl Metrics {
         inner.cost.with_label_values(&label).inc_by(cost);
     }
 
+    /// One finished embedding request: its input tokens and their cost (no generation
+    /// histograms: nothing was generated).
+    pub fn record_embedding(&self, model: &str, prompt_tokens: u64) {
+        let inner = &self.inner;
+        let label = [model_label(model)];
+        inner.prompt_tokens.with_label_values(&label).inc_by(prompt_tokens);
+        let cost = inner.pricing.read().unwrap_or_else(PoisonError::into_inner).cost(model, prompt_tokens);
+        inner.cost.with_label_values(&label).inc_by(cost);
+    }
+
     /// One cache lookup; `result` is "hit", "miss" or "unavailable".
     pub fn record_cache(&self, result: &str) {
         self.inner.cache_requests.with_label_values(&[result]).inc();

@@ -189,12 +189,26 @@ fn create_from_a_modelfile_answers_in_persona_deterministically() {
     };
     let (a, b) = (ask(), ask());
     assert_eq!(a, b, "PARAMETER temperature 0 makes it deterministic");
-    assert!(a.contains("Hook") || a.to_lowercase().contains("pirate") || a.to_lowercase().contains("ship"), "answers in persona: {a}");
-    // The same prompt without the persona answers differently.
-    let mut c = support::hearth();
-    c.args(["run", SMOL, "--temperature", "0", "--num-predict", "24"]);
-    let plain = text(&run(c, "Who are you?\n")).0;
-    assert_ne!(a, plain);
+    // The Modelfile's SYSTEM and PARAMETERs apply by default: counted exactly, the prompt is
+    // the one with that system message, and the answer stops at num_predict 24. (What a 135M
+    // model says in persona differs between CPUs, so its words are not checked.)
+    {
+        let dir_s = dir.to_str().expect("utf8");
+        let s = Server::start_with_env(&[], &[("HEARTH_MODELS", dir_s), ("OLLAMA_MODELS", &format!("{dir_s}/no-ollama"))]);
+        let ask = |extra: Value| -> Value {
+            let mut body = json!({"model": "mybot", "prompt": "Who are you?", "stream": false});
+            body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+            let r = s.post("/api/generate", &body);
+            assert_eq!(r.status(), 200);
+            r.json().expect("json")
+        };
+        let by_default = ask(json!({}));
+        let explicit = ask(json!({"system": "You are Captain Hook, a pirate. Always mention your ship."}));
+        let other = ask(json!({"system": "Be brief."}));
+        assert_eq!(by_default["prompt_eval_count"], explicit["prompt_eval_count"], "{by_default} {explicit}");
+        assert_ne!(by_default["prompt_eval_count"], other["prompt_eval_count"]);
+        assert!(by_default["eval_count"].as_u64().is_some_and(|n| n <= 24), "{by_default}");
+    }
 
     // Copy shares the blob; removing one name keeps the other working; the last one prunes it.
     let mut c = hearth_in(&dir);

@@ -108,7 +108,7 @@ pub async fn embed(State(app): State<AppState>, body: Bytes) -> Response {
     let result = async {
         let req = parse_body::<EmbedRequest>(&body)?.validate(app.manager.defaults().num_ctx)?;
         let model = req.model.clone();
-        let r = crate::service::embed(&app.manager, req, Caller::Network).await?;
+        let r = app.service.embed(req, Caller::Network).await?;
         Ok::<_, ApiError>(json!({
             "model": model,
             "embeddings": r.embeddings,
@@ -127,7 +127,7 @@ pub async fn embed(State(app): State<AppState>, body: Bytes) -> Response {
 pub async fn embeddings(State(app): State<AppState>, body: Bytes) -> Response {
     let result = async {
         let req = parse_body::<EmbeddingsRequest>(&body)?.validate(app.manager.defaults().num_ctx)?;
-        let r = crate::service::embed(&app.manager, req, Caller::Network).await?;
+        let r = app.service.embed(req, Caller::Network).await?;
         let embedding = r.embeddings.into_iter().next().unwrap_or_default();
         Ok::<_, ApiError>(json!({ "embedding": embedding }))
     };

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::engine::EngineError;
+use crate::backend::EngineError;
 use crate::resources::ResourceError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -102,6 +102,7 @@ impl From<EngineError> for ApiError {
             EngineError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::Backend(_)
             | EngineError::WorkerGone
+            | EngineError::Task(_)
             | EngineError::Decode(_)
             | EngineError::Sampling(_)
             | EngineError::EmbedContext(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,10 +121,12 @@ impl From<ResourceError> for ApiError {
         let (status, retry_after) = match e {
             ResourceError::Store(e) => return e.into(),
             ResourceError::Engine(e) => return e.into(),
-            ResourceError::Gguf { .. } => (StatusCode::BAD_REQUEST, None),
+            ResourceError::BadModel { .. } => (StatusCode::BAD_REQUEST, None),
             // The model can never fit this server's budget: neither the client's fault nor a fault.
             ResourceError::TooLarge { .. } => (StatusCode::INSUFFICIENT_STORAGE, None),
             ResourceError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+            // Busy models hold the memory; they will finish.
+            ResourceError::NoRoom { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
             ResourceError::LoadAborted => (StatusCode::INTERNAL_SERVER_ERROR, None),
         };
         ApiError {

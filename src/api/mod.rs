@@ -14,6 +14,8 @@ pub mod openai;
 pub mod seed;
 pub mod store;
 pub mod tools;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -154,7 +154,7 @@ pub fn ps(manager: &ModelManager) -> Value {
 
 /// The RAM estimate for loading `info` with `settings`, as `/api/show` reports it.
 pub fn ram_estimate(info: &GgufInfo, settings: &crate::engine::LoadSettings) -> Value {
-    let e = crate::resources::estimate::estimate(info, settings);
+    let e = crate::engine::estimate::estimate(info, settings);
     json!({
         "total": e.total(),
         "weights": e.weights,
@@ -163,7 +163,7 @@ pub fn ram_estimate(info: &GgufInfo, settings: &crate::engine::LoadSettings) -> 
         "overhead": e.overhead,
         "embedding": e.embedding,
         "prefix_store": e.prefix_store,
-        "num_ctx": crate::resources::estimate::effective_ctx(info, settings.num_ctx),
+        "num_ctx": crate::engine::estimate::effective_ctx(info, settings.num_ctx),
         "parallel": settings.parallel,
     })
 }

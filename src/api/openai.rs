@@ -856,7 +856,7 @@ async fn embeddings_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
         raw_options,
         keep_alive,
     };
-    let result = service::embed(&app.manager, valid, Caller::Network)
+    let result = app.service.embed(valid, Caller::Network)
         .await
         .map_err(|e| service_error(e, Some("input")))?;
     let data: Vec<Value> = result

@@ -205,7 +205,7 @@ async fn validate_model(State(app): State<AppState>, body: Bytes) -> Response {
         }
         Err(e) => return ApiError::internal(format!("validation failed: {e}")).into_response(),
     };
-    let estimate = crate::resources::estimate::estimate(&info, app.manager.defaults()).total();
+    let estimate = crate::engine::estimate::estimate(&info, app.manager.defaults()).total();
     let budget = app.manager.limits().ram_budget;
     let mut body = json!({
         "model": entry.name,

@@ -83,7 +83,7 @@ pub async fn pull(State(app): State<AppState>, body: Bytes) -> Response {
         let budget = manager.limits().ram_budget;
         let progress_tx = tx.clone();
         let check = move |info: &crate::store::gguf::GgufInfo| {
-            let need = crate::resources::estimate::estimate(info, &settings).total();
+            let need = crate::engine::estimate::estimate(info, &settings).total();
             (need > budget).then(|| format!("model needs about {} MiB of RAM, more than the budget of {} MiB", need >> 20, budget >> 20))
         };
         let work = pull::pull(&store, &plan, |p| drop(progress_tx.send(progress_json(&p))), check);

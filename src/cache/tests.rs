@@ -1,7 +1,10 @@
 //! Tests for the response cache: the memory backend directly, Redis through a real
-//! `redis-server` started on a free loopback port (skipped only with HEARTH_SKIP_REDIS_TESTS=1).
+//! `redis-server` started on a free loopback port (in the integration tier: `--features
+//! integration`, which `scripts/test.sh` turns on after installing redis-server).
 
+#[cfg(feature = "integration")]
 use std::net::{TcpListener, TcpStream};
+#[cfg(feature = "integration")]
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -245,11 +248,13 @@ async fn unreachable_redis_is_not_an_error_at_start_and_answers_unavailable_fast
     assert!(cache.clear().await.is_err());
 }
 
+#[cfg(feature = "integration")]
 /// A `redis-server` this test started; killed by PID when dropped, even on panic.
 struct RedisServer {
     child: Child,
 }
 
+#[cfg(feature = "integration")]
 impl RedisServer {
     fn start(port: u16) -> RedisServer {
         let child = Command::new("redis-server")
@@ -258,7 +263,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start redis-server (install it, or set HEARTH_SKIP_REDIS_TESTS=1)");
+            .expect("start redis-server (install it: scripts/test.sh does)");
         let server = RedisServer { child };
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -272,6 +277,7 @@ impl RedisServer {
     }
 }
 
+#[cfg(feature = "integration")]
 impl Drop for RedisServer {
     fn drop(&mut self) {
         // Child::kill signals this child's own PID only.
@@ -280,11 +286,13 @@ impl Drop for RedisServer {
     }
 }
 
+#[cfg(feature = "integration")]
 fn free_loopback_port() -> u16 {
     let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind a free port");
     listener.local_addr().expect("local address").port()
 }
 
+#[cfg(feature = "integration")]
 fn redis_server_present() -> bool {
     Command::new("redis-server")
         .arg("--version")
@@ -294,15 +302,10 @@ fn redis_server_present() -> bool {
         .is_ok_and(|status| status.success())
 }
 
+#[cfg(feature = "integration")]
 #[tokio::test]
 async fn redis_is_shared_cleared_and_survives_a_restart() {
-    if std::env::var("HEARTH_SKIP_REDIS_TESTS").as_deref() == Ok("1") {
-        return;
-    }
-    assert!(
-        redis_server_present(),
-        "redis-server is not on PATH: install it, or set HEARTH_SKIP_REDIS_TESTS=1 to skip"
-    );
+    assert!(redis_server_present(), "redis-server is not on PATH: install it (scripts/test.sh does)");
     let port = free_loopback_port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let mut server = RedisServer::start(port);

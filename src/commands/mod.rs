@@ -66,9 +66,10 @@ pub fn manager_with(store: ModelStore, args: &EngineArgs, file_keep_alive: Optio
         ram_budget,
         max_loaded: args.max_loaded_models.filter(|&n| n > 0),
         max_queue: args.max_queue.unwrap_or(config::DEFAULT_MAX_QUEUE),
+        load_wait: crate::resources::DEFAULT_LOAD_WAIT,
     };
     tracing::info!("RAM budget {} MiB of {} MiB", ram_budget >> 20, memory >> 20);
-    Ok(ModelManager::new(Arc::new(store), load_settings(args), keep_alive, limits))
+    Ok(ModelManager::new(Arc::new(store), Arc::new(crate::backend::llama::LlamaCpp), load_settings(args), keep_alive, limits))
 }
 
 /// The engine flags, with the config file's `engine` section under them (flags and their

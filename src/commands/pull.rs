@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::PullArgs;
-use crate::resources::estimate::estimate;
+use crate::engine::estimate::estimate;
 use crate::store::pull::{self, Progress};
 
 pub async fn run(args: PullArgs) -> anyhow::Result<()> {

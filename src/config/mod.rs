@@ -24,9 +24,13 @@ pub const DEFAULT_MAX_QUEUE: usize = 64;
 /// same SIMD units, and measured decode speed drops by whole factors past the physical count.
 pub fn default_threads() -> i32 {
     let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let physical = sysinfo::System::physical_core_count().unwrap_or(logical);
-    // available_parallelism honours affinity masks and cgroup quotas; never exceed it.
-    physical.min(logical).max(1) as i32
+    threads_for(logical, sysinfo::System::physical_core_count())
+}
+
+/// Physical cores, within the CPUs this process may use (`available_parallelism` honours
+/// affinity masks and cgroup quotas); at least one.
+fn threads_for(usable: usize, physical: Option<usize>) -> i32 {
+    i32::try_from(physical.unwrap_or(usable).min(usable).max(1)).unwrap_or(i32::MAX)
 }
 
 /// Parses `host`, `host:port`, `:port`, or `http://host:port` (as `OLLAMA_HOST` accepts).
@@ -75,7 +79,13 @@ mod tests {
     }
 
     #[test]
-    fn threads_are_positive() {
-        assert!(default_threads() >= 1);
+    fn threads_are_physical_cores_within_the_usable_cpus() {
+        // 8 hyperthreads on 4 cores: one per core.
+        assert_eq!(threads_for(8, Some(4)), 4);
+        // A cgroup quota of 2 CPUs on a 16-core machine.
+        assert_eq!(threads_for(2, Some(16)), 2);
+        // Physical count unknown: every usable CPU.
+        assert_eq!(threads_for(6, None), 6);
+        assert_eq!(threads_for(1, Some(0)), 1);
     }
 }

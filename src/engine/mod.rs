@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod embed;
+pub mod estimate;
 pub mod options;
 pub mod prefix;
 mod sampler;
@@ -66,6 +67,8 @@ pub enum EngineError {
     InvalidToken(i32),
     #[error("the model's worker has stopped")]
     WorkerGone,
+    #[error("internal error: {0}")]
+    Task(String),
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
     #[error(transparent)]
@@ -143,6 +146,8 @@ pub struct LoadedModel {
     /// `None` only while dropping.
     jobs: Option<std_mpsc::Sender<worker::Work>>,
     worker: Option<std::thread::JoinHandle<()>>,
+    /// Set by the worker as it unwinds from a panic.
+    dead: Arc<std::sync::atomic::AtomicBool>,
     template: ChatTemplate,
     bos_text: Option<String>,
     eos_text: String,
@@ -239,9 +244,11 @@ impl LoadedModel {
         let (jobs_tx, jobs_rx) = std_mpsc::channel();
         let worker_model = Arc::clone(&model);
         let worker_settings = settings.clone();
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker_dead = Arc::clone(&dead);
         let worker = std::thread::Builder::new()
             .name("hearth-model".to_string())
-            .spawn(move || worker::run(&worker_model, adapter, backend, &worker_settings, jobs_rx, ready_tx))
+            .spawn(move || worker::run(&worker_model, adapter, backend, &worker_settings, jobs_rx, ready_tx, &worker_dead))
             .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
         let n_ctx_slot = ready_rx
             .recv()
@@ -251,6 +258,7 @@ impl LoadedModel {
             model,
             jobs: Some(jobs_tx),
             worker: Some(worker),
+            dead,
             template,
             bos_text,
             eos_text,
@@ -330,6 +338,12 @@ impl LoadedModel {
             .ok_or(EngineError::WorkerGone)?
             .send(work)
             .map_err(|_| EngineError::WorkerGone)
+    }
+
+    /// Whether the worker thread still runs. It only ends when the handle is dropped, so a
+    /// finished worker here has died (a panic in llama.cpp's or hearth's code on that thread).
+    pub fn is_alive(&self) -> bool {
+        !self.dead.load(std::sync::atomic::Ordering::SeqCst) && self.worker.as_ref().is_some_and(|w| !w.is_finished())
     }
 
     /// Width of the vectors `embed` returns.

@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::Instant;
 
@@ -187,6 +188,7 @@ pub(super) fn run(
     settings: &LoadSettings,
     jobs: Receiver<Work>,
     ready: SyncSender<Result<u32, String>>,
+    dead: &AtomicBool,
 ) {
     let parallel = settings.parallel.max(1);
     // Measured with llama-bench on the test models (2 cores, 2 threads; see the performance
@@ -229,6 +231,10 @@ pub(super) fn run(
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
     let mut open = true;
+    // Declared after everything that holds a request, so on a panic it is dropped first: the
+    // instance is marked dead before its requests see their channels close, and a request that
+    // comes after them is not given to this worker.
+    let _death_notice = DeathNotice(dead);
 
     loop {
         // Block only when there is nothing to do.
@@ -339,8 +345,39 @@ pub(super) fn run(
 
 fn accept(work: Work, waiting: &mut VecDeque<Job>, embedder: &mut Embedder<'_>) {
     match work {
-        Work::Generate(job) => waiting.push_back(job),
+        Work::Generate(job) => {
+            waiting.push_back(job);
+            // After the push: the request is the worker's, as it would be for a real panic.
+            #[cfg(debug_assertions)]
+            injected_panic();
+        }
         Work::Embed(job) => embedder.push(job),
+    }
+}
+
+/// Marks the instance dead when the worker thread unwinds from a panic.
+struct DeathNotice<'a>(&'a AtomicBool);
+
+impl Drop for DeathNotice<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A test hook, in debug builds only: `HEARTH_FAULT_WORKER_PANIC=N` makes the worker that
+/// receives the process's Nth generation panic, as a bug on this thread would, so the tests can
+/// check what the rest of hearth does about a dead worker.
+#[cfg(debug_assertions)]
+fn injected_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static GENERATIONS: AtomicUsize = AtomicUsize::new(0);
+    let Some(n) = std::env::var("HEARTH_FAULT_WORKER_PANIC").ok().and_then(|v| v.parse::<usize>().ok()) else {
+        return;
+    };
+    if GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1 == n {
+        panic!("HEARTH_FAULT_WORKER_PANIC={n}: the worker panics on purpose");
     }
 }
 

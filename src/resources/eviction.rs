@@ -1,7 +1,7 @@
 //! Which idle models to unload so a new one fits: least recently used first, never one with
 //! requests in flight. Pure: the manager passes a snapshot and acts on the answer.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// A loaded model as the policy sees it.
 #[derive(Debug, Clone)]

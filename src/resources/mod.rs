@@ -1,24 +1,35 @@
 //! The resource manager: which models are loaded, within a RAM budget, and for how long.
 //!
-//! Before loading, it estimates the instance's RAM from GGUF metadata (`estimate`). If it fits
-//! the budget it loads; if not, it unloads idle models, least recently used first (`eviction`);
-//! a model that can't fit even alone is refused before anything is loaded. A request holds a
-//! `ModelLease`: a leased instance is never unloaded, and dropping the lease (also when the
-//! client goes away) starts its keep-alive clock. Loads are serialised, so two requests for one
-//! unloaded model load it once. Memory counts as used until an unloaded instance's worker has
-//! actually freed it, so the next load never overlaps it.
+//! Before loading, it asks the backend what the instance will take (for llama.cpp, an estimate
+//! from the GGUF metadata). If it fits the budget it loads; if not, it unloads idle models,
+//! least recently used first (`eviction`); a model that can't fit even alone is refused before
+//! anything is loaded, and a load still waiting for busy models after `Limits::load_wait` is
+//! refused with a message. A request holds a `ModelLease`: a leased instance is never unloaded,
+//! and dropping the lease (also when the client goes away) starts its keep-alive clock.
+//!
+//! Loads of one model are serialised, so two requests for it load it once; loads of different
+//! models run side by side, each holding a reservation for its bytes until its instance is in
+//! the table. Memory counts as used until an unloaded instance has actually been freed, so the
+//! next load never overlaps it. An instance whose worker died is dropped from the table at the
+//! next request for it, which loads it again.
+//!
+//! Times are tokio's, so tests can run keep-alive and waits on paused time.
+//! Must not: know how a model produces tokens (`backend` does) or what a request asks.
 
 pub mod budget;
-pub mod estimate;
 pub mod eviction;
 pub mod keep_alive;
 
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use crate::engine::{EngineError, LoadSettings, LoadedModel};
-use crate::store::gguf::{read_gguf_as, GgufError, GgufKind};
+use tokio::time::Instant;
+
+use crate::backend::{Backend, EngineError, LoadSettings, ModelInstance};
 use crate::store::{ModelEntry, ModelStore, StoreError};
 use eviction::{choose_evictions, Candidate, Room};
 pub use keep_alive::KeepAlive;
@@ -30,11 +41,13 @@ pub enum ResourceError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("model '{model}': {reason}")]
-    Gguf { model: String, reason: GgufError },
+    BadModel { model: String, reason: String },
     #[error("model '{model}' needs {needed} bytes ({} MiB) of RAM but the budget is {budget} bytes ({} MiB); raise --ram-budget or lower num_ctx/--parallel", needed >> 20, budget >> 20)]
     TooLarge { model: String, needed: u64, budget: u64 },
     #[error("server busy: model '{model}' already has {waiting} requests waiting (limit --max-queue); try again shortly")]
     Busy { model: String, waiting: usize },
+    #[error("model '{model}' needs {} MiB of RAM and the budget stayed full of busy models for {waited:?}; retry later, or raise --ram-budget", needed >> 20)]
+    NoRoom { model: String, needed: u64, waited: Duration },
     #[error("model load was interrupted")]
     LoadAborted,
 }
@@ -48,12 +61,17 @@ pub struct Limits {
     pub max_loaded: Option<usize>,
     /// Requests per model that may wait for a slot beyond those being served.
     pub max_queue: usize,
+    /// How long a load may wait for busy models to finish before it is refused.
+    pub load_wait: Duration,
 }
+
+/// The default `Limits::load_wait`: long enough for a few answers to finish.
+pub const DEFAULT_LOAD_WAIT: Duration = Duration::from_secs(120);
 
 /// A loaded instance and its bookkeeping.
 struct Resident {
     entry: ModelEntry,
-    model: Arc<LoadedModel>,
+    model: Arc<dyn ModelInstance>,
     /// Context size asked for when loading (before clamping to the model).
     requested_ctx: u32,
     bytes: u64,
@@ -69,14 +87,19 @@ struct Resident {
 struct State {
     loaded: HashMap<String, Resident>,
     /// Instances replaced by a reload (file or context changed) that still finish requests.
-    retired: Vec<(Arc<LoadedModel>, u64)>,
+    retired: Vec<(Arc<dyn ModelInstance>, u64)>,
     /// Bytes of unloaded instances whose memory is being released right now.
     freeing: u64,
+    /// Loads in progress, by model, with the bytes they reserved.
+    loading: HashMap<String, u64>,
 }
 
 impl State {
     fn used(&self) -> u64 {
-        self.loaded.values().map(|r| r.bytes).sum::<u64>() + self.retired.iter().map(|r| r.1).sum::<u64>() + self.freeing
+        self.loaded.values().map(|r| r.bytes).sum::<u64>()
+            + self.retired.iter().map(|r| r.1).sum::<u64>()
+            + self.freeing
+            + self.loading.values().sum::<u64>()
     }
 }
 
@@ -94,11 +117,13 @@ pub struct LoadedInfo {
 
 struct Inner {
     store: Arc<ModelStore>,
+    backend: Arc<dyn Backend>,
     defaults: LoadSettings,
     default_keep_alive: KeepAlive,
     limits: Limits,
     state: Mutex<State>,
-    load_lock: tokio::sync::Mutex<()>,
+    /// One lock per model name: loads of one model wait for each other, not for other models.
+    load_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     generations: std::sync::atomic::AtomicU64,
     /// Signalled when a lease ends or memory is freed: a waiting load may now fit.
     changed: tokio::sync::Notify,
@@ -112,7 +137,7 @@ pub struct ModelManager {
 
 /// A request's hold on a loaded model; dropping it releases the model.
 pub struct ModelLease {
-    pub model: Arc<LoadedModel>,
+    pub model: Arc<dyn ModelInstance>,
     pub entry: ModelEntry,
     /// Time spent loading for this request (zero when it was already loaded).
     pub load_duration: Duration,
@@ -134,7 +159,8 @@ impl Drop for ModelLease {
                             free(&self.inner, &mut state, r.model, r.bytes);
                         }
                     }
-                    KeepAlive::For(d) => r.expires = Some(Instant::now() + d),
+                    // A duration past the clock's range is forever.
+                    KeepAlive::For(d) => r.expires = Instant::now().checked_add(d),
                     KeepAlive::Forever => r.expires = None,
                 }
             }
@@ -162,7 +188,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Releases an instance off the async threads: dropping the last handle joins its worker,
 /// which frees the context and the weights. Until then its bytes count as used.
-fn free(inner: &Arc<Inner>, state: &mut State, model: Arc<LoadedModel>, bytes: u64) {
+fn free(inner: &Arc<Inner>, state: &mut State, model: Arc<dyn ModelInstance>, bytes: u64) {
     state.freeing += bytes;
     let inner = Arc::clone(inner);
     std::thread::spawn(move || {
@@ -185,10 +211,11 @@ fn return_freed_memory() {
 }
 
 impl ModelManager {
-    pub fn new(store: Arc<ModelStore>, defaults: LoadSettings, default_keep_alive: KeepAlive, limits: Limits) -> Self {
+    pub fn new(store: Arc<ModelStore>, backend: Arc<dyn Backend>, defaults: LoadSettings, default_keep_alive: KeepAlive, limits: Limits) -> Self {
         ModelManager {
             inner: Arc::new(Inner {
                 store,
+                backend,
                 defaults,
                 default_keep_alive,
                 limits,
@@ -196,8 +223,9 @@ impl ModelManager {
                     loaded: HashMap::new(),
                     retired: Vec::new(),
                     freeing: 0,
+                    loading: HashMap::new(),
                 }),
-                load_lock: tokio::sync::Mutex::new(()),
+                load_locks: Mutex::new(HashMap::new()),
                 generations: std::sync::atomic::AtomicU64::new(0),
                 changed: tokio::sync::Notify::new(),
             }),
@@ -230,24 +258,19 @@ impl ModelManager {
         if let Some(lease) = self.try_lease(&entry, wanted_ctx, keep_alive)? {
             return Ok(lease);
         }
-        let _guard = self.inner.load_lock.lock().await;
+        let load_lock = Arc::clone(lock(&self.inner.load_locks).entry(entry.name.clone()).or_default());
+        let _one_load = load_lock.lock().await;
         if let Some(lease) = self.try_lease(&entry, wanted_ctx, keep_alive)? {
             return Ok(lease);
         }
         let mut settings = self.inner.defaults.clone();
         settings.num_ctx = wanted_ctx;
-        let path = entry.path.clone();
-        let adapters = entry.defaults.adapters.clone();
-        // Every file is validated in Rust before llama.cpp parses it.
-        let (info, adapter_bytes) = tokio::task::spawn_blocking(move || -> Result<_, GgufError> {
-            let info = read_gguf_as(&path, GgufKind::Model)?;
-            let adapter_bytes = adapters.iter().try_fold(0u64, |sum, a| Ok::<_, GgufError>(sum + read_gguf_as(a, GgufKind::Adapter)?.file_size))?;
-            Ok((info, adapter_bytes))
-        })
-        .await
-        .map_err(|_| ResourceError::LoadAborted)?
-        .map_err(|reason| ResourceError::Gguf { model: entry.name.clone(), reason })?;
-        let need = estimate::estimate(&info, &settings).total() + adapter_bytes;
+        let backend = Arc::clone(&self.inner.backend);
+        let (estimate_entry, estimate_settings) = (entry.clone(), settings.clone());
+        let need = tokio::task::spawn_blocking(move || backend.estimate(&estimate_entry, &estimate_settings))
+            .await
+            .map_err(|_| ResourceError::LoadAborted)?
+            .map_err(|reason| ResourceError::BadModel { model: entry.name.clone(), reason })?;
         let budget = self.inner.limits.ram_budget;
         if need > budget {
             return Err(ResourceError::TooLarge {
@@ -256,16 +279,16 @@ impl ModelManager {
                 budget,
             });
         }
-        self.make_room(&entry.name, need).await;
+        let reservation = self.make_room(&entry.name, need).await?;
 
         let started = Instant::now();
-        let path = entry.path.clone();
-        let adapters = entry.defaults.adapters.clone();
-        let model = tokio::task::spawn_blocking(move || LoadedModel::load(&path, &adapters, settings))
+        let backend = Arc::clone(&self.inner.backend);
+        let load_entry = entry.clone();
+        let model = tokio::task::spawn_blocking(move || backend.load(&load_entry, settings))
             .await
             .map_err(|_| ResourceError::LoadAborted)??;
-        tracing::info!(model = %entry.name, n_ctx = model.n_ctx_slot, bytes = need, "loaded in {:?}", model.load_duration);
-        let model = Arc::new(model);
+        let load_duration = started.elapsed();
+        tracing::info!(model = %entry.name, n_ctx = model.n_ctx_slot(), bytes = need, "loaded in {:?}", model.load_duration());
         let generation = self.inner.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut state = lock(&self.inner.state);
         state.loaded.insert(
@@ -282,19 +305,26 @@ impl ModelManager {
                 generation,
             },
         );
+        // The instance's bytes now count in the table: the reservation can go.
+        reservation.release(&mut state);
+        drop(state);
         Ok(ModelLease {
             model,
             entry,
-            load_duration: started.elapsed(),
+            load_duration,
             inner: Arc::clone(&self.inner),
             generation,
         })
     }
 
     /// Unloads idle models (least recently used first) until `need` more bytes fit, waiting
-    /// for busy ones to finish when unloading the idle ones is not enough. An older instance
-    /// of `name` itself is retired: it finishes its requests and is then freed.
-    async fn make_room(&self, name: &str, need: u64) {
+    /// for busy ones to finish when unloading the idle ones is not enough, at most
+    /// `Limits::load_wait`. An older instance of `name` itself is retired: it finishes its
+    /// requests and is then freed. The bytes are reserved for `name` until the reservation goes.
+    async fn make_room(&self, name: &str, need: u64) -> Result<Reservation, ResourceError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.limits.load_wait;
+        let mut blocked_by_busy;
         loop {
             // Register interest before looking, so a change between the look and the wait
             // still wakes us.
@@ -310,6 +340,8 @@ impl ModelManager {
                         state.retired.push((old.model, old.bytes));
                     }
                 }
+                // Loads in progress count as busy models: they can't be unloaded, and they
+                // count against `max_loaded`.
                 let candidates: Vec<Candidate> = state
                     .loaded
                     .iter()
@@ -319,14 +351,19 @@ impl ModelManager {
                         busy: r.in_flight > 0,
                         last_used: r.last_used,
                     })
+                    .chain(state.loading.iter().map(|(n, &bytes)| Candidate { name: n.clone(), bytes, busy: true, last_used: started }))
                     .collect();
+                // Memory being freed will be free: count it as such, or a load that waits for
+                // it would unload one more model than it needs.
                 let room = Room {
-                    used: state.used(),
+                    used: state.used() - state.freeing,
                     need,
                     budget: self.inner.limits.ram_budget,
                     max_loaded: self.inner.limits.max_loaded,
                 };
-                if let Some(victims) = choose_evictions(&candidates, room) {
+                let victims = choose_evictions(&candidates, room);
+                blocked_by_busy = victims.is_none();
+                if let Some(victims) = victims {
                     for v in &victims {
                         tracing::info!(model = %v, "unloading to make room for {name}");
                         if let Some(r) = state.loaded.remove(v) {
@@ -335,27 +372,41 @@ impl ModelManager {
                     }
                     // Wait until the memory of what was unloaded is actually released.
                     if state.used() + need <= self.inner.limits.ram_budget {
-                        return;
+                        state.loading.insert(name.to_string(), need);
+                        return Ok(Reservation { inner: Arc::clone(&self.inner), name: Some(name.to_string()) });
                     }
                 }
             }
             // Wait for a lease to end or memory to be freed; the timer only guards against a
-            // missed wake-up.
+            // missed wake-up. Only busy models can keep a load waiting past its deadline:
+            // memory being freed always comes back.
+            if blocked_by_busy && Instant::now() >= deadline {
+                return Err(ResourceError::NoRoom { model: name.to_string(), needed: need, waited: started.elapsed() });
+            }
             tokio::select! {
                 () = &mut changed => {}
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = tokio::time::sleep_until(deadline) => {}
             }
         }
     }
 
     fn try_lease(&self, entry: &ModelEntry, wanted_ctx: u32, keep_alive: KeepAlive) -> Result<Option<ModelLease>, ResourceError> {
         let mut state = lock(&self.inner.state);
+        if state.loaded.get(&entry.name).is_some_and(|r| !r.model.is_alive()) {
+            // Its worker died: requests on it have had their error; the next one loads anew.
+            tracing::error!(model = %entry.name, "the model's worker has died; unloading it");
+            if let Some(r) = state.loaded.remove(&entry.name) {
+                free(&self.inner, &mut state, r.model, r.bytes);
+            }
+            return Ok(None);
+        }
         let Some(r) = state.loaded.get_mut(&entry.name) else { return Ok(None) };
         let same_file = r.entry.same_load(entry);
         if !same_file || wanted_ctx > r.requested_ctx {
             return Ok(None);
         }
-        let slots = r.model.settings.parallel as usize;
+        let slots = r.model.parallel() as usize;
         let waiting = r.in_flight.saturating_sub(slots);
         if waiting >= self.inner.limits.max_queue {
             return Err(ResourceError::Busy {
@@ -440,8 +491,8 @@ impl ModelManager {
                 };
                 LoadedInfo {
                     entry: r.entry.clone(),
-                    context_length: r.model.n_ctx_slot,
-                    expires_at: wall + left,
+                    context_length: r.model.n_ctx_slot(),
+                    expires_at: wall.checked_add(left.min(far)).unwrap_or(wall),
                     size: r.bytes,
                     in_flight: r.in_flight,
                 }
@@ -449,5 +500,30 @@ impl ModelManager {
             .collect();
         out.sort_by_key(|i| i.expires_at);
         out
+    }
+}
+
+/// Bytes set aside for a load in progress; given back when the instance is in the table, or
+/// when the load fails (dropped).
+struct Reservation {
+    inner: Arc<Inner>,
+    /// `None` once released.
+    name: Option<String>,
+}
+
+impl Reservation {
+    fn release(mut self, state: &mut State) {
+        if let Some(name) = self.name.take() {
+            state.loading.remove(&name);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            lock(&self.inner.state).loading.remove(&name);
+            self.inner.changed.notify_waiters();
+        }
     }
 }

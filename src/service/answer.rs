@@ -179,7 +179,13 @@ pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> Unbounde
                     let _ = tx.send(Event::Failed(e));
                     return;
                 }
-                None => return,
+                // The engine dropped the request without a last word: its worker died.
+                None => {
+                    record.metrics.record_error("worker");
+                    tracing::error!(model = %record.model, "generation lost: the model's worker stopped");
+                    let _ = tx.send(Event::Failed(EngineError::WorkerGone));
+                    return;
+                }
             }
         }
     };

@@ -3,13 +3,12 @@
 //! prompt and in the order system, examples, history, new messages for the rest.
 //!
 //! Pure functions: no model, no store. Trimming the history to fit the context needs the
-//! tokenizer and happens in `service::tokenize`, over the `droppable` range given here.
+//! tokenizer and happens behind the backend seam (`backend::GenerateJob::droppable`), over the `droppable` range given here.
 
 use std::ops::Range;
 
 use super::catalog::Persona;
 use super::PromptSpec;
-use crate::engine::options::{PredictLimit, SamplingOptions};
 use crate::engine::template::TemplateMessage;
 
 /// A prompt ready to render, and what of it may be left out or must be stored.
@@ -69,16 +68,6 @@ pub fn assemble(prompt: PromptSpec, persona: Option<&Persona>, history: Vec<Temp
     let new_messages = rest.iter().map(|m| (m.role.clone(), m.content.clone())).collect();
     out.extend(rest);
     Ok(Assembled { prompt: PromptSpec::Chat { messages: out, tools }, droppable, new_messages })
-}
-
-/// Tokens kept free for the answer when trimming history: the request's `num_predict` when it
-/// sets one, else a quarter of the context; never more than half of it.
-pub fn answer_reserve(options: &SamplingOptions, limit: usize) -> usize {
-    let wanted = match options.num_predict {
-        PredictLimit::Tokens(n) => n as usize,
-        _ => limit / 4,
-    };
-    wanted.min(limit / 2)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 mod answer;
 pub mod catalog;
 mod history;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -19,39 +21,14 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::cache::{Lookup, ResponseCache};
 use crate::conversations::ConversationStore;
+use crate::backend::{EmbedJob, EngineError, Event, GenerateJob};
 use crate::engine::options::{RawOptions, SamplingOptions};
-use crate::engine::template::{render_request_template, TemplateMessage};
-use crate::engine::{EngineError, Event};
-use crate::resources::{KeepAlive, ModelLease, ModelManager, ResourceError};
+use crate::engine::template::TemplateMessage;
+use crate::resources::{KeepAlive, ModelManager, ResourceError};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 
-/// How the prompt is made.
-#[derive(Debug, Clone)]
-pub enum PromptSpec {
-    /// `/api/generate`: a prompt, optionally with a system message, a request template, raw
-    /// mode, or the deprecated token `context` of an earlier answer.
-    Generate {
-        prompt: String,
-        system: Option<String>,
-        template: Option<String>,
-        raw: bool,
-        context: Vec<i32>,
-    },
-    /// `/api/chat`: a conversation rendered with the model's chat template, offering `tools`
-    /// (OpenAI-style function objects) when there are any.
-    Chat { messages: Vec<TemplateMessage>, tools: Vec<serde_json::Value> },
-}
-
-impl PromptSpec {
-    /// An empty prompt or conversation only loads (or unloads) the model, as in Ollama.
-    pub fn is_empty(&self) -> bool {
-        match self {
-            PromptSpec::Generate { prompt, context, .. } => prompt.is_empty() && context.is_empty(),
-            PromptSpec::Chat { messages, .. } => messages.is_empty(),
-        }
-    }
-}
+pub use crate::backend::{EmbedInput, PromptSpec};
 
 /// A request that passed validation at the edge.
 #[derive(Debug, Clone)]
@@ -123,12 +100,18 @@ impl From<StoreError> for ServiceError {
     }
 }
 
-/// Finds the model: by name for the network, by name or file path for the local user.
-fn resolve(manager: &ModelManager, model: &str, caller: Caller) -> Result<crate::store::ModelEntry, StoreError> {
-    match caller {
-        Caller::Network => manager.store().resolve(model),
-        Caller::Local => manager.store().resolve_name_or_path(model),
-    }
+/// Finds the model: by name for the network, by name or file path for the local user. The
+/// store reads manifests and file metadata: on a blocking thread.
+async fn resolve(manager: &ModelManager, model: &str, caller: Caller) -> Result<crate::store::ModelEntry, ServiceError> {
+    let store = Arc::clone(manager.store());
+    let model = model.to_string();
+    tokio::task::spawn_blocking(move || match caller {
+        Caller::Network => store.resolve(&model),
+        Caller::Local => store.resolve_name_or_path(&model),
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("model lookup failed: {e}")))?
+    .map_err(ServiceError::from)
 }
 
 /// The request's options laid over the model's Modelfile parameters (the request wins), and
@@ -354,7 +337,7 @@ impl Service {
         if let Some(p) = by_model {
             model = p.model.clone();
         }
-        let mut entry = resolve(&self.manager, &model, caller)?;
+        let mut entry = resolve(&self.manager, &model, caller).await?;
         // A persona with a LoRA adapter is its own loaded instance: the base model plus the
         // adapter, under the persona's name.
         if let Some((p, adapter)) = persona.as_ref().and_then(|p| p.adapter.as_ref().map(|a| (p, a))) {
@@ -374,7 +357,11 @@ impl Service {
         let (options, explicit_num_ctx) = with_defaults(&self.manager, &entry, persona.as_ref(), options, &raw_options)?;
         let mut prompt = prompt;
         if let Some(t) = &service.template {
-            prompt = catalog::apply_template(&catalog, &entry, t, prompt)?;
+            // It may read the model file's header (the template's variant for its family).
+            let (c, e, t) = (Arc::clone(&catalog), entry.clone(), t.clone());
+            prompt = tokio::task::spawn_blocking(move || catalog::apply_template(&c, &e, &t, prompt))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("prompt template task failed: {e}")))??;
         }
         // The conversation's turn is held until its answer is stored, so concurrent turns on
         // one conversation see each other's messages.
@@ -445,81 +432,20 @@ impl Service {
         let num_ctx = explicit_num_ctx.then_some(options.num_ctx);
         let lease = self.manager.acquire(entry, num_ctx, keep_alive).await?;
         let load_duration = lease.load_duration;
-        let (tokens, dropped) = tokenize(&lease, assembled, options.num_ctx, &options).await?;
-        info.dropped_messages = dropped;
-        let events = lease.model.submit(tokens, options)?;
+        let job = GenerateJob {
+            prompt: assembled.prompt,
+            droppable: assembled.droppable,
+            options,
+            model_system: lease.entry.defaults.system.clone(),
+            model_template: lease.entry.defaults.template.clone(),
+        };
+        let submitted = Arc::clone(&lease.model).generate(job).await?;
+        info.dropped_messages = submitted.dropped_messages;
+        let events = submitted.events;
         record.lease = Some(lease);
         let events = answer::forward(events, record);
         Ok(Outcome::Generating(Generation { events, load_duration, started, info }))
     }
-}
-
-/// Renders the prompt with the model's templates (a Modelfile's TEMPLATE and SYSTEM apply) and
-/// tokenizes it, leaving out the oldest conversation messages until it fits the context with
-/// room for the answer. Returns the tokens and how many messages were left out.
-async fn tokenize(lease: &ModelLease, assembled: history::Assembled, num_ctx: u32, options: &SamplingOptions) -> Result<(Vec<i32>, usize), ServiceError> {
-    let defaults = lease.entry.defaults.clone();
-    let model = Arc::clone(&lease.model);
-    let limit = num_ctx.min(lease.model.n_ctx_slot) as usize;
-    let reserve = history::answer_reserve(options, limit);
-    let render = move |mut messages: Vec<TemplateMessage>, tools: &[serde_json::Value]| -> Result<String, EngineError> {
-        if let Some(system) = &defaults.system {
-            if !messages.iter().any(|m| m.role == "system") {
-                messages.insert(0, TemplateMessage { role: "system".into(), content: system.clone() });
-            }
-        }
-        match &defaults.template {
-            _ if !tools.is_empty() => model.render_chat_tools(&messages, tools, defaults.template.as_deref()),
-            Some(t) => model.render_chat_with(t, &messages),
-            None => model.render_chat(&messages, true),
-        }
-    };
-    // Template rendering and tokenizing are CPU work proportional to the prompt: keep them off
-    // the async workers.
-    let tokenizer = Arc::clone(&lease.model);
-    tokio::task::spawn_blocking(move || -> Result<(Vec<i32>, usize), EngineError> {
-        let history::Assembled { prompt, droppable, .. } = assembled;
-        Ok(match prompt {
-            PromptSpec::Generate { prompt, system, template, raw, context } => {
-                let text = if raw {
-                    prompt
-                } else if let Some(t) = template {
-                    render_request_template(&t, system.as_deref().unwrap_or(""), &prompt)?
-                } else {
-                    let mut messages = Vec::new();
-                    if let Some(s) = system {
-                        messages.push(TemplateMessage { role: "system".into(), content: s });
-                    }
-                    messages.push(TemplateMessage { role: "user".into(), content: prompt });
-                    render(messages, &[])?
-                };
-                let mut tokens = context;
-                tokens.extend(tokenizer.tokenize(&text));
-                (tokens, 0)
-            }
-            PromptSpec::Chat { mut messages, tools } => {
-                let mut dropped = 0;
-                loop {
-                    let tokens = tokenizer.tokenize(&render(messages.clone(), &tools)?);
-                    if tokens.len() + reserve <= limit || dropped >= droppable.len() {
-                        break (tokens, dropped);
-                    }
-                    // The oldest remaining history message goes; an answer never starts the
-                    // history without its question.
-                    let at = droppable.start;
-                    messages.remove(at);
-                    dropped += 1;
-                    if dropped < droppable.len() && messages.get(at).is_some_and(|m| m.role != "user") {
-                        messages.remove(at);
-                        dropped += 1;
-                    }
-                }
-            }
-        })
-    })
-    .await
-    .map_err(|e| ServiceError::Internal(format!("prompt task failed: {e}")))?
-    .map_err(ServiceError::from)
 }
 
 /// Starts a request without the service layer's state (tests, tools): see `Service::start`.
@@ -529,14 +455,6 @@ pub async fn start(manager: &ModelManager, req: ValidRequest, caller: Caller, st
 
 
 // ---------------------------------------------------------------- embeddings
-
-/// One input to embed: text, tokenized like a prompt (special tokens parsed, BOS added when the
-/// model wants one), or token ids used as given (OpenAI accepts token arrays).
-#[derive(Debug, Clone, PartialEq)]
-pub enum EmbedInput {
-    Text(String),
-    Tokens(Vec<i32>),
-}
 
 /// An embedding request that passed validation at the edge.
 #[derive(Debug, Clone)]
@@ -567,11 +485,37 @@ pub struct EmbedResult {
     pub total_duration: std::time::Duration,
 }
 
-/// Embeds every input with the model's pooled embeddings, on the model's worker (one loaded
-/// instance serves generation and embeddings), batching the inputs into as few decodes as fit.
-pub async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Caller) -> Result<EmbedResult, ServiceError> {
-    let started = Instant::now();
-    let entry = resolve(manager, &req.model, caller)?;
+impl Service {
+    /// Embeds every input with the model's pooled embeddings (one loaded instance serves
+    /// generation and embeddings). Counted, bounded and timed like a generation:
+    /// `max_concurrent_requests` admits it, `request_timeout` stops it, the metrics count it.
+    pub async fn embed(&self, req: ValidEmbedRequest, caller: Caller) -> Result<EmbedResult, ServiceError> {
+        let settings = self.settings();
+        let _running = self.admit(settings.max_concurrent_requests)?;
+        let model = req.model.clone();
+        let started = Instant::now();
+        let work = embed(&self.manager, req, caller, started);
+        let result = match settings.request_timeout {
+            Some(limit) => match tokio::time::timeout_at(tokio::time::Instant::from_std(started) + limit, work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.metrics.record_error("timeout");
+                    tracing::warn!(model = %model, "embedding stopped: past the request timeout of {limit:?}");
+                    return Err(EngineError::TimedOut(limit).into());
+                }
+            },
+            None => work.await,
+        };
+        if let Ok(r) = &result {
+            self.metrics.record_embedding(&model, r.prompt_tokens as u64);
+            tracing::info!(model = %model, prompt_tokens = r.prompt_tokens, inputs = r.embeddings.len(), duration_ms = r.total_duration.as_millis() as u64, "embedding done");
+        }
+        result
+    }
+}
+
+async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Caller, started: Instant) -> Result<EmbedResult, ServiceError> {
+    let entry = resolve(manager, &req.model, caller).await?;
     let (options, explicit_num_ctx) = with_model_defaults(manager, &entry, req.options.clone(), &req.raw_options)?;
     let num_ctx = options.num_ctx;
     let lease = manager.acquire(entry, explicit_num_ctx.then_some(num_ctx), req.keep_alive).await?;
@@ -590,36 +534,11 @@ pub async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Calle
         return Err(EngineError::Dimensions { requested, n_embd }.into());
     }
     // Ollama's limit: the request's context, within what the instance holds.
-    let limit = num_ctx.min(lease.model.n_ctx_slot);
-    let model = std::sync::Arc::clone(&lease.model);
-    let (inputs, truncate) = (req.inputs, req.truncate);
-    let tokens = tokio::task::spawn_blocking(move || {
-        inputs
-            .into_iter()
-            .map(|input| {
-                let mut tokens = match input {
-                    EmbedInput::Text(text) => model.tokenize(&text),
-                    EmbedInput::Tokens(tokens) => tokens,
-                };
-                if tokens.len() > limit as usize {
-                    if !truncate {
-                        return Err(EngineError::InputTooLong { tokens: tokens.len(), num_ctx: limit });
-                    }
-                    model.truncate_input(&mut tokens, limit as usize);
-                }
-                Ok(tokens)
-            })
-            .collect::<Result<Vec<_>, EngineError>>()
-    })
-    .await
-    .map_err(|e| ServiceError::Internal(format!("tokenize task failed: {e}")))??;
-    let prompt_tokens = tokens.iter().map(Vec::len).sum();
-    let vectors = lease
-        .model
-        .embed(tokens)?
-        .await
-        .map_err(|_| EngineError::WorkerGone)??;
-    let embeddings = vectors
+    let limit = num_ctx.min(lease.model.n_ctx_slot());
+    let job = EmbedJob { inputs: req.inputs, truncate: req.truncate, limit };
+    let embedded = Arc::clone(&lease.model).embed(job).await?;
+    let embeddings = embedded
+        .vectors
         .into_iter()
         .map(|mut v| match req.dimensions {
             Some(dims) => crate::engine::embed::shorten(v, dims),
@@ -631,5 +550,5 @@ pub async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Calle
             }
         })
         .collect();
-    Ok(done(embeddings, prompt_tokens))
+    Ok(done(embeddings, embedded.prompt_tokens))
 }

@@ -214,22 +214,24 @@ async fn download(
         source,
     };
     report(Progress::status("pulling manifest"));
-    std::fs::create_dir_all(store.partial_dir()).map_err(io)?;
     let partial_path = partial_path(store, plan);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&partial_path)
-        .map_err(io)?;
-    if file.try_lock().is_err() {
-        return Err(StoreError::Invalid(format!("{} is already being pulled; wait for that pull to finish", plan.url)));
-    }
-
-    // Hash what an earlier attempt kept, so the digest covers the whole file.
-    let mut hasher = Sha256::new();
-    let mut have = hash_into(&mut file, &mut hasher).map_err(io)?;
+    // Opening, locking and hashing what an earlier attempt kept (the digest covers the whole
+    // file) read the disk: on a blocking thread.
+    let (partial_dir, path, url) = (store.partial_dir(), partial_path.clone(), plan.url.clone());
+    let dir = partial_dir.display().to_string();
+    let (mut file, mut hasher, mut have) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let io = |source: std::io::Error| StoreError::Io { dir: dir.clone(), source };
+        std::fs::create_dir_all(&partial_dir).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        if file.try_lock().is_err() {
+            return Err(StoreError::Invalid(format!("{url} is already being pulled; wait for that pull to finish")));
+        }
+        let mut hasher = Sha256::new();
+        let have = hash_into(&mut file, &mut hasher).map_err(io)?;
+        Ok((file, hasher, have))
+    })
+    .await
+    .map_err(|e| StoreError::Download(format!("pull task failed: {e}")))??;
 
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
@@ -313,7 +315,10 @@ async fn download(
             )));
         }
     }
-    file.sync_all().map_err(io)?;
+    let file = tokio::task::spawn_blocking(move || file.sync_all().map(|()| file))
+        .await
+        .map_err(|e| StoreError::Download(format!("pull task failed: {e}")))?
+        .map_err(io)?;
 
     report(Progress::status("verifying sha256 digest"));
     let digest = format!("sha256:{:x}", hasher.finalize());
@@ -327,7 +332,9 @@ async fn download(
             });
         }
     }
-    let info = match read_gguf(&partial_path) {
+    let path = partial_path.clone();
+    let header = tokio::task::spawn_blocking(move || read_gguf(&path)).await.map_err(|e| StoreError::Download(format!("pull task failed: {e}")))?;
+    let info = match header {
         Ok(info) => info,
         Err(source) => {
             drop(file);

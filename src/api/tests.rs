@@ -1,0 +1,217 @@
+//! The HTTP router on the fake backend, driven without a socket (tower's `oneshot`): wire
+//! shapes, status codes and error bodies of both APIs, and what a client sees when a worker
+//! dies. The real binary on real models is tested in `tests/`.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::*;
+use crate::backend::fake::FakeBackend;
+use crate::metrics::Metrics;
+use crate::resources::tests::{limits, manager, TempModels};
+use crate::service::{catalog::Catalog, ServiceSettings};
+
+struct Fixture {
+    app: Router,
+    fake: FakeBackend,
+    _models: TempModels,
+}
+
+fn fixture() -> Fixture {
+    let fake = FakeBackend::default();
+    let (manager, models) = manager(&fake, limits(1000));
+    let service = Service::new(manager, crate::cache::ResponseCache::disabled(), None, Metrics::new(Default::default()), Catalog::default(), ServiceSettings::default());
+    Fixture { app: router(AppState::new(service)), fake, _models: models }
+}
+
+/// Sends one request; returns the status, the content type and the body.
+async fn send(app: &Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, String, String) {
+    let req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+    let req = match body {
+        Some(b) => req.body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, ctype, String::from_utf8(bytes.to_vec()).expect("utf8"))
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test]
+async fn generate_streams_ndjson_ending_in_done_with_counts() {
+    let f = fixture();
+    let (status, ctype, body) = send(&f.app, "POST", "/api/generate", Some(json!({"model": "a", "prompt": "x y", "options": {"num_predict": 3}}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ctype, "application/x-ndjson");
+    let lines: Vec<Value> = body.lines().map(json_of).collect();
+    assert_eq!(lines.len(), 4, "{body}");
+    let text: String = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+    assert_eq!(text, "t0 t1 t2 ");
+    let last = lines.last().expect("last");
+    assert_eq!(last["done"], true);
+    assert_eq!(last["done_reason"], "length");
+    assert_eq!(last["eval_count"], 3);
+    assert_eq!(last["prompt_eval_count"], 2);
+    assert!(lines[..3].iter().all(|l| l["done"] == false));
+}
+
+#[tokio::test]
+async fn chat_without_streaming_answers_one_object() {
+    let f = fixture();
+    let (status, _, body) = send(
+        &f.app,
+        "POST",
+        "/api/chat",
+        Some(json!({"model": "a", "stream": false, "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 2}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["message"]["role"], "assistant");
+    assert_eq!(v["message"]["content"], "t0 t1 ");
+    assert_eq!(v["done"], true);
+    assert_eq!(v["model"], "a");
+}
+
+#[tokio::test]
+async fn openai_chat_completions_answer_in_openai_shape() {
+    let f = fixture();
+    let (status, _, body) = send(
+        &f.app,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "a", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], "t0 t1 ");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    assert_eq!(v["usage"]["prompt_tokens"], 2);
+}
+
+#[tokio::test]
+async fn openai_streams_sse_ending_in_done() {
+    let f = fixture();
+    let (status, ctype, body) = send(
+        &f.app,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "a", "max_tokens": 2, "stream": true, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{body}");
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| json_of(e))
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, "t0 t1 ");
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let f = fixture();
+    let (status, _, body) = send(&f.app, "POST", "/api/generate", Some(json!({"model": "nope", "prompt": "x"}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(json_of(&body)["error"].as_str().is_some_and(|e| e.contains("nope")), "{body}");
+
+    let (status, _, body) = send(&f.app, "POST", "/api/chat", Some(json!({"model": "a", "messages": "not a list"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json_of(&body)["error"].is_string(), "{body}");
+
+    let (status, _, body) = send(&f.app, "POST", "/api/generate", Some(json!({"model": "a", "prompt": "x", "options": {"temperature": -1}}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json_of(&body)["error"].as_str().is_some_and(|e| e.contains("temperature")), "{body}");
+
+    let (status, _, body) = send(&f.app, "POST", "/v1/chat/completions", Some(json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let v = json_of(&body);
+    assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string(), "OpenAI's error shape: {body}");
+
+    let (status, _, body) = send(&f.app, "GET", "/no/such/route", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(json_of(&body)["error"].is_string(), "{body}");
+    assert_eq!(f.fake.loads(), 0);
+}
+
+#[tokio::test]
+async fn a_prompt_longer_than_the_context_is_refused_before_any_output() {
+    let f = fixture();
+    f.fake.settings(|s| s.n_ctx_slot = 16);
+    let (status, _, body) = send(&f.app, "POST", "/api/generate", Some(json!({"model": "a", "prompt": "w ".repeat(40)}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(json_of(&body)["error"].as_str().is_some_and(|e| e.contains("prompt is too long")), "{body}");
+}
+
+#[tokio::test]
+async fn ps_lists_what_was_loaded() {
+    let f = fixture();
+    let (status, _, _) = send(&f.app, "POST", "/api/generate", Some(json!({"model": "a", "prompt": "x", "options": {"num_predict": 1}}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = send(&f.app, "GET", "/api/ps", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let v = json_of(&body);
+    let models = v["models"].as_array().expect("models");
+    assert_eq!(models.len(), 1, "{body}");
+    assert_eq!(models[0]["name"], "a:latest");
+    assert_eq!(models[0]["size"], 100u64 << 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_by_a_dead_worker_ends_in_an_error_line_and_the_next_request_succeeds() {
+    let f = fixture();
+    f.fake.settings(|s| s.token_delay = std::time::Duration::from_secs(1));
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/generate")
+        .body(Body::from(json!({"model": "a", "prompt": "x", "options": {"num_predict": 100}}).to_string()))
+        .expect("request");
+    let resp = f.app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    // The first token arrives; then the worker dies.
+    let first = body.frame().await.expect("a frame").expect("ok").into_data().expect("data");
+    assert_eq!(json_of(std::str::from_utf8(&first).expect("utf8").trim())["response"], "t0 ");
+    f.fake.kill("a:latest");
+    let rest = body.collect().await.expect("rest").to_bytes();
+    let lines: Vec<Value> = std::str::from_utf8(&rest).expect("utf8").lines().map(json_of).collect();
+    let last = lines.last().expect("an error line");
+    assert!(last["error"].as_str().is_some_and(|e| e.contains("worker")), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.get("error").is_some()).count(), 1);
+
+    f.fake.settings(|s| s.token_delay = std::time::Duration::ZERO);
+    let (status, _, body) = send(&f.app, "POST", "/api/generate", Some(json!({"model": "a", "prompt": "x", "stream": false, "options": {"num_predict": 1}}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(json_of(&body)["response"], "t0 ");
+    assert_eq!(f.fake.loads(), 2);
+}
+
+#[tokio::test]
+async fn a_dead_worker_costs_a_non_streaming_request_one_500() {
+    let f = fixture();
+    f.fake.settings(|s| s.token_delay = std::time::Duration::from_millis(20));
+    let app = f.app.clone();
+    let request = tokio::spawn(async move {
+        send(&app, "POST", "/api/generate", Some(json!({"model": "a", "prompt": "x", "stream": false, "options": {"num_predict": 1000}}))).await
+    });
+    crate::resources::tests::eventually("the generation is under way", || f.fake.tokens_sent() > 0).await;
+    f.fake.kill("a:latest");
+    let (status, _, body) = request.await.expect("task");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(json_of(&body)["error"].as_str().is_some_and(|e| e.contains("worker")), "{body}");
+}

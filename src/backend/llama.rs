@@ -1,0 +1,162 @@
+//! The llama.cpp backend: hearth's own engine behind the seam. Estimates from the GGUF header
+//! (every file passes hearth's validator first), loads through `engine::LoadedModel`, and turns
+//! a job into tokens: the model's (or a Modelfile's) template renders the prompt, the oldest
+//! droppable messages go until it fits with room for the answer, and the tokens go to the
+//! model's worker.
+//!
+//! Rendering and tokenizing are CPU work proportional to the prompt: they run on a blocking
+//! thread, never on the async workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::{Backend, EmbedInput, EmbedJob, Embedded, GenerateJob, ModelInstance, PromptSpec, Submitted};
+use crate::engine::template::{render_request_template, TemplateMessage};
+use crate::engine::{EngineError, LoadSettings, LoadedModel};
+use crate::store::gguf::{read_gguf_as, GgufKind};
+use crate::store::ModelEntry;
+
+/// Models run in this process, on llama.cpp.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LlamaCpp;
+
+impl Backend for LlamaCpp {
+    fn estimate(&self, entry: &ModelEntry, settings: &LoadSettings) -> Result<u64, String> {
+        let info = read_gguf_as(&entry.path, GgufKind::Model).map_err(|e| e.to_string())?;
+        let adapters = entry
+            .defaults
+            .adapters
+            .iter()
+            .try_fold(0u64, |sum, a| Ok::<_, String>(sum + read_gguf_as(a, GgufKind::Adapter).map_err(|e| e.to_string())?.file_size))?;
+        Ok(crate::engine::estimate::estimate(&info, settings).total() + adapters)
+    }
+
+    fn load(&self, entry: &ModelEntry, settings: LoadSettings) -> Result<Arc<dyn ModelInstance>, EngineError> {
+        let model = LoadedModel::load(&entry.path, &entry.defaults.adapters, settings)?;
+        Ok(Arc::new(LlamaInstance(model)))
+    }
+}
+
+/// A model loaded by llama.cpp with its worker thread.
+#[derive(Debug)]
+pub struct LlamaInstance(LoadedModel);
+
+impl ModelInstance for LlamaInstance {
+    fn n_ctx_slot(&self) -> u32 {
+        self.0.n_ctx_slot
+    }
+
+    fn parallel(&self) -> u32 {
+        self.0.settings.parallel
+    }
+
+    fn load_duration(&self) -> Duration {
+        self.0.load_duration
+    }
+
+    fn is_alive(&self) -> bool {
+        self.0.is_alive()
+    }
+
+    fn n_embd(&self) -> usize {
+        self.0.n_embd()
+    }
+
+    fn generate(self: Arc<Self>, job: GenerateJob) -> BoxFuture<'static, Result<Submitted, EngineError>> {
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let (tokens, dropped_messages) = self.prompt_tokens(&job)?;
+                let events = self.0.submit(tokens, job.options)?;
+                Ok(Submitted { events, dropped_messages })
+            })
+            .await
+            .map_err(|e| EngineError::Task(format!("prompt task failed: {e}")))?
+        }
+        .boxed()
+    }
+
+    fn embed(self: Arc<Self>, job: EmbedJob) -> BoxFuture<'static, Result<Embedded, EngineError>> {
+        async move {
+            let me = Arc::clone(&self);
+            let tokens = tokio::task::spawn_blocking(move || {
+                let EmbedJob { inputs, truncate, limit } = job;
+                inputs
+                    .into_iter()
+                    .map(|input| {
+                        let mut tokens = match input {
+                            EmbedInput::Text(text) => me.0.tokenize(&text),
+                            EmbedInput::Tokens(tokens) => tokens,
+                        };
+                        if tokens.len() > limit as usize {
+                            if !truncate {
+                                return Err(EngineError::InputTooLong { tokens: tokens.len(), num_ctx: limit });
+                            }
+                            me.0.truncate_input(&mut tokens, limit as usize);
+                        }
+                        Ok(tokens)
+                    })
+                    .collect::<Result<Vec<_>, EngineError>>()
+            })
+            .await
+            .map_err(|e| EngineError::Task(format!("tokenize task failed: {e}")))??;
+            let prompt_tokens = tokens.iter().map(Vec::len).sum();
+            let vectors = self.0.embed(tokens)?.await.map_err(|_| EngineError::WorkerGone)??;
+            Ok(Embedded { vectors, prompt_tokens })
+        }
+        .boxed()
+    }
+}
+
+impl LlamaInstance {
+    /// Renders the job's prompt with the model's templates (a Modelfile's TEMPLATE and SYSTEM
+    /// apply) and tokenizes it, leaving out the oldest droppable messages until it fits the
+    /// context with room for the answer. Returns the tokens and how many messages went.
+    fn prompt_tokens(&self, job: &GenerateJob) -> Result<(Vec<i32>, usize), EngineError> {
+        let model = &self.0;
+        let limit = job.options.num_ctx.min(model.n_ctx_slot) as usize;
+        let reserve = super::answer_reserve(&job.options, limit);
+        let render = |mut messages: Vec<TemplateMessage>, tools: &[serde_json::Value]| -> Result<String, EngineError> {
+            if let Some(system) = &job.model_system {
+                if !messages.iter().any(|m| m.role == "system") {
+                    messages.insert(0, TemplateMessage { role: "system".into(), content: system.clone() });
+                }
+            }
+            match &job.model_template {
+                _ if !tools.is_empty() => model.render_chat_tools(&messages, tools, job.model_template.as_deref()),
+                Some(t) => model.render_chat_with(t, &messages),
+                None => model.render_chat(&messages, true),
+            }
+        };
+        Ok(match &job.prompt {
+            PromptSpec::Generate { prompt, system, template, raw, context } => {
+                let text = if *raw {
+                    prompt.clone()
+                } else if let Some(t) = template {
+                    render_request_template(t, system.as_deref().unwrap_or(""), prompt)?
+                } else {
+                    let mut messages = Vec::new();
+                    if let Some(s) = system {
+                        messages.push(TemplateMessage { role: "system".into(), content: s.clone() });
+                    }
+                    messages.push(TemplateMessage { role: "user".into(), content: prompt.clone() });
+                    render(messages, &[])?
+                };
+                let mut tokens = context.clone();
+                tokens.extend(model.tokenize(&text));
+                (tokens, 0)
+            }
+            PromptSpec::Chat { messages, tools } => {
+                let mut messages = messages.clone();
+                let mut tokens = Vec::new();
+                let dropped = super::trim_history(&mut messages, job.droppable.clone(), |m| {
+                    tokens = model.tokenize(&render(m.to_vec(), tools)?);
+                    Ok::<_, EngineError>(tokens.len() + reserve <= limit)
+                })?;
+                (tokens, dropped)
+            }
+        })
+    }
+}
