@@ -13,8 +13,9 @@ use super::error::ApiError;
 use crate::engine::grammar::{ToolChoice, ToolRequest};
 use crate::engine::options::RawOptions;
 use crate::engine::template::TemplateMessage;
-use crate::engine::{Completion, Event};
+use crate::engine::Completion;
 use crate::resources::KeepAlive;
+use crate::service::reply::{self, Piece};
 use crate::service::{Generation, Outcome, PromptSpec, ResponseInfo, ValidRequest};
 
 #[derive(Debug, Deserialize)]
@@ -371,113 +372,47 @@ pub fn logprob_json(lp: &crate::engine::TokenLogprob) -> Value {
     v
 }
 
-fn unexpected_end() -> ApiError {
-    ApiError::internal("generation ended unexpectedly")
-}
-
 /// The NDJSON objects of a streamed response: one per text piece, then the summary, or an
 /// `{"error": ...}` object if generation fails after it started. When tools were offered and
 /// the answer starts like a call, it is held back and sent as `message.tool_calls` at the end.
 pub fn response_stream(generation: Generation, kind: Kind, model: String, tools: Option<ToolRequest>) -> impl Stream<Item = Value> + Send {
-    struct State {
-        g: Generation,
-        tools: Option<ToolRequest>,
-        /// Text held back while it may be a tool call.
-        held: String,
-        /// Whether the answer so far may still be a tool call.
-        holding: bool,
-        /// Objects ready to send.
-        queue: std::collections::VecDeque<Value>,
-        done: bool,
-    }
-    let holding = tools.as_ref().is_some_and(|tr| tr.may_call(""));
-    let state = State { g: generation, tools, held: String::new(), holding, queue: Default::default(), done: false };
-    futures::stream::unfold(state, move |mut st| {
-        let model = model.clone();
-        async move {
-            let mut logprobs = Vec::new();
-            loop {
-                if let Some(v) = st.queue.pop_front() {
-                    return Some((v, st));
-                }
-                if st.done {
-                    return None;
-                }
-                match st.g.events.recv().await {
-                    Some(Event::Logprob(lp)) => logprobs.push(logprob_json(&lp)),
-                    Some(Event::Text(t)) => {
-                        let text = if st.holding {
-                            st.held.push_str(&t);
-                            if st.tools.as_ref().is_some_and(|tr| tr.may_call(&st.held)) {
-                                continue;
-                            }
-                            st.holding = false;
-                            std::mem::take(&mut st.held)
-                        } else {
-                            t
-                        };
-                        let mut v = base(kind, &model, &text, false);
-                        if !logprobs.is_empty() {
-                            v["logprobs"] = Value::Array(std::mem::take(&mut logprobs));
-                        }
-                        st.queue.push_back(v);
-                    }
-                    Some(Event::Done(c)) => {
-                        let held = std::mem::take(&mut st.held);
-                        let call = st.tools.as_ref().and_then(|tr| tr.parse_call(&held));
-                        match call {
-                            Some((name, args)) => {
-                                let mut v = base(kind, &model, "", false);
-                                v["message"]["tool_calls"] = json!([super::tools::ollama_call(&name, &args)]);
-                                st.queue.push_back(v);
-                            }
-                            None if !held.is_empty() => st.queue.push_back(base(kind, &model, &held, false)),
-                            None => {}
-                        }
-                        let mut v = final_response(kind, &model, "", &c, st.g.load_duration, st.g.started);
-                        annotate(&mut v, &st.g.info);
-                        st.queue.push_back(v);
-                        st.done = true;
-                    }
-                    Some(Event::Failed(e)) => {
-                        st.queue.push_back(ApiError::from(e).body());
-                        st.done = true;
-                    }
-                    None => {
-                        st.queue.push_back(unexpected_end().body());
-                        st.done = true;
-                    }
-                }
+    use futures::StreamExt;
+    let Generation { events, load_duration, started, info } = generation;
+    reply::pieces(events, tools).map(move |piece| match piece {
+        Piece::Text { text, logprobs } => {
+            let mut v = base(kind, &model, &text, false);
+            if !logprobs.is_empty() {
+                v["logprobs"] = Value::Array(logprobs.iter().map(logprob_json).collect());
             }
+            v
         }
+        Piece::ToolCall { name, arguments, .. } => {
+            let mut v = base(kind, &model, "", false);
+            v["message"]["tool_calls"] = json!([super::tools::ollama_call(&name, &arguments)]);
+            v
+        }
+        Piece::Done(c) => {
+            let mut v = final_response(kind, &model, "", &c, load_duration, started);
+            annotate(&mut v, &info);
+            v
+        }
+        Piece::Failed(e) => ApiError::from(e).body(),
     })
 }
 
 /// The single object of a `stream: false` response.
-pub async fn collect(mut g: Generation, kind: Kind, model: &str, tools: Option<&ToolRequest>) -> Result<Value, ApiError> {
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    loop {
-        match g.events.recv().await {
-            Some(Event::Logprob(lp)) => logprobs.push(logprob_json(&lp)),
-            Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Done(c)) => {
-                let call = tools.and_then(|tr| tr.parse_call(&text));
-                let shown = if call.is_some() { "" } else { text.as_str() };
-                let mut v = final_response(kind, model, shown, &c, g.load_duration, g.started);
-                annotate(&mut v, &g.info);
-                if let Some((name, args)) = call {
-                    v["message"]["tool_calls"] = json!([super::tools::ollama_call(&name, &args)]);
-                }
-                if !logprobs.is_empty() {
-                    v["logprobs"] = Value::Array(logprobs);
-                }
-                return Ok(v);
-            }
-            Some(Event::Failed(e)) => return Err(e.into()),
-            None => return Err(unexpected_end()),
-        }
+pub async fn collect(g: Generation, kind: Kind, model: &str, tools: Option<&ToolRequest>) -> Result<Value, ApiError> {
+    let Generation { events, load_duration, started, info } = g;
+    let answer = reply::collect(events, tools.cloned()).await?;
+    let mut v = final_response(kind, model, &answer.text, &answer.completion, load_duration, started);
+    annotate(&mut v, &info);
+    if let Some((name, args)) = answer.tool_call {
+        v["message"]["tool_calls"] = json!([super::tools::ollama_call(&name, &args)]);
     }
+    if !answer.logprobs.is_empty() {
+        v["logprobs"] = Value::Array(answer.logprobs.iter().map(logprob_json).collect());
+    }
+    Ok(v)
 }
 
 /// The service layer's report in a final object: whether the cache answered, and the

@@ -29,8 +29,9 @@ use super::AppState;
 use crate::engine::grammar::{ToolChoice, ToolRequest};
 use crate::engine::options::RawOptions;
 use crate::engine::template::TemplateMessage;
-use crate::engine::{Completion, DoneReason, Event, TokenLogprob};
+use crate::engine::{DoneReason, TokenLogprob};
 use crate::resources::KeepAlive;
+use crate::service::reply::{self, Collected, Piece};
 use crate::service::{self, Caller, Generation, Outcome, PromptSpec, ValidRequest};
 
 pub fn routes() -> Router<AppState> {
@@ -400,24 +401,9 @@ async fn start_choices(app: &AppState, req: ValidRequest, n: usize, started: Ins
 }
 
 /// A finished choice.
-struct Finished {
-    text: String,
-    logprobs: Vec<TokenLogprob>,
-    completion: Completion,
-}
-
-async fn finish(mut g: Generation) -> Result<Finished, ApiError> {
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    loop {
-        match g.events.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Logprob(lp)) => logprobs.push(lp),
-            Some(Event::Done(completion)) => return Ok(Finished { text, logprobs, completion }),
-            Some(Event::Failed(e)) => return Err(e.into()),
-            None => return Err(ApiError::internal("generation ended unexpectedly")),
-        }
-    }
+/// A whole choice, read once (`service::reply`); text completions offer no tools.
+async fn finish(g: Generation, tools: Option<ToolRequest>) -> Result<Collected, ApiError> {
+    Ok(reply::collect(g.events, tools).await?)
 }
 
 fn finish_reason(reason: DoneReason) -> &'static str {
@@ -471,7 +457,7 @@ async fn chat_completions_inner(app: AppState, body: Bytes) -> OaiResult<Respons
         super::mark(&mut resp, &model, Some(&info));
         return Ok(resp);
     }
-    let results = futures::future::join_all(generations.into_iter().map(finish)).await;
+    let results = futures::future::join_all(generations.into_iter().map(|g| finish(g, tools.clone()))).await;
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
     for (index, r) in results.into_iter().enumerate() {
@@ -479,8 +465,7 @@ async fn chat_completions_inner(app: AppState, body: Bytes) -> OaiResult<Respons
         prompt_tokens = f.completion.prompt_tokens;
         cached_tokens = cached_tokens.max(f.completion.cached_tokens);
         completion_tokens += f.completion.eval_tokens;
-        let call = tools.as_ref().and_then(|t| t.parse_call(&f.text));
-        let (message, reason) = match call {
+        let (message, reason) = match f.tool_call {
             Some((name, args)) => (json!({ "role": "assistant", "content": null, "tool_calls": [tool_call_json(&name, &args)] }), "tool_calls"),
             None => (json!({ "role": "assistant", "content": f.text }), finish_reason(f.completion.reason)),
         };
@@ -533,40 +518,32 @@ fn chat_stream(generations: Vec<Generation>, id: String, created: u64, model: St
         let chunk = chunk.clone();
         let tools = tools.clone();
         let tally = Arc::clone(&tally);
-        choice_events(g, tools.clone())
+        // The finish reason is "tool_calls" once a call was given.
+        let mut called = false;
+        choice_events(g, tools)
             .flat_map(move |ev| {
                 let delta = |d: Value, lp: Value, reason: Value| chunk(json!([{ "index": index, "delta": d, "logprobs": lp, "finish_reason": reason }]));
                 let out: Vec<Value> = match ev {
                     ChoiceEvent::Start => vec![delta(json!({ "role": "assistant", "content": "" }), Value::Null, Value::Null)],
-                    ChoiceEvent::Text(t, lps) => {
-                        let lp = if lps.is_empty() { Value::Null } else { chat_logprobs(&lps) };
-                        vec![delta(json!({ "content": t }), lp, Value::Null)]
+                    ChoiceEvent::Piece(Piece::Text { text, logprobs }) => {
+                        let lp = if logprobs.is_empty() { Value::Null } else { chat_logprobs(&logprobs) };
+                        vec![delta(json!({ "content": text }), lp, Value::Null)]
                     }
-                    ChoiceEvent::Done { held, completion } => {
+                    ChoiceEvent::Piece(Piece::ToolCall { name, arguments, .. }) => {
+                        called = true;
+                        let mut call = tool_call_json(&name, &arguments);
+                        call["index"] = json!(0);
+                        vec![delta(json!({ "tool_calls": [call] }), Value::Null, Value::Null)]
+                    }
+                    ChoiceEvent::Piece(Piece::Done(completion)) => {
                         if let Ok(mut t) = tally.lock() {
                             t.prompt = completion.prompt_tokens;
                             t.completion += completion.eval_tokens;
                         }
-                        match tools.as_ref().and_then(|tr| tr.parse_call(&held)) {
-                            Some((name, args)) => {
-                                let mut call = tool_call_json(&name, &args);
-                                call["index"] = json!(0);
-                                vec![
-                                    delta(json!({ "tool_calls": [call] }), Value::Null, Value::Null),
-                                    delta(json!({}), Value::Null, json!("tool_calls")),
-                                ]
-                            }
-                            None => {
-                                let mut v = Vec::new();
-                                if !held.is_empty() {
-                                    v.push(delta(json!({ "content": held }), Value::Null, Value::Null));
-                                }
-                                v.push(delta(json!({}), Value::Null, json!(finish_reason(completion.reason))));
-                                v
-                            }
-                        }
+                        let reason = if called { "tool_calls" } else { finish_reason(completion.reason) };
+                        vec![delta(json!({}), Value::Null, json!(reason))]
                     }
-                    ChoiceEvent::Failed(e) => vec![OpenAiError::from(e).body()],
+                    ChoiceEvent::Piece(Piece::Failed(e)) => vec![OpenAiError::from(ApiError::from(e)).body()],
                 };
                 futures::stream::iter(out)
             })
@@ -590,65 +567,14 @@ fn usage_tail(tally: Arc<Mutex<UsageTally>>, include_usage: bool, chunk: impl Fn
     .filter_map(|v| async move { v })
 }
 
-/// What one streamed choice produces, with text that may be a tool call held back.
+/// What one streamed choice produces: a start (the role chunk), then its pieces.
 enum ChoiceEvent {
     Start,
-    Text(String, Vec<TokenLogprob>),
-    Done { held: String, completion: Completion },
-    Failed(ApiError),
+    Piece(Piece),
 }
 
 fn choice_events(g: Generation, tools: Option<ToolRequest>) -> impl Stream<Item = ChoiceEvent> + Send {
-    struct St {
-        g: Generation,
-        tools: Option<ToolRequest>,
-        started: bool,
-        held: String,
-        holding: bool,
-        logprobs: Vec<TokenLogprob>,
-        done: bool,
-    }
-    let holding = tools.as_ref().is_some_and(|tr| tr.may_call(""));
-    let st = St { g, tools, started: false, held: String::new(), holding, logprobs: Vec::new(), done: false };
-    futures::stream::unfold(st, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        if !st.started {
-            st.started = true;
-            return Some((ChoiceEvent::Start, st));
-        }
-        loop {
-            match st.g.events.recv().await {
-                Some(Event::Logprob(lp)) => st.logprobs.push(lp),
-                Some(Event::Text(t)) => {
-                    if st.holding {
-                        st.held.push_str(&t);
-                        if st.tools.as_ref().is_some_and(|tr| tr.may_call(&st.held)) {
-                            continue;
-                        }
-                        st.holding = false;
-                        let text = std::mem::take(&mut st.held);
-                        return Some((ChoiceEvent::Text(text, std::mem::take(&mut st.logprobs)), st));
-                    }
-                    return Some((ChoiceEvent::Text(t, std::mem::take(&mut st.logprobs)), st));
-                }
-                Some(Event::Done(completion)) => {
-                    st.done = true;
-                    let held = std::mem::take(&mut st.held);
-                    return Some((ChoiceEvent::Done { held, completion }, st));
-                }
-                Some(Event::Failed(e)) => {
-                    st.done = true;
-                    return Some((ChoiceEvent::Failed(e.into()), st));
-                }
-                None => {
-                    st.done = true;
-                    return Some((ChoiceEvent::Failed(ApiError::internal("generation ended unexpectedly")), st));
-                }
-            }
-        }
-    })
+    futures::stream::once(async { ChoiceEvent::Start }).chain(reply::pieces(g.events, tools).map(ChoiceEvent::Piece))
 }
 
 // ---------------------------------------------------------------- /v1/completions
@@ -716,18 +642,20 @@ async fn completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
                     let out = match ev {
                         ChoiceEvent::Start if lead.is_empty() => vec![],
                         ChoiceEvent::Start => vec![chunk(lead.clone(), Value::Null, Value::Null)],
-                        ChoiceEvent::Text(t, lps) => {
-                            let lp = if lps.is_empty() { Value::Null } else { text_logprobs(&lps, 0) };
-                            vec![chunk(t, lp, Value::Null)]
+                        ChoiceEvent::Piece(Piece::Text { text, logprobs }) => {
+                            let lp = if logprobs.is_empty() { Value::Null } else { text_logprobs(&logprobs, 0) };
+                            vec![chunk(text, lp, Value::Null)]
                         }
-                        ChoiceEvent::Done { completion, .. } => {
+                        // No tools are offered here.
+                        ChoiceEvent::Piece(Piece::ToolCall { .. }) => vec![],
+                        ChoiceEvent::Piece(Piece::Done(completion)) => {
                             if let Ok(mut t) = tally.lock() {
                                 t.prompt += completion.prompt_tokens;
                                 t.completion += completion.eval_tokens;
                             }
                             vec![chunk(String::new(), Value::Null, json!(finish_reason(completion.reason)))]
                         }
-                        ChoiceEvent::Failed(e) => vec![OpenAiError::from(e).body()],
+                        ChoiceEvent::Piece(Piece::Failed(e)) => vec![OpenAiError::from(ApiError::from(e)).body()],
                     };
                     futures::stream::iter(out)
                 })
@@ -742,7 +670,7 @@ async fn completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
         super::mark(&mut resp, &plan.model, Some(&info));
         return Ok(resp);
     }
-    let results = futures::future::join_all(generations.into_iter().map(finish)).await;
+    let results = futures::future::join_all(generations.into_iter().map(|g| finish(g, None))).await;
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     for (index, r) in results.into_iter().enumerate() {

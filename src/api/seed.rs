@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::ollama::{collect, parse_body, Kind};
+use super::ollama::parse_body;
 use super::AppState;
 use crate::engine::options::RawOptions;
 use crate::service::catalog::Persona;
@@ -100,13 +100,13 @@ async fn run(app: &AppState, r: SeedRequest) -> Result<SeedAnswer, ApiError> {
         return Err(ApiError::bad_request("prompt is required"));
     };
     let info = g.info.clone();
-    let v = collect(g, Kind::Generate, &model, None).await?;
+    let answer = crate::service::reply::collect(g.events, None).await?;
     Ok(SeedAnswer {
-        text: v["response"].as_str().unwrap_or("").to_string(),
+        text: answer.text,
         model,
-        prompt_tokens: v["prompt_eval_count"].as_u64().unwrap_or(0),
-        completion_tokens: v["eval_count"].as_u64().unwrap_or(0),
-        done_reason: v["done_reason"].as_str().unwrap_or("stop").to_string(),
+        prompt_tokens: u64::from(answer.completion.prompt_tokens),
+        completion_tokens: u64::from(answer.completion.eval_tokens),
+        done_reason: answer.completion.reason.as_str().to_string(),
         seconds: started.elapsed().as_secs_f64(),
         info,
     })
@@ -224,16 +224,21 @@ async fn validate_model(State(app): State<AppState>, body: Bytes) -> Response {
         return Json(body).into_response();
     }
     // The score is `hearth bench`'s decode measurement, shortened.
-    match crate::bench::decode_score(&app.service, &entry.name, 16).await {
-        Ok(score) => {
+    match app.service.decode_score(&entry.name, 16).await {
+        Ok(score) if score.tokens_per_second.is_some() => {
             body["valid"] = json!(true);
             body["score"] = json!({
                 "tokens_per_second": score.tokens_per_second,
                 "tokens": score.generated_tokens,
-                "ttft_ms": score.ttft_ms,
-                "load_seconds": score.load_seconds,
+                "ttft_ms": score.ttft.map(|d| d.as_secs_f64() * 1e3),
+                "load_seconds": score.load.as_secs_f64(),
             });
             reply(body, &entry.name, None)
+        }
+        Ok(_) => {
+            body["valid"] = json!(false);
+            body["error"] = json!("decode score: the model generated too few tokens to time (it stopped at once)");
+            (StatusCode::OK, Json(body)).into_response()
         }
         Err(e) => {
             body["valid"] = json!(false);

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::BenchError;
 use crate::api::ollama::GenerateRequest;
-use crate::engine::Event;
+use crate::service::reply::{self, Piece};
 use crate::service::{Caller, Generation, Outcome, Service};
 
 /// Which HTTP API a `--url` target is driven through.
@@ -182,22 +182,24 @@ async fn local(service: &Service, caller: Caller, model: &str, prompt: &str, num
                "options": {"temperature": 0, "num_predict": num_predict}}),
     )?;
     let start = Instant::now();
-    let Outcome::Generating(Generation { mut events, load_duration, .. }) = service.start(req, caller, start).await? else {
+    let Outcome::Generating(Generation { events, load_duration, .. }) = service.start(req, caller, start).await? else {
         return Err(BenchError::Protocol("the prompt only loaded the model".into()));
     };
     let mut sample = Sample { load: Some(load_duration), ..Sample::default() };
+    let pieces = reply::pieces(events, None);
+    futures::pin_mut!(pieces);
     loop {
-        match events.recv().await {
-            Some(Event::Text(t)) if !t.is_empty() => sample.pieces.push(start.elapsed()),
-            Some(Event::Text(_) | Event::Logprob(_)) => {}
-            Some(Event::Done(c)) => {
+        match pieces.next().await {
+            Some(Piece::Text { text, .. }) if !text.is_empty() => sample.pieces.push(start.elapsed()),
+            Some(Piece::Text { .. } | Piece::ToolCall { .. }) => {}
+            Some(Piece::Done(c)) => {
                 sample.prompt_tokens = Some(c.prompt_tokens);
                 sample.prompt_eval = Some(c.prompt_eval);
                 sample.generated_tokens = Some(c.eval_tokens);
                 sample.eval = Some(c.eval);
                 break;
             }
-            Some(Event::Failed(e)) => return Err(BenchError::Generation(e.to_string())),
+            Some(Piece::Failed(e)) => return Err(BenchError::Generation(e.to_string())),
             None => return Err(BenchError::Protocol("the generation ended without a final event".into())),
         }
     }

@@ -1,6 +1,6 @@
 //! Benchmarks: how fast a model answers, measured from a client's side. `hearth bench` prints
 //! what `run` returns; the `/validate-model` route and seed 003's benchmark suite call the
-//! same code (`decode_score` is the short version).
+//! same code (`service::score`, `/validate-model`'s, is the short version).
 //!
 //! A run has three phases, each on greedy, raw, uncached requests (see `client`):
 //! 1. **prefill**: a ~512-token prompt (~128 in the quick plan) with `num_predict` 1, `runs`
@@ -48,7 +48,7 @@ use serde::Serialize;
 pub use client::{Api, Sample, Target};
 pub use report::{DecodeResult, LevelResult, PrefillResult, Report, Settings};
 
-use crate::service::{Caller, Service, ServiceError};
+use crate::service::ServiceError;
 use stats::{median, Summary};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub fn prefill_prompt(items: usize) -> String {
 }
 
 /// The decode phase's prompt, as in benches/compare.py (tg128).
-pub const DECODE_PROMPT: &str = "Once upon a time";
+pub use crate::service::score::DECODE_PROMPT;
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize)]
@@ -315,34 +315,6 @@ pub fn peak_rss(pid: Option<u32>) -> Option<u64> {
 fn vm_hwm(status: &str) -> Option<u64> {
     let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// A short greedy generation's speed, for a quick verdict on a model (`/validate-model`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Score {
-    /// Generated tokens per second after the first (the engine's own timing).
-    pub tokens_per_second: f64,
-    pub generated_tokens: u32,
-    pub prompt_tokens: u32,
-    pub ttft_ms: Option<f64>,
-    /// How long loading took, zero when the model was already loaded.
-    pub load_seconds: Option<f64>,
-}
-
-/// Loads `model` and times one greedy generation of up to `tokens` tokens (at least 2) from a
-/// fixed prompt through the service, bypassing the response cache. The model is resolved as a
-/// network request's would be (a name, never a file path): HTTP routes call this.
-pub async fn decode_score(service: &Service, model: &str, tokens: u32) -> Result<Score, BenchError> {
-    let target = Target::Local { service: service.clone(), caller: Caller::Network };
-    let load = client::load(&target, model).await?;
-    let sample = client::generate(&target, model, DECODE_PROMPT, tokens.max(2)).await?;
-    Ok(Score {
-        tokens_per_second: sample.decode_rate().ok_or(BenchError::NoTokens { phase: "decode score" })?,
-        generated_tokens: sample.generated(),
-        prompt_tokens: sample.prompt_tokens.unwrap_or(0),
-        ttft_ms: sample.ttft().map(ms),
-        load_seconds: load.map(|d| d.as_secs_f64()),
-    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use tokio::io::AsyncBufReadExt;
 use crate::api::ollama::{ChatRequest, GenerateRequest};
 use crate::cli::{GenerationArgs, RunArgs};
 use crate::engine::options::parse_cli_option;
-use crate::engine::{Completion, Event};
+use crate::engine::Completion;
+use crate::service::reply::{self, Piece};
+use futures::StreamExt;
 use crate::resources::{ModelLease, ModelManager};
 use crate::service::{self, Caller, Generation, Outcome, ValidRequest};
 
@@ -102,24 +104,27 @@ async fn preload(manager: &ModelManager, model: &str, num_ctx: Option<i64>) -> a
 /// Streams one request's text to stdout; returns the text and the final accounting.
 /// Ctrl-C stops the generation (the engine drops it) and returns what was produced.
 async fn stream_to_stdout(manager: &ModelManager, req: ValidRequest) -> anyhow::Result<(String, Option<Completion>)> {
-    let Outcome::Generating(Generation { mut events, .. }) = service::start(manager, req, Caller::Local, Instant::now()).await? else {
+    let Outcome::Generating(Generation { events, .. }) = service::start(manager, req, Caller::Local, Instant::now()).await? else {
         return Ok((String::new(), None));
     };
+    let pieces = reply::pieces(events, None);
+    tokio::pin!(pieces);
     let mut text = String::new();
     let mut out = std::io::stdout();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let done = loop {
         tokio::select! {
-            ev = events.recv() => match ev {
-                Some(Event::Text(t)) => {
+            piece = pieces.next() => match piece {
+                Some(Piece::Text { text: t, .. }) => {
                     out.write_all(t.as_bytes())?;
                     out.flush()?;
                     text.push_str(&t);
                 }
-                Some(Event::Done(c)) => break Some(c),
-                Some(Event::Logprob(_)) => {}
-                Some(Event::Failed(e)) => return Err(e.into()),
+                Some(Piece::Done(c)) => break Some(c),
+                // No tools are offered here.
+                Some(Piece::ToolCall { .. }) => {}
+                Some(Piece::Failed(e)) => return Err(e.into()),
                 None => bail!("generation ended unexpectedly"),
             },
             _ = &mut ctrl_c => break None,

@@ -10,6 +10,8 @@
 mod answer;
 pub mod catalog;
 mod history;
+pub mod reply;
+pub mod score;
 #[cfg(test)]
 mod tests;
 
