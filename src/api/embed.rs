@@ -5,15 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::ollama::{common, parse_body};
+use super::extract::JsonBody;
+use super::ollama::common;
 use super::AppState;
 use crate::service::{Caller, EmbedInput, ValidEmbedRequest};
 
@@ -103,38 +103,26 @@ fn nanos(d: Duration) -> u64 {
 }
 
 /// `POST /api/embed`.
-pub async fn embed(State(app): State<AppState>, body: Bytes) -> Response {
+pub async fn embed(State(app): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let result = async {
-        let req = parse_body::<EmbedRequest>(&body)?.validate(app.manager.defaults().num_ctx)?;
-        let model = req.model.clone();
-        let r = app.service.embed(req, Caller::Network).await?;
-        Ok::<_, ApiError>(json!({
-            "model": model,
-            "embeddings": r.embeddings,
-            "total_duration": nanos(started.elapsed()),
-            "load_duration": nanos(r.load_duration),
-            "prompt_eval_count": r.prompt_tokens,
-        }))
-    };
-    match result.await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let req = req.validate(app.manager.defaults().num_ctx)?;
+    let model = req.model.clone();
+    let r = app.service.embed(req, Caller::Network).await?;
+    Ok(Json(json!({
+        "model": model,
+        "embeddings": r.embeddings,
+        "total_duration": nanos(started.elapsed()),
+        "load_duration": nanos(r.load_duration),
+        "prompt_eval_count": r.prompt_tokens,
+    })))
 }
 
 /// `POST /api/embeddings` (legacy): `{"embedding": [...]}`, empty for an empty prompt.
-pub async fn embeddings(State(app): State<AppState>, body: Bytes) -> Response {
-    let result = async {
-        let req = parse_body::<EmbeddingsRequest>(&body)?.validate(app.manager.defaults().num_ctx)?;
-        let r = app.service.embed(req, Caller::Network).await?;
-        let embedding = r.embeddings.into_iter().next().unwrap_or_default();
-        Ok::<_, ApiError>(json!({ "embedding": embedding }))
-    };
-    match result.await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn embeddings(State(app): State<AppState>, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Json<Value>, ApiError> {
+    let req = req.validate(app.manager.defaults().num_ctx)?;
+    let r = app.service.embed(req, Caller::Network).await?;
+    let embedding = r.embeddings.into_iter().next().unwrap_or_default();
+    Ok(Json(json!({ "embedding": embedding })))
 }
 
 #[cfg(test)]

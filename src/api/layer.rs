@@ -5,7 +5,6 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::ollama::parse_body;
+use super::extract::JsonBody;
 use super::AppState;
 use crate::conversations::ConversationStore;
 use crate::metrics::Snapshot;
@@ -122,11 +121,7 @@ struct RenderRequest {
 }
 
 /// Previews a prompt template: the text a request with these variables would send.
-async fn render_template(State(app): State<AppState>, body: Bytes) -> Response {
-    let req: RenderRequest = match parse_body(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+async fn render_template(State(app): State<AppState>, JsonBody(req): JsonBody<RenderRequest>) -> Response {
     let Some(name) = req.template.filter(|t| !t.is_empty()) else {
         return ApiError::bad_request("template is required: the name of a prompt template (see GET /api/templates)").into_response();
     };

@@ -6,6 +6,7 @@
 
 pub mod embed;
 pub mod error;
+pub mod extract;
 pub mod layer;
 pub mod models;
 pub mod observe;
@@ -32,6 +33,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use self::error::ApiError;
+use self::extract::JsonBody;
 use self::ollama::{ChatRequest, GenerateRequest, Kind, Reply};
 use crate::resources::ModelManager;
 use crate::service::{ResponseInfo, Service};
@@ -127,29 +129,19 @@ async fn not_found() -> ApiError {
     ApiError::not_found("404 page not found")
 }
 
-async fn generate(State(app): State<AppState>, body: Bytes) -> Response {
+async fn generate(State(app): State<AppState>, JsonBody(req): JsonBody<GenerateRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let req = match ollama::parse_body::<GenerateRequest>(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    respond(&app, req.validate(app.manager.defaults().num_ctx), Kind::Generate, started).await
+    let req = req.validate(app.manager.defaults().num_ctx)?;
+    Ok(respond(&app, req, Kind::Generate, started).await)
 }
 
-async fn chat(State(app): State<AppState>, body: Bytes) -> Response {
+async fn chat(State(app): State<AppState>, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let req = match ollama::parse_body::<ChatRequest>(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    respond(&app, req.validate(app.manager.defaults().num_ctx), Kind::Chat, started).await
+    let req = req.validate(app.manager.defaults().num_ctx)?;
+    Ok(respond(&app, req, Kind::Chat, started).await)
 }
 
-async fn respond(app: &AppState, req: Result<crate::service::ValidRequest, ApiError>, kind: Kind, started: Instant) -> Response {
-    let req = match req {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+async fn respond(app: &AppState, req: crate::service::ValidRequest, kind: Kind, started: Instant) -> Response {
     let model = req.model.clone();
     match ollama::run(&app.service, req, kind, crate::service::Caller::Network, started).await {
         Ok(Reply::One(v, info)) => {
@@ -199,25 +191,16 @@ struct ShowRequest {
     verbose: bool,
 }
 
-async fn show(State(app): State<AppState>, body: Bytes) -> Response {
-    let req: ShowRequest = match ollama::parse_body(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let Some(name) = req.model.or(req.name).filter(|n| !n.is_empty()) else {
-        return ApiError::bad_request("model is required").into_response();
-    };
+async fn show(State(app): State<AppState>, JsonBody(req): JsonBody<ShowRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = req.model.or(req.name).filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("model is required"))?;
     let manager = app.manager.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let v = tokio::task::spawn_blocking(move || {
         let entry = manager.store().resolve(&name)?;
         models::show(&entry, req.verbose, manager.defaults())
     })
-    .await;
-    match result {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => e.into_response(),
-        Err(e) => ApiError::internal(format!("show failed: {e}")).into_response(),
-    }
+    .await
+    .map_err(|e| ApiError::internal(format!("show failed: {e}")))??;
+    Ok(Json(v))
 }
 
 async fn ps(State(app): State<AppState>) -> Response {

@@ -133,13 +133,7 @@ pub enum Kind {
     Chat,
 }
 
-/// Parses a JSON body, with Ollama's messages for an empty or malformed one.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("missing request body"));
-    }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-}
+pub use super::extract::parse_body;
 
 /// The fields every Ollama request shares (`model`, `options`, `keep_alive`), validated.
 pub struct Common {

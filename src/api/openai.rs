@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -23,7 +22,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::ollama::{logprob_request, parse_body};
+use super::extract::JsonBody;
+use super::ollama::logprob_request;
 use super::tools::{format_grammar, parse_tools, tool_choice};
 use super::AppState;
 use crate::engine::grammar::{ToolChoice, ToolRequest};
@@ -90,6 +90,18 @@ impl IntoResponse for OpenAiError {
 }
 
 type OaiResult<T> = Result<T, OpenAiError>;
+
+/// A JSON body parsed as `T`, or a rejection in OpenAI's error shape.
+pub struct OpenAiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for OpenAiJson<T> {
+    type Rejection = OpenAiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, OpenAiError> {
+        let JsonBody(value) = JsonBody::from_request(req, state).await?;
+        Ok(OpenAiJson(value))
+    }
+}
 
 /// A failure of the request path, naming `model` for a 404 and `client_param` for other
 /// client errors.
@@ -435,16 +447,8 @@ fn sse_response(events: impl Stream<Item = Value> + Send + 'static) -> Response 
 
 // ---------------------------------------------------------------- /v1/chat/completions
 
-async fn chat_completions(State(app): State<AppState>, body: Bytes) -> Response {
-    match chat_completions_inner(app, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn chat_completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
+async fn chat_completions(State(app): State<AppState>, OpenAiJson(req): OpenAiJson<ChatCompletionRequest>) -> OaiResult<Response> {
     let started = Instant::now();
-    let req: ChatCompletionRequest = parse_body(&body)?;
     let (plan, req) = req.validate(app.manager.defaults().num_ctx)?;
     let tools = req.tools.clone();
     let generations = start_choices(&app, req, plan.n, started).await?;
@@ -579,16 +583,8 @@ fn choice_events(g: Generation, tools: Option<ToolRequest>) -> impl Stream<Item 
 
 // ---------------------------------------------------------------- /v1/completions
 
-async fn completions(State(app): State<AppState>, body: Bytes) -> Response {
-    match completions_inner(app, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn completions_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
+async fn completions(State(app): State<AppState>, OpenAiJson(req): OpenAiJson<CompletionRequest>) -> OaiResult<Response> {
     let started = Instant::now();
-    let req: CompletionRequest = parse_body(&body)?;
     let mut plan = req.sampling.plan(app.manager.defaults().num_ctx)?;
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(invalid("suffix", "suffix (insertion) is not supported"));
@@ -726,15 +722,7 @@ struct EmbeddingsRequest {
 /// Most inputs one embeddings request may carry.
 const MAX_EMBED_INPUTS: usize = 2048;
 
-async fn embeddings(State(app): State<AppState>, body: Bytes) -> Response {
-    match embeddings_inner(app, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn embeddings_inner(app: AppState, body: Bytes) -> OaiResult<Response> {
-    let req: EmbeddingsRequest = parse_body(&body)?;
+async fn embeddings(State(app): State<AppState>, OpenAiJson(req): OpenAiJson<EmbeddingsRequest>) -> OaiResult<Response> {
     let model = req.model.filter(|m| !m.is_empty()).ok_or_else(|| invalid("model", "model is required"))?;
     let bad_input = || invalid("input", "input must be a string, a list of strings, a list of token ids, or a list of such lists");
     let token_ids = |items: &[Value]| -> Option<Vec<i32>> { items.iter().map(|t| t.as_i64().and_then(|t| i32::try_from(t).ok())).collect() };

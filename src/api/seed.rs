@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::ollama::parse_body;
+use super::extract::JsonBody;
 use super::AppState;
 use crate::engine::options::RawOptions;
 use crate::service::catalog::Persona;
@@ -133,11 +132,7 @@ struct GenerateBody {
 
 /// `POST /generate`: `{prompt, character_name, settings, conversation_id, use_cache}` ->
 /// `{response, model, generation_time, cache_hit, metadata}`.
-async fn generate(State(app): State<AppState>, body: Bytes) -> Response {
-    let b: GenerateBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+async fn generate(State(app): State<AppState>, JsonBody(b): JsonBody<GenerateBody>) -> Response {
     let options = match options_from_settings(b.settings.as_ref()) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
@@ -181,11 +176,7 @@ struct ValidateBody {
 
 /// `POST /validate-model`: whether a model is available, its size and RAM estimate, and a short
 /// measured decode speed (`hearth bench`'s decode phase, 16 greedy tokens, never cached).
-async fn validate_model(State(app): State<AppState>, body: Bytes) -> Response {
-    let b: ValidateBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+async fn validate_model(State(app): State<AppState>, JsonBody(b): JsonBody<ValidateBody>) -> Response {
     let Some(name) = b.model.filter(|m| !m.is_empty()) else {
         return ApiError::bad_request("model is required").into_response();
     };
@@ -267,11 +258,7 @@ struct LlmGenerateBody {
 
 /// `POST /llm/generate`: `{prompt, scenario, max_tokens, temperature, session_id}` ->
 /// `{text, model, scenario, usage, generation_time, cache_hit}`.
-async fn llm_generate(State(app): State<AppState>, body: Bytes) -> Response {
-    let b: LlmGenerateBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+async fn llm_generate(State(app): State<AppState>, JsonBody(b): JsonBody<LlmGenerateBody>) -> Response {
     let mut options = match options_from_settings(b.settings.as_ref()) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
@@ -327,11 +314,7 @@ struct ConfigureBody {
 
 /// `POST /llm/configure`: stores a scenario's generation settings as a profile (a persona kept
 /// in the data directory), used by `scenario` on `/llm/generate` and as a persona everywhere.
-async fn llm_configure(State(app): State<AppState>, body: Bytes) -> Response {
-    let b: ConfigureBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+async fn llm_configure(State(app): State<AppState>, JsonBody(b): JsonBody<ConfigureBody>) -> Response {
     let Some(scenario) = b.scenario.filter(|s| !s.is_empty()) else {
         return ApiError::bad_request("scenario is required: the profile's name").into_response();
     };

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::error::ApiError;
-use super::ollama::parse_body;
+use super::extract::JsonBody;
 use super::AppState;
 use crate::store::modelfile::{self, CreateSpec};
 use crate::store::pull::{self, Progress};
@@ -48,7 +48,7 @@ fn progress_json(p: &Progress) -> Value {
 }
 
 #[derive(Deserialize)]
-struct PullRequest {
+pub(super) struct PullRequest {
     model: Option<String>,
     name: Option<String>,
     /// hearth's own: the name to give a URL pull.
@@ -60,11 +60,7 @@ struct PullRequest {
     insecure: Option<bool>,
 }
 
-pub async fn pull(State(app): State<AppState>, body: Bytes) -> Response {
-    let req: PullRequest = match parse_body(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+pub(super) async fn pull(State(app): State<AppState>, JsonBody(req): JsonBody<PullRequest>) -> Response {
     let Some(source) = req.model.or(req.name).filter(|m| !m.is_empty()) else {
         return ApiError::bad_request("model is required").into_response();
     };
@@ -125,7 +121,7 @@ fn async_stream_from(rx: tokio::sync::mpsc::UnboundedReceiver<Value>) -> impl fu
 }
 
 #[derive(Deserialize)]
-struct CreateRequest {
+pub(super) struct CreateRequest {
     model: Option<String>,
     name: Option<String>,
     from: Option<String>,
@@ -197,11 +193,7 @@ impl CreateRequest {
     }
 }
 
-pub async fn create(State(app): State<AppState>, body: Bytes) -> Response {
-    let req: CreateRequest = match parse_body(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+pub(super) async fn create(State(app): State<AppState>, JsonBody(req): JsonBody<CreateRequest>) -> Response {
     let (name, spec, stream) = match req.spec() {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -229,16 +221,12 @@ pub async fn create(State(app): State<AppState>, body: Bytes) -> Response {
 }
 
 #[derive(Deserialize)]
-struct CopyRequest {
+pub(super) struct CopyRequest {
     source: Option<String>,
     destination: Option<String>,
 }
 
-pub async fn copy(State(app): State<AppState>, body: Bytes) -> Response {
-    let req: CopyRequest = match parse_body(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+pub(super) async fn copy(State(app): State<AppState>, JsonBody(req): JsonBody<CopyRequest>) -> Response {
     let (Some(source), Some(dest)) = (req.source.filter(|s| !s.is_empty()), req.destination.filter(|s| !s.is_empty())) else {
         return ApiError::bad_request("source and destination are required").into_response();
     };
@@ -255,16 +243,12 @@ pub async fn copy(State(app): State<AppState>, body: Bytes) -> Response {
 }
 
 #[derive(Deserialize)]
-struct DeleteRequest {
+pub(super) struct DeleteRequest {
     model: Option<String>,
     name: Option<String>,
 }
 
-pub async fn delete(State(app): State<AppState>, body: Bytes) -> Response {
-    let req: DeleteRequest = match parse_body(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+pub(super) async fn delete(State(app): State<AppState>, JsonBody(req): JsonBody<DeleteRequest>) -> Response {
     let Some(name) = req.model.or(req.name).filter(|n| !n.is_empty()) else {
         return ApiError::bad_request("model is required").into_response();
     };
