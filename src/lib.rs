@@ -16,7 +16,9 @@
 //! - `service`    the shared request path (`Service::start`, `Service::embed`): persona, prompt
 //!                template and conversation history (`history`, `catalog`), response-cache
 //!                lookup, admission, resolve, lease, generate; `answer` forwards the backend's
-//!                events (or replays a cached answer) and records the finished answer.
+//!                events (or replays a cached answer) and records the finished answer; `reply`
+//!                reads them once for every front end (text, a tool call held back, done or
+//!                failed); `score` is /validate-model's decode measurement.
 //! - `cache`      the response cache: bytes under hashed keys, in memory or in Redis.
 //! - `conversations` server-side conversations in SQLite (WAL), one turn at a time per id.
 //! - `metrics`    the Prometheus registry and its JSON view with percentiles.
@@ -46,7 +48,10 @@
 //! - Nothing outside `engine` imports `llama_cpp_2`, and no async task ever runs a decode.
 //! - Nothing above `backend` knows which backend produced a token: `resources` and `service`
 //!   hold `dyn ModelInstance`, and the tests run them on the fake.
-//! - Nothing outside `api` defines a wire struct; the core takes only validated types.
+//! - Nothing outside `api` defines a wire struct; the core takes only validated types. (Not yet
+//!   true: `engine::options::RawOptions` is Ollama's options object and rides in requests.)
+//! - Every front end reads a generation through `service::reply`, once: the tool-call
+//!   hold-back exists in one place.
 //! - Nothing writes to stdout but the commands, which own it (`stdio` carries the protocol).
 //! - No name or digest from outside becomes a path before `store` has validated it, and no
 //!   model appears in the store before its file is complete, verified and validated.

@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../src/store/gguf.rs"]
+#[path = "../../src/store/gguf/mod.rs"]
 mod gguf;
 
 fuzz_target!(|data: &[u8]| {

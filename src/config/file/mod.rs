@@ -1,0 +1,564 @@
+//! The YAML config file (`hearth.yaml`) and the seed-compatible environment variables that
+//! overlay it, parsed into validated types once.
+//!
+//! Precedence is flags > env > file > defaults. clap owns the flags and their `HEARTH_*`
+//! variables; this module owns the file and the few un-prefixed variables the earlier service
+//! read (`REDIS_URL`, `LLM_RESPONSE_CACHE_TTL`, ...), listed in [`ENV_VARS`]. Server and engine
+//! settings stay `Option` so the caller can put flags on top; cache and pricing, which have no
+//! flags, come out with their defaults filled in. Every error names the file, the line and the
+//! key path (`personas.pirate.options.temperature`), or the environment variable.
+//!
+//! Scalars (durations, sizes, model names, addresses) are checked while serde reads them, so
+//! serde_yaml reports their exact line and path; checks that need a whole section (persona
+//! options, templates, map keys) run afterwards and find the key's line in the text by its
+//! indentation. The variables above are read only through the `Env` passed in (tests hand a
+//! map); nothing here starts a server or opens a connection.
+
+mod locate;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+use locate::{invalid_at, yaml_error};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::engine::options::RawOptions;
+use crate::prompts::{self, PromptError, PromptTemplate};
+use crate::resources::keep_alive::KeepAlive;
+
+/// The un-prefixed environment variables read on top of the file, and what each sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("HEARTH_DATA", "server.data: directory for hearth's own data (conversations, cache)"),
+    ("MAX_CONCURRENT_REQUESTS", "server.max_concurrent_requests: requests served at once (0 = unlimited)"),
+    ("REQUEST_TIMEOUT", "server.request_timeout: per-request time limit, e.g. 10m or 600 (0 = none)"),
+    ("LLM_RESPONSE_CACHE_TTL", "cache.ttl: how long a cached response lives, e.g. 1h or 3600"),
+    ("REDIS_URL", "cache.redis_url: share the response cache through Redis, e.g. redis://127.0.0.1:6379"),
+];
+
+/// How environment variables are looked up: [`process_env`] in the binary, a map in tests.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Reads the process environment; pass it to [`load`] outside tests.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Where the config file is looked for when none is named: `~/.config/hearth/hearth.yaml`
+/// (the platform's config directory).
+pub fn default_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("hearth").join("hearth.yaml"))
+}
+
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A config file or environment variable hearth cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// A bad key or value in the file. `line`/`column` are 1-based; `key` is the dotted path
+    /// when known.
+    #[error("{}{}", location(origin, *line, *column), keyed(key, message))]
+    Invalid {
+        origin: String,
+        line: Option<usize>,
+        column: Option<usize>,
+        key: Option<String>,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+fn location(origin: &str, line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!("{origin}:{l}:{c}: "),
+        (Some(l), None) => format!("{origin}:{l}: "),
+        _ => format!("{origin}: "),
+    }
+}
+
+fn keyed(key: &Option<String>, message: &str) -> String {
+    match key {
+        Some(k) => format!("{k}: {message}"),
+        None => message.to_string(),
+    }
+}
+
+/// `log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `server:`. Every field is `None` when the file leaves it out; flags go on top.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    #[serde(default, deserialize_with = "scalar::host")]
+    pub host: Option<SocketAddr>,
+    /// Relative paths are resolved against the config file's directory.
+    pub models: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    /// Normalized (`name:tag`).
+    #[serde(default, deserialize_with = "scalar::model_name")]
+    pub default_model: Option<String>,
+    /// 0 means unlimited.
+    #[serde(default, deserialize_with = "scalar::count")]
+    pub max_concurrent_requests: Option<usize>,
+    /// `Duration::ZERO` means no time limit.
+    #[serde(default, deserialize_with = "scalar::duration")]
+    pub request_timeout: Option<Duration>,
+    pub log_format: Option<LogFormat>,
+    pub log_prompts: Option<bool>,
+}
+
+/// `engine:`, with the same ranges as the matching flags. Every field is `None` when unset.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineFile {
+    #[serde(default, deserialize_with = "scalar::parallel")]
+    pub parallel: Option<u32>,
+    #[serde(default, deserialize_with = "scalar::threads")]
+    pub threads: Option<i32>,
+    #[serde(default, deserialize_with = "scalar::context_length")]
+    pub context_length: Option<u32>,
+    #[serde(default, deserialize_with = "scalar::batch_size")]
+    pub batch_size: Option<u32>,
+    #[serde(default, deserialize_with = "scalar::convert_weights")]
+    pub convert_weights: Option<crate::engine::convert::Weights>,
+    #[serde(default, deserialize_with = "scalar::keep_alive")]
+    pub keep_alive: Option<KeepAlive>,
+    /// Checked for syntax; `resources::budget::parse_budget` turns it into bytes.
+    #[serde(default, deserialize_with = "scalar::ram_budget")]
+    pub ram_budget: Option<String>,
+    #[serde(default, deserialize_with = "scalar::count")]
+    pub max_loaded_models: Option<usize>,
+    #[serde(default, deserialize_with = "scalar::count")]
+    pub max_queue: Option<usize>,
+}
+
+/// `cache:`, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheFile {
+    pub enabled: bool,
+    /// Never zero (`enabled: false` turns the cache off).
+    pub ttl: Duration,
+    pub max_bytes: u64,
+    /// Checked to be a URL the redis client accepts; nothing is connected here.
+    pub redis_url: Option<String>,
+}
+
+impl Default for CacheFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl: DEFAULT_CACHE_TTL,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            redis_url: None,
+        }
+    }
+}
+
+/// `pricing:`: cost per 1000 tokens, for the usage metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PricingFile {
+    pub default_per_1k_tokens: f64,
+    /// Keyed by normalized model name (`name:tag`).
+    pub models: BTreeMap<String, f64>,
+}
+
+impl PricingFile {
+    /// The price per 1000 tokens for `model` (any spelling `normalize_name` accepts).
+    pub fn per_1k_tokens(&self, model: &str) -> f64 {
+        crate::store::normalize_name(model)
+            .ok()
+            .and_then(|name| self.models.get(&name).copied())
+            .unwrap_or(self.default_per_1k_tokens)
+    }
+}
+
+/// A named preset over a model: system prompt, options, stop words, few-shot examples.
+/// Usable wherever a model name is, under its own name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Persona {
+    /// Normalized (`pirate:latest`), as a request's model name would be.
+    pub name: String,
+    /// Normalized; the persona's own `model`, else `server.default_model`.
+    pub model: String,
+    /// Never empty when set.
+    pub system: Option<String>,
+    /// Ollama options, checked by `RawOptions::validate`; a request's options go on top.
+    pub options: serde_json::Map<String, Value>,
+    pub stop: Vec<String>,
+    /// `(role, content)`, role one of `system`, `user`, `assistant`.
+    pub examples: Vec<(String, String)>,
+    pub adapter: Option<PathBuf>,
+    pub description: Option<String>,
+}
+
+/// The validated config file, with the environment overlays applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileConfig {
+    pub server: ServerFile,
+    pub engine: EngineFile,
+    pub cache: CacheFile,
+    pub pricing: PricingFile,
+    /// Keyed by normalized persona name.
+    pub personas: BTreeMap<String, Persona>,
+    /// The builtin templates with the file's added or replacing them.
+    pub templates: BTreeMap<String, PromptTemplate>,
+    /// The file read, if any.
+    pub source: Option<PathBuf>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerFile::default(),
+            engine: EngineFile::default(),
+            cache: CacheFile::default(),
+            pricing: PricingFile::default(),
+            personas: BTreeMap::new(),
+            templates: prompts::builtin(),
+            source: None,
+        }
+    }
+}
+
+impl FileConfig {
+    /// The persona a request's model name refers to, if any.
+    pub fn persona(&self, model: &str) -> Option<&Persona> {
+        let name = crate::store::normalize_name(model).ok()?;
+        self.personas.get(&name)
+    }
+
+    /// A prompt template by exact name.
+    pub fn template(&self, name: &str) -> Result<&PromptTemplate, PromptError> {
+        self.templates
+            .get(name)
+            .ok_or_else(|| PromptError::NotFound(name.to_string()))
+    }
+}
+
+/// Reads `path`, or [`default_path`] when `None` and that file exists, or nothing (defaults
+/// plus environment). Relative paths in the file are resolved against its directory, and a
+/// persona's `adapter` must exist.
+pub fn load(path: Option<&Path>, env: Env<'_>) -> Result<FileConfig, ConfigError> {
+    let path = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => default_path().filter(|p| p.is_file()),
+    };
+    let Some(path) = path else {
+        return parse_with_base("", "(no config file)", None, env);
+    };
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: origin.clone(),
+        source,
+    })?;
+    let base = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    let mut config = parse_with_base(&text, &origin, base, env)?;
+    config.source = Some(path);
+    Ok(config)
+}
+
+/// Parses config text; `origin` names it in errors. Touches no files: relative paths stay
+/// relative to the working directory.
+pub fn parse(text: &str, origin: &str, env: Env<'_>) -> Result<FileConfig, ConfigError> {
+    parse_with_base(text, origin, None, env)
+}
+
+// ---- raw shapes of the sections that need more than per-value checks ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    server: Option<ServerFile>,
+    engine: Option<EngineFile>,
+    cache: Option<RawCache>,
+    pricing: Option<RawPricing>,
+    personas: Option<BTreeMap<String, RawPersona>>,
+    templates: Option<BTreeMap<String, RawTemplate>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "scalar::ttl")]
+    ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "scalar::size")]
+    max_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "scalar::redis_url")]
+    redis_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    #[serde(default, deserialize_with = "scalar::price")]
+    default_per_1k_tokens: Option<f64>,
+    models: Option<BTreeMap<String, Price>>,
+}
+
+#[derive(Debug)]
+struct Price(f64);
+
+impl<'de> Deserialize<'de> for Price {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar::price(d)?
+            .map(Price)
+            .ok_or_else(|| de::Error::custom("a price may not be null"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersona {
+    #[serde(default, deserialize_with = "scalar::model_name")]
+    model: Option<String>,
+    system: Option<String>,
+    options: Option<serde_json::Map<String, Value>>,
+    stop: Option<Vec<String>>,
+    examples: Option<Vec<RawExample>>,
+    adapter: Option<PathBuf>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExample {
+    role: Role,
+    content: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    template: String,
+    families: Option<BTreeMap<String, String>>,
+    description: Option<String>,
+}
+
+// ---- parsing ----
+
+fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) -> Result<FileConfig, ConfigError> {
+    let only_comments = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+    let raw: RawFile = if only_comments {
+        RawFile::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| yaml_error(origin, &e))?
+    };
+    let at = |path: &[&str], message: String| invalid_at(text, origin, path, message);
+
+    let mut server = raw.server.unwrap_or_default();
+    server.models = server.models.map(|p| resolve(base, p));
+    server.data = server.data.map(|p| resolve(base, p));
+    let engine = raw.engine.unwrap_or_default();
+
+    let raw_cache = raw.cache.unwrap_or_default();
+    let defaults = CacheFile::default();
+    let mut cache = CacheFile {
+        enabled: raw_cache.enabled.unwrap_or(defaults.enabled),
+        ttl: raw_cache.ttl.unwrap_or(defaults.ttl),
+        max_bytes: raw_cache.max_bytes.unwrap_or(defaults.max_bytes),
+        redis_url: raw_cache.redis_url,
+    };
+
+    let raw_pricing = raw.pricing.unwrap_or_default();
+    let mut pricing = PricingFile {
+        default_per_1k_tokens: raw_pricing.default_per_1k_tokens.unwrap_or(0.0),
+        models: BTreeMap::new(),
+    };
+    for (key, Price(price)) in raw_pricing.models.unwrap_or_default() {
+        let name = crate::store::normalize_name(&key).map_err(|e| at(&["pricing", "models", &key], e.to_string()))?;
+        if pricing.models.insert(name.clone(), price).is_some() {
+            return Err(at(&["pricing", "models", &key], format!("{name} is priced twice")));
+        }
+    }
+
+    overlay_env(&mut server, &mut cache, env)?;
+
+    let mut personas = BTreeMap::new();
+    for (key, raw) in raw.personas.unwrap_or_default() {
+        let persona = persona(&key, raw, server.default_model.as_deref(), base, &at)?;
+        if personas.contains_key(&persona.name) {
+            return Err(at(&["personas", &key], format!("persona {} is defined twice", persona.name)));
+        }
+        personas.insert(persona.name.clone(), persona);
+    }
+
+    let mut templates = prompts::builtin();
+    for (key, raw) in raw.templates.unwrap_or_default() {
+        let families = raw.families.unwrap_or_default();
+        let template = PromptTemplate::new(key.clone(), raw.template, families, raw.description)
+            .map_err(|e| template_error(&key, e, &at))?;
+        templates.insert(key, template);
+    }
+
+    Ok(FileConfig {
+        server,
+        engine,
+        cache,
+        pricing,
+        personas,
+        templates,
+        source: None,
+    })
+}
+
+fn overlay_env(server: &mut ServerFile, cache: &mut CacheFile, env: Env<'_>) -> Result<(), ConfigError> {
+    // An empty variable counts as unset, as shells make `VAR=` easy to leave behind.
+    let get = |var: &str| env(var).filter(|v| !v.trim().is_empty());
+    fn parsed<T>(var: &str, value: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        parse(value).map_err(|message| ConfigError::Env {
+            var: var.to_string(),
+            message,
+        })
+    }
+    if let Some(v) = get("HEARTH_DATA") {
+        server.data = Some(resolve(None, PathBuf::from(v)));
+    }
+    if let Some(v) = get("MAX_CONCURRENT_REQUESTS") {
+        server.max_concurrent_requests = Some(parsed("MAX_CONCURRENT_REQUESTS", &v, scalar::parse_count)?);
+    }
+    if let Some(v) = get("REQUEST_TIMEOUT") {
+        server.request_timeout = Some(parsed("REQUEST_TIMEOUT", &v, scalar::parse_duration)?);
+    }
+    if let Some(v) = get("LLM_RESPONSE_CACHE_TTL") {
+        cache.ttl = parsed("LLM_RESPONSE_CACHE_TTL", &v, scalar::parse_ttl)?;
+    }
+    if let Some(v) = get("REDIS_URL") {
+        cache.redis_url = Some(parsed("REDIS_URL", &v, scalar::parse_redis_url)?);
+    }
+    Ok(())
+}
+
+fn persona(
+    key: &str,
+    raw: RawPersona,
+    default_model: Option<&str>,
+    base: Option<&Path>,
+    at: &dyn Fn(&[&str], String) -> ConfigError,
+) -> Result<Persona, ConfigError> {
+    let name = crate::store::normalize_name(key)
+        .map_err(|e| at(&["personas", key], format!("a persona name must be a valid model name: {e}")))?;
+    let model = raw.model.or_else(|| default_model.map(str::to_string)).ok_or_else(|| {
+        at(
+            &["personas", key],
+            "no model: set `model` here or `server.default_model`".to_string(),
+        )
+    })?;
+    if raw.system.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        return Err(at(
+            &["personas", key, "system"],
+            "is empty; leave it out for no system prompt".to_string(),
+        ));
+    }
+    let options = raw.options.unwrap_or_default();
+    // One option at a time first, so a type error names its option.
+    for (option, value) in &options {
+        let single = Value::Object(serde_json::Map::from_iter([(option.clone(), value.clone())]));
+        if let Err(e) = RawOptions::from_json(&single) {
+            let message = if e.reason.starts_with("unknown field") {
+                format!("unknown Ollama option `{option}`")
+            } else {
+                e.reason
+            };
+            return Err(at(&["personas", key, "options", option], message));
+        }
+    }
+    let checked = RawOptions::from_json(&Value::Object(options.clone()))
+        .and_then(|o| o.validate(super::DEFAULT_NUM_CTX));
+    if let Err(e) = checked {
+        return Err(at(&["personas", key, "options", &e.field], e.reason));
+    }
+    let stop = raw.stop.unwrap_or_default();
+    if stop.iter().any(String::is_empty) {
+        return Err(at(&["personas", key, "stop"], "a stop sequence may not be empty".to_string()));
+    }
+    let stop_check = Value::Object(serde_json::Map::from_iter([("stop".to_string(), Value::from(stop.clone()))]));
+    if let Err(e) = RawOptions::from_json(&stop_check).and_then(|o| o.validate(super::DEFAULT_NUM_CTX)) {
+        return Err(at(&["personas", key, "stop"], e.reason));
+    }
+    let adapter = raw.adapter.map(|p| resolve(base, p));
+    // Only a file on disk has a directory to check against; `parse` touches no files.
+    if let (Some(adapter), Some(_)) = (&adapter, base) {
+        if !adapter.is_file() {
+            return Err(at(&["personas", key, "adapter"], format!("{} is not a file", adapter.display())));
+        }
+    }
+    Ok(Persona {
+        name,
+        model,
+        system: raw.system,
+        options,
+        stop,
+        examples: raw
+            .examples
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.role.as_str().to_string(), e.content))
+            .collect(),
+        adapter,
+        description: raw.description,
+    })
+}
+
+fn template_error(key: &str, e: PromptError, at: &dyn Fn(&[&str], String) -> ConfigError) -> ConfigError {
+    let message = e.to_string();
+    match &e {
+        PromptError::Syntax { family: Some(f), .. } | PromptError::FamilyVariables { family: f, .. } => {
+            at(&["templates", key, "families", f], message)
+        }
+        PromptError::Syntax { family: None, .. } => at(&["templates", key, "template"], message),
+        _ => at(&["templates", key], message),
+    }
+}
+
+/// `~/x` -> home/x; a relative path -> under `base` (the config file's directory) when given.
+fn resolve(base: Option<&Path>, path: PathBuf) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("~") {
+        if let Some(home) = dirs::home_dir() {
+            return home.join(rest);
+        }
+    }
+    match base {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path,
+    }
+}
