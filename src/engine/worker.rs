@@ -373,7 +373,8 @@ impl Drop for DeathNotice<'_> {
 fn injected_panic() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static GENERATIONS: AtomicUsize = AtomicUsize::new(0);
-    let Some(n) = std::env::var("HEARTH_FAULT_WORKER_PANIC").ok().and_then(|v| v.parse::<usize>().ok()) else {
+    static AT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let Some(n) = *AT.get_or_init(|| std::env::var("HEARTH_FAULT_WORKER_PANIC").ok().and_then(|v| v.parse().ok())) else {
         return;
     };
     if GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1 == n {

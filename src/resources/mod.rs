@@ -199,6 +199,16 @@ fn free(inner: &Arc<Inner>, state: &mut State, model: Arc<dyn ModelInstance>, by
     });
 }
 
+/// Takes an instance out of service: freed now if idle, else kept in `retired` (its bytes still
+/// counted) until the last request on it ends.
+fn retire(inner: &Arc<Inner>, state: &mut State, r: Resident) {
+    if r.in_flight == 0 {
+        free(inner, state, r.model, r.bytes);
+    } else {
+        state.retired.push((r.model, r.bytes));
+    }
+}
+
 /// Hands memory freed by an unloaded model back to the OS. llama.cpp frees a model's many small
 /// allocations (vocabulary tables, metadata) into glibc's per-thread arenas, which keep them;
 /// loads run on different threads, so without this RSS creeps up with every model swap.
@@ -334,11 +344,7 @@ impl ModelManager {
             {
                 let mut state = lock(&self.inner.state);
                 if let Some(old) = state.loaded.remove(name) {
-                    if old.in_flight == 0 {
-                        free(&self.inner, &mut state, old.model, old.bytes);
-                    } else {
-                        state.retired.push((old.model, old.bytes));
-                    }
+                    retire(&self.inner, &mut state, old);
                 }
                 // Loads in progress count as busy models: they can't be unloaded, and they
                 // count against `max_loaded`.
@@ -397,7 +403,7 @@ impl ModelManager {
             // Its worker died: requests on it have had their error; the next one loads anew.
             tracing::error!(model = %entry.name, "the model's worker has died; unloading it");
             if let Some(r) = state.loaded.remove(&entry.name) {
-                free(&self.inner, &mut state, r.model, r.bytes);
+                retire(&self.inner, &mut state, r);
             }
             return Ok(None);
         }

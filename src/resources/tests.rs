@@ -275,3 +275,18 @@ async fn a_model_whose_worker_died_is_loaded_again() {
     eventually("the dead instance is freed", || m.used() == 100 * MIB).await;
     eventually("the dead instance is dropped", || fake.live().len() == 1).await;
 }
+
+#[tokio::test]
+async fn a_dead_instance_still_leased_counts_until_its_last_request_ends() {
+    let fake = FakeBackend::default();
+    let (m, _dir) = manager(&fake, limits(1000));
+    let held = lease(&m, "a").await.expect("a");
+    fake.kill("a:latest");
+    let fresh = lease(&m, "a").await.expect("a again");
+    assert!(!Arc::ptr_eq(&held.model, &fresh.model));
+    // The dead instance is retired, not freed, while a request still holds it.
+    assert_eq!(m.used(), 200 * MIB);
+    drop(held);
+    eventually("the dead instance is freed after its last request", || m.used() == 100 * MIB).await;
+    eventually("the dead instance is dropped", || fake.live().len() == 1).await;
+}
