@@ -215,3 +215,22 @@ async fn a_dead_worker_costs_a_non_streaming_request_one_500() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(json_of(&body)["error"].as_str().is_some_and(|e| e.contains("worker")), "{body}");
 }
+
+#[tokio::test]
+async fn bad_bodies_are_refused_in_the_api_s_own_json_shape() {
+    let f = fixture();
+    let (status, ctype, body) = send(&f.app, "POST", "/api/generate", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+    assert_eq!(json_of(&body)["error"], "missing request body");
+    // Over the 32 MiB body limit: 413, as JSON (axum's own rejection is plain text).
+    let huge = json!({"model": "a", "prompt": "x".repeat(33 << 20)});
+    let (status, ctype, body) = send(&f.app, "POST", "/api/generate", Some(huge.clone())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+    assert!(json_of(&body)["error"].is_string(), "{body}");
+    let (status, _, body) = send(&f.app, "POST", "/v1/chat/completions", Some(huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(json_of(&body)["error"]["message"].is_string(), "OpenAI's shape: {body}");
+    assert_eq!(f.fake.loads(), 0);
+}
