@@ -34,22 +34,30 @@
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
 //!                with continuous batching and embeddings (`worker`, `embed`), sampling with
 //!                grammars and logprobs (`sampler`), JSON schemas and tool calls as grammars
-//!                (`grammar`), chat templates (`template`), streamed-text handling (`text`),
-//!                option validation (`options`), RAM estimates from GGUF metadata (`estimate`).
+//!                (`grammar`), streamed-text handling (`text`), RAM estimates from GGUF metadata
+//!                (`estimate`).
 //! - `store`      model names -> manifests over content-addressed blobs, drop-in `NAME.gguf`
 //!                files and Ollama's store (read-only); `pull` (resumable downloads),
 //!                `modelfile` (create), `gguf` (the validator every file passes first).
+//! - `spec`       what a generation asks for, as values: Ollama's options as typed patches
+//!                (`OptionPatch`: model < persona < request, resolved once to
+//!                `SamplingOptions`), chat and request templates. No llama.cpp, no I/O.
 //!
-//! Layers point down: api -> service -> resources -> backend -> engine -> store. (Not yet all
-//! true: `engine::options`, `engine::template` and `engine::grammar` are llama-free and used
-//! from above as value types; `store::modelfile` checks templates with `engine::template`.)
-//!
+//! Layers point down: api -> service -> resources -> backend -> engine -> store -> spec. A layer
+//! may use any layer below it (the API builds `engine::grammar` values, the service reads
+//! `store` entries), never one above. `cache`, `conversations`, `metrics` and `prompts` are
+//! leaves the service uses; `config` and `api` are edges that turn outside input into the
+//! types below them; `bench` and `commands` sit on top.
+
 //! Invariants, written as absences:
 //! - Nothing outside `engine` imports `llama_cpp_2`, and no async task ever runs a decode.
 //! - Nothing above `backend` knows which backend produced a token: `resources` and `service`
 //!   hold `dyn ModelInstance`, and the tests run them on the fake.
-//! - Nothing outside `api` defines a wire struct; the core takes only validated types. (Not yet
-//!   true: `engine::options::RawOptions` is Ollama's options object and rides in requests.)
+//! - Nothing outside `api` defines a wire struct; the core takes only validated types. The one
+//!   shared parser is `spec::options`'s private shape of Ollama's `options` object, which the
+//!   API, the config file, stored profiles and Modelfiles all turn into an `OptionPatch`.
+//! - No `serde_json::Value` travels between the API and the backend except JSON that is data:
+//!   a tool's parameter schema, the tools offered to a chat template, a tool call's arguments.
 //! - Every front end reads a generation through `service::reply`, once: the tool-call
 //!   hold-back exists in one place.
 //! - Nothing writes to stdout but the commands, which own it (`stdio` carries the protocol).
@@ -74,6 +82,7 @@ pub mod metrics;
 pub mod prompts;
 pub mod resources;
 pub mod service;
+pub mod spec;
 pub mod store;
 
 /// hearth's version, as `/api/version` reports it.

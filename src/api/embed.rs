@@ -43,8 +43,8 @@ pub struct EmbeddingsRequest {
 }
 
 impl EmbedRequest {
-    pub fn validate(self, default_num_ctx: u32) -> Result<ValidEmbedRequest, ApiError> {
-        let c = common(self.model, self.options.as_ref(), self.keep_alive.as_ref(), default_num_ctx)?;
+    pub fn validate(self) -> Result<ValidEmbedRequest, ApiError> {
+        let c = common(self.model, self.options.as_ref(), self.keep_alive.as_ref())?;
         let bad_input = || ApiError::bad_request("invalid input type: input must be a string or a list of strings");
         // As in Ollama, an empty string (or no input) embeds nothing and only loads the model.
         let inputs = match self.input {
@@ -75,15 +75,14 @@ impl EmbedRequest {
             dimensions,
             normalize: true,
             options: c.options,
-            raw_options: c.raw_options,
             keep_alive: c.keep_alive,
         })
     }
 }
 
 impl EmbeddingsRequest {
-    pub fn validate(self, default_num_ctx: u32) -> Result<ValidEmbedRequest, ApiError> {
-        let c = common(self.model, self.options.as_ref(), self.keep_alive.as_ref(), default_num_ctx)?;
+    pub fn validate(self) -> Result<ValidEmbedRequest, ApiError> {
+        let c = common(self.model, self.options.as_ref(), self.keep_alive.as_ref())?;
         let inputs = self.prompt.filter(|p| !p.is_empty()).map(EmbedInput::Text).into_iter().collect();
         Ok(ValidEmbedRequest {
             model: c.model,
@@ -92,7 +91,6 @@ impl EmbeddingsRequest {
             dimensions: None,
             normalize: false,
             options: c.options,
-            raw_options: c.raw_options,
             keep_alive: c.keep_alive,
         })
     }
@@ -105,7 +103,7 @@ fn nanos(d: Duration) -> u64 {
 /// `POST /api/embed`.
 pub async fn embed(State(app): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let req = req.validate(app.manager.defaults().num_ctx)?;
+    let req = req.validate()?;
     let model = req.model.clone();
     let r = app.service.embed(req, Caller::Network).await?;
     Ok(Json(json!({
@@ -119,7 +117,7 @@ pub async fn embed(State(app): State<AppState>, JsonBody(req): JsonBody<EmbedReq
 
 /// `POST /api/embeddings` (legacy): `{"embedding": [...]}`, empty for an empty prompt.
 pub async fn embeddings(State(app): State<AppState>, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Json<Value>, ApiError> {
-    let req = req.validate(app.manager.defaults().num_ctx)?;
+    let req = req.validate()?;
     let r = app.service.embed(req, Caller::Network).await?;
     let embedding = r.embeddings.into_iter().next().unwrap_or_default();
     Ok(Json(json!({ "embedding": embedding })))
@@ -130,7 +128,7 @@ mod tests {
     use super::*;
 
     fn embed_req(v: Value) -> Result<ValidEmbedRequest, ApiError> {
-        serde_json::from_value::<EmbedRequest>(v).expect("parses").validate(2048)
+        serde_json::from_value::<EmbedRequest>(v).expect("parses").validate()
     }
 
     #[test]
@@ -172,13 +170,13 @@ mod tests {
     fn legacy_prompt_is_one_raw_input() {
         let r = serde_json::from_value::<EmbeddingsRequest>(json!({"model": "m", "prompt": "hello"}))
             .expect("parses")
-            .validate(2048)
+            .validate()
             .expect("valid");
         assert_eq!(r.inputs, vec![EmbedInput::Text("hello".into())]);
         assert!(!r.normalize);
         let empty = serde_json::from_value::<EmbeddingsRequest>(json!({"model": "m", "prompt": ""}))
             .expect("parses")
-            .validate(2048)
+            .validate()
             .expect("valid");
         assert!(empty.inputs.is_empty());
     }

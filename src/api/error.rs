@@ -143,7 +143,6 @@ impl From<ServiceError> for ApiError {
             ServiceError::Resource(e) => e.into(),
             ServiceError::Engine(e) => e.into(),
             e @ (ServiceError::ModelDefaults { .. }
-            | ServiceError::PersonaOptions { .. }
             | ServiceError::Template(_)
             | ServiceError::Invalid(_)) => ApiError::bad_request(e.to_string()),
             e @ (ServiceError::UnknownPersona(_) | ServiceError::UnknownTemplate(_)) => ApiError::not_found(e.to_string()),

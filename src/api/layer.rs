@@ -151,7 +151,7 @@ async fn list_personas(State(app): State<AppState>) -> Json<Value> {
     let catalog = app.service.catalog();
     let describe = |p: &crate::service::catalog::Persona, source: &str| {
         json!({
-            "name": p.name, "model": p.model, "system": p.system, "options": p.options_json(),
+            "name": p.name, "model": p.model, "system": p.system, "options": crate::service::catalog::options_map(&p.options),
             "examples": p.examples.len(), "description": p.description, "source": source,
         })
     };

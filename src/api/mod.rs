@@ -131,13 +131,13 @@ async fn not_found() -> ApiError {
 
 async fn generate(State(app): State<AppState>, JsonBody(req): JsonBody<GenerateRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let req = req.validate(app.manager.defaults().num_ctx)?;
+    let req = req.validate()?;
     Ok(respond(&app, req, Kind::Generate, started).await)
 }
 
 async fn chat(State(app): State<AppState>, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let req = req.validate(app.manager.defaults().num_ctx)?;
+    let req = req.validate()?;
     Ok(respond(&app, req, Kind::Chat, started).await)
 }
 

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use crate::engine::grammar::{ToolChoice, ToolRequest};
-use crate::engine::options::RawOptions;
-use crate::engine::template::TemplateMessage;
+use crate::spec::options::OptionPatch;
+use crate::spec::template::TemplateMessage;
 use crate::engine::Completion;
 use crate::resources::KeepAlive;
 use crate::service::reply::{self, Piece};
@@ -138,30 +138,31 @@ pub use super::extract::parse_body;
 /// The fields every Ollama request shares (`model`, `options`, `keep_alive`), validated.
 pub struct Common {
     pub model: String,
-    pub raw_options: RawOptions,
-    pub options: crate::engine::options::SamplingOptions,
+    pub options: OptionPatch,
     pub keep_alive: Option<KeepAlive>,
+    /// Set by `generation_common`: the grammar from `format`, and `logprobs`.
+    pub grammar: Option<String>,
+    pub logprobs: Option<u8>,
 }
 
 /// Most alternatives a request may ask log-probabilities for.
 pub const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// Validates the model name, the `options` object and `keep_alive`.
-pub fn common(model: Option<String>, options: Option<&Value>, keep_alive: Option<&Value>, default_num_ctx: u32) -> Result<Common, ApiError> {
+pub fn common(model: Option<String>, options: Option<&Value>, keep_alive: Option<&Value>) -> Result<Common, ApiError> {
     let model = model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("model is required"))?;
-    let raw = match options {
-        None | Some(Value::Null) => RawOptions::default(),
-        Some(v) => RawOptions::from_json(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    let options = match options {
+        None => OptionPatch::default(),
+        Some(v) => OptionPatch::from_json(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
     };
-    let options = raw.validate(default_num_ctx).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let keep_alive = keep_alive
         .filter(|v| !v.is_null())
         .map(KeepAlive::from_json)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    Ok(Common { model, raw_options: raw, options, keep_alive })
+    Ok(Common { model, options, keep_alive, grammar: None, logprobs: None })
 }
 
 /// `common` plus what generation adds: `format` (a grammar), `logprobs`, and `think`.
@@ -172,11 +173,10 @@ fn generation_common(
     format: Option<&Value>,
     think: Option<&Value>,
     logprobs: (Option<bool>, Option<i64>),
-    default_num_ctx: u32,
 ) -> Result<Common, ApiError> {
-    let mut c = common(model, options, keep_alive, default_num_ctx)?;
-    c.options.grammar = super::tools::format_grammar(format)?;
-    c.options.logprobs = logprob_request(logprobs.0, logprobs.1)?;
+    let mut c = common(model, options, keep_alive)?;
+    c.grammar = super::tools::format_grammar(format)?;
+    c.logprobs = logprob_request(logprobs.0, logprobs.1)?;
     if matches!(think, Some(Value::Bool(true)) | Some(Value::String(_))) {
         return Err(ApiError::bad_request(format!("\"{}\" does not support thinking", c.model)));
     }
@@ -195,21 +195,20 @@ pub fn logprob_request(logprobs: Option<bool>, top: Option<i64>) -> Result<Optio
 }
 
 impl GenerateRequest {
-    pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
+    pub fn validate(self) -> Result<ValidRequest, ApiError> {
         // A prompt template by `template` when variables come with it; else Ollama's.
         let (template, prompt_template) = match self.service.variables {
             Some(_) => (None, self.template),
             None => (self.template, None),
         };
         let service = self.service.validate(prompt_template)?;
-        let Common { model, raw_options, options, keep_alive } = generation_common(
+        let Common { model, options, keep_alive, grammar, logprobs } = generation_common(
             self.model.or_else(|| service.persona.clone()),
             self.options.as_ref(),
             self.keep_alive.as_ref(),
             self.format.as_ref(),
             self.think.as_ref(),
             (self.logprobs, self.top_logprobs),
-            default_num_ctx,
         )?;
         if self.images.is_some_and(|i| !i.is_empty()) {
             return Err(ApiError::bad_request(format!("\"{model}\" does not support images")));
@@ -238,7 +237,8 @@ impl GenerateRequest {
             },
             tools: None,
             options,
-            raw_options,
+            grammar,
+            logprobs,
             keep_alive,
             stream: self.stream.unwrap_or(true),
             service,
@@ -247,20 +247,19 @@ impl GenerateRequest {
 }
 
 impl ChatRequest {
-    pub fn validate(self, default_num_ctx: u32) -> Result<ValidRequest, ApiError> {
+    pub fn validate(self) -> Result<ValidRequest, ApiError> {
         let service = self.service.validate(self.template)?;
-        let Common { model, raw_options, mut options, keep_alive } = generation_common(
+        let Common { model, options, keep_alive, mut grammar, logprobs } = generation_common(
             self.model.or_else(|| service.persona.clone()),
             self.options.as_ref(),
             self.keep_alive.as_ref(),
             self.format.as_ref(),
             self.think.as_ref(),
             (self.logprobs, self.top_logprobs),
-            default_num_ctx,
         )?;
         let tools = match self.tools.filter(|t| !t.is_empty()) {
             None => None,
-            Some(_) if options.grammar.is_some() => {
+            Some(_) if grammar.is_some() => {
                 return Err(ApiError::bad_request("format and tools can't be combined: a tool call is already JSON"));
             }
             Some(t) => {
@@ -275,7 +274,7 @@ impl ChatRequest {
                     None => ToolChoice::Auto,
                 };
                 let tools = ToolRequest { tools: super::tools::parse_tools(&t)?, choice };
-                options.grammar = tools.grammar()?;
+                grammar = tools.grammar()?;
                 Some(tools)
             }
         };
@@ -304,7 +303,8 @@ impl ChatRequest {
             prompt: PromptSpec::Chat { messages, tools: tools.as_ref().map(ToolRequest::offered).unwrap_or_default() },
             tools,
             options,
-            raw_options,
+            grammar,
+            logprobs,
             keep_alive,
             stream: self.stream.unwrap_or(true),
             service,

@@ -19,8 +19,8 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::AppState;
-use crate::engine::options::RawOptions;
-use crate::service::catalog::Persona;
+use crate::spec::options::OptionPatch;
+use crate::service::catalog::{self, Persona};
 use crate::service::{Caller, Outcome, PromptSpec, ServiceOptions, ValidRequest};
 
 pub fn routes() -> Router<AppState> {
@@ -83,14 +83,14 @@ async fn run(app: &AppState, r: SeedRequest) -> Result<SeedAnswer, ApiError> {
         (_, Some(p)) => catalog.persona(p).map(|p| p.model.clone()).ok_or_else(|| ApiError::not_found(format!("persona '{p}' not found")))?,
         _ => catalog.default_model.clone(),
     };
-    let raw_options = RawOptions::from_json(&Value::Object(r.options)).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let options = raw_options.validate(app.manager.defaults().num_ctx).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let options = OptionPatch::from_map(&r.options).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let req = ValidRequest {
         model: model.clone(),
         prompt: PromptSpec::Generate { prompt: r.prompt, system: r.system, template: None, raw: false, context: Vec::new() },
         tools: None,
         options,
-        raw_options,
+        grammar: None,
+        logprobs: None,
         keep_alive: None,
         stream: false,
         service: ServiceOptions { persona: r.persona, use_cache: r.use_cache, conversation_id: r.conversation_id, template: None },
@@ -346,16 +346,15 @@ async fn llm_configure(State(app): State<AppState>, JsonBody(b): JsonBody<Config
     if let Some(k) = b.top_k {
         options.insert("top_k".into(), json!(k));
     }
-    let checked = RawOptions::from_json(&Value::Object(options.clone())).and_then(|r| r.validate(app.manager.defaults().num_ctx));
-    if let Err(e) = checked {
-        return ApiError::bad_request(e.to_string()).into_response();
-    }
+    let options = match OptionPatch::from_map(&options) {
+        Ok(o) => o,
+        Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
+    };
     let profile = Persona {
         name: name.clone(),
         model,
         system: b.system.filter(|s| !s.is_empty()),
-        options,
-        stop: b.stop.unwrap_or_default(),
+        options: catalog::with_stop(options, b.stop.unwrap_or_default()),
         examples: Vec::new(),
         adapter: None,
         description: b.description,
@@ -364,7 +363,7 @@ async fn llm_configure(State(app): State<AppState>, JsonBody(b): JsonBody<Config
         Ok(()) => Json(json!({
             "scenario": name,
             "stored": true,
-            "profile": { "model": profile.model, "system": profile.system, "options": profile.options_json() },
+            "profile": { "model": profile.model, "system": profile.system, "options": catalog::options_map(&profile.options) },
         }))
         .into_response(),
         Err(e) => ApiError::from(e).into_response(),

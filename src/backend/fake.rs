@@ -27,8 +27,8 @@ use futures::FutureExt;
 use tokio::sync::mpsc::unbounded_channel;
 
 use super::{Backend, Completion, DoneReason, EmbedInput, EmbedJob, Embedded, EngineError, Event, GenerateJob, LoadSettings, ModelInstance, PromptSpec, Submitted};
-use crate::engine::options::PredictLimit;
-use crate::engine::template::TemplateMessage;
+use crate::spec::options::PredictLimit;
+use crate::spec::template::TemplateMessage;
 use crate::store::ModelEntry;
 
 /// What the fake does; change it between requests through `FakeBackend::settings`.

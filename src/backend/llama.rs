@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::{Backend, EmbedInput, EmbedJob, Embedded, GenerateJob, ModelInstance, PromptSpec, Submitted};
-use crate::engine::template::{render_request_template, TemplateMessage};
+use crate::spec::template::{render_request_template, TemplateMessage};
 use crate::engine::{EngineError, LoadSettings, LoadedModel};
 use crate::store::gguf::{read_gguf_as, GgufKind};
 use crate::store::ModelEntry;

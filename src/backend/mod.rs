@@ -25,8 +25,8 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub use crate::engine::{Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
-use crate::engine::options::SamplingOptions;
-use crate::engine::template::TemplateMessage;
+use crate::spec::options::SamplingOptions;
+use crate::spec::template::TemplateMessage;
 use crate::store::ModelEntry;
 
 /// How the prompt is made.
@@ -105,8 +105,8 @@ pub struct Embedded {
 /// sets one, else a quarter of the context; never more than half of it.
 pub fn answer_reserve(options: &SamplingOptions, limit: usize) -> usize {
     let wanted = match options.num_predict {
-        crate::engine::options::PredictLimit::Tokens(n) => n as usize,
-        crate::engine::options::PredictLimit::UntilContextFull => limit / 4,
+        crate::spec::options::PredictLimit::Tokens(n) => n as usize,
+        crate::spec::options::PredictLimit::UntilContextFull => limit / 4,
     };
     wanted.min(limit / 2)
 }

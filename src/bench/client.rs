@@ -128,7 +128,7 @@ fn rate(tokens: f64, time: Duration) -> Option<f64> {
 pub async fn load(target: &Target, model: &str) -> Result<Option<Duration>, BenchError> {
     match target {
         Target::Local { service, caller } => {
-            let req = validate(service, json!({"model": model, "prompt": ""}))?;
+            let req = validate(json!({"model": model, "prompt": ""}))?;
             match service.start(req, *caller, Instant::now()).await? {
                 Outcome::Loaded { load_duration, .. } => Ok(Some(load_duration)),
                 Outcome::Generating(_) => Err(BenchError::Protocol("an empty prompt started a generation".into())),
@@ -170,14 +170,13 @@ pub async fn generate(target: &Target, model: &str, prompt: &str, num_predict: u
     }
 }
 
-fn validate(service: &Service, body: Value) -> Result<crate::service::ValidRequest, BenchError> {
+fn validate(body: Value) -> Result<crate::service::ValidRequest, BenchError> {
     let req: GenerateRequest = serde_json::from_value(body).map_err(|e| BenchError::Invalid(e.to_string()))?;
-    req.validate(service.manager.defaults().num_ctx).map_err(|e| BenchError::Invalid(e.message))
+    req.validate().map_err(|e| BenchError::Invalid(e.message))
 }
 
 async fn local(service: &Service, caller: Caller, model: &str, prompt: &str, num_predict: u32) -> Result<Sample, BenchError> {
     let req = validate(
-        service,
         json!({"model": model, "prompt": prompt, "raw": true, "stream": true, "use_cache": false,
                "options": {"temperature": 0, "num_predict": num_predict}}),
     )?;

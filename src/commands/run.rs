@@ -12,7 +12,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::api::ollama::{ChatRequest, GenerateRequest};
 use crate::cli::{GenerationArgs, RunArgs};
-use crate::engine::options::parse_cli_option;
+use crate::spec::options::parse_cli_option;
 use crate::engine::Completion;
 use crate::service::reply::{self, Piece};
 use futures::StreamExt;
@@ -58,14 +58,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::io::stdin().read_to_string(&mut piped).context("reading stdin")?;
         prompt = format!("{} {prompt}", piped.trim_end()).trim().to_string();
     }
-    let default_ctx = manager.defaults().num_ctx;
     let num_ctx = options.get("num_ctx").and_then(Value::as_i64);
     if prompt.is_empty() && !interactive_stdin {
         bail!("no prompt: give one as an argument or on stdin");
     }
     // Validate the options before spending time on a load.
     let probe: GenerateRequest = serde_json::from_value(json!({"model": args.model, "options": options}))?;
-    probe.validate(default_ctx).map_err(|e| anyhow::anyhow!(e.message))?;
+    probe.validate().map_err(|e| anyhow::anyhow!(e.message))?;
     let lease = preload(&manager, &args.model, num_ctx).await?;
 
     if prompt.is_empty() {
@@ -74,7 +73,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let req: GenerateRequest = serde_json::from_value(json!({
         "model": args.model, "prompt": prompt, "options": options, "stream": true,
     }))?;
-    let req = req.validate(default_ctx).map_err(|e| anyhow::anyhow!(e.message))?;
+    let req = req.validate().map_err(|e| anyhow::anyhow!(e.message))?;
     let (_, done) = stream_to_stdout(&manager, req).await?;
     if args.verbose {
         if let Some(c) = done {
@@ -218,7 +217,7 @@ async fn interactive(manager: &ModelManager, model: &str, mut options: Map<Strin
         let req: ChatRequest = serde_json::from_value(json!({
             "model": model, "messages": history, "options": options, "stream": true,
         }))?;
-        let req = match req.validate(manager.defaults().num_ctx) {
+        let req = match req.validate() {
             Ok(r) => r,
             Err(e) => {
                 history.pop();

@@ -143,7 +143,7 @@ fn catalog(file: &FileConfig, profiles: std::collections::BTreeMap<String, crate
         personas: file.personas.clone(),
         profiles,
         templates: file.templates.clone(),
-        default_model: file.server.default_model.clone().unwrap_or_else(|| config::DEFAULT_MODEL.to_string()),
+        default_model: file.server.default_model.clone().unwrap_or_else(|| crate::service::catalog::DEFAULT_MODEL.to_string()),
     }
 }
 

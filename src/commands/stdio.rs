@@ -72,13 +72,12 @@ async fn handle(service: &Service, default_model: &str, line: &str) -> Result<()
     };
     obj.entry("model").or_insert_with(|| json!(default_model));
     obj.entry("stream").or_insert(json!(false));
-    let ctx = service.manager.defaults().num_ctx;
     let (req, kind) = if obj.contains_key("messages") {
         let r: ChatRequest = serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
-        (r.validate(ctx)?, Kind::Chat)
+        (r.validate()?, Kind::Chat)
     } else {
         let r: GenerateRequest = serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
-        (r.validate(ctx)?, Kind::Generate)
+        (r.validate()?, Kind::Generate)
     };
     let model = req.model.clone();
     match ollama::run(service, req, kind, Caller::Local, started).await? {

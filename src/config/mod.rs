@@ -9,8 +9,6 @@ pub mod file;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
-/// The model the quick start and the seed routes use when a request names none.
-pub const DEFAULT_MODEL: &str = "smollm2:135m";
 /// Ollama's port.
 pub const DEFAULT_PORT: u16 = 11434;
 /// Ollama's context default on a CPU-only machine.

@@ -8,11 +8,9 @@
 pub mod convert;
 pub mod embed;
 pub mod estimate;
-pub mod options;
 pub mod prefix;
 mod sampler;
 pub mod grammar;
-pub mod template;
 pub mod text;
 mod worker;
 
@@ -27,8 +25,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
-use self::options::SamplingOptions;
-use self::template::{ChatTemplate, TemplateError, TemplateMessage};
+use crate::spec::options::SamplingOptions;
+use crate::spec::template::{self, ChatTemplate, TemplateError, TemplateMessage};
 
 /// How a model instance is set up when it is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]

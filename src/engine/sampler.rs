@@ -14,7 +14,7 @@ use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
-use super::options::SamplingOptions;
+use crate::spec::options::SamplingOptions;
 
 pub(super) enum TokenSampler {
     Argmax,

@@ -29,7 +29,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::embed::{EmbedJob, Embedder, FairShare};
-use super::options::{PredictLimit, SamplingOptions};
+use crate::spec::options::{PredictLimit, SamplingOptions};
 use super::prefix::{self, PrefixStore};
 use super::text::{StopMatcher, StopScan, Utf8Stream};
 use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};

@@ -16,7 +16,7 @@ use super::PromptSpec;
 use crate::cache::{CacheKey, ResponseCache};
 use crate::conversations::{ConversationStore, TurnGuard};
 use crate::engine::grammar::ToolRequest;
-use crate::engine::options::SamplingOptions;
+use crate::spec::options::SamplingOptions;
 use crate::engine::{Completion, DoneReason, EngineError, Event, TokenLogprob};
 use crate::metrics::Metrics;
 use crate::resources::ModelLease;

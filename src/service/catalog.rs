@@ -10,10 +10,33 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{PromptSpec, ServiceError, TemplateUse};
-pub use crate::config::file::Persona;
-use crate::engine::template::TemplateMessage;
+use crate::spec::options::OptionPatch;
+use crate::spec::template::TemplateMessage;
 use crate::prompts::PromptTemplate;
 use crate::store::ModelEntry;
+
+/// The model the quick start and the seed routes use when a request names none.
+pub const DEFAULT_MODEL: &str = "smollm2:135m";
+
+/// A named preset over a model: system prompt, options, few-shot examples. Usable wherever a
+/// model name is, under its own name. Made from the config file's `personas` or a stored
+/// profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Persona {
+    /// Normalized (`pirate:latest`), as a request's model name would be.
+    pub name: String,
+    /// Normalized; the persona's own `model`, else `server.default_model`.
+    pub model: String,
+    /// Never empty when set.
+    pub system: Option<String>,
+    /// Laid over the model's parameters; a request's options go on top. The persona's stop
+    /// words are in it (an explicit `options.stop` wins over them).
+    pub options: OptionPatch,
+    /// `(role, content)`, role one of `system`, `user`, `assistant`.
+    pub examples: Vec<(String, String)>,
+    pub adapter: Option<PathBuf>,
+    pub description: Option<String>,
+}
 
 /// Personas, profiles and templates as one snapshot.
 #[derive(Debug, Clone)]
@@ -33,7 +56,7 @@ impl Default for Catalog {
             personas: BTreeMap::new(),
             profiles: BTreeMap::new(),
             templates: crate::prompts::builtin(),
-            default_model: crate::config::DEFAULT_MODEL.to_string(),
+            default_model: DEFAULT_MODEL.to_string(),
         }
     }
 }
@@ -49,15 +72,12 @@ impl Catalog {
     }
 }
 
-impl Persona {
-    /// The persona's options as Ollama's `options` object, its stop words included.
-    pub fn options_json(&self) -> serde_json::Map<String, Value> {
-        let mut o = self.options.clone();
-        if !self.stop.is_empty() && !o.contains_key("stop") {
-            o.insert("stop".into(), Value::from(self.stop.clone()));
-        }
-        o
+/// A persona's options with its separate stop words folded in; `options.stop` wins.
+pub fn with_stop(mut options: OptionPatch, stop: Vec<String>) -> OptionPatch {
+    if options.stop.is_none() && !stop.is_empty() {
+        options.stop = Some(stop);
     }
+    options
 }
 
 /// Renders a named prompt template into the prompt: the generate prompt, or a new last user
@@ -93,7 +113,16 @@ pub fn profiles_path(data_dir: &Path) -> PathBuf {
     data_dir.join("profiles.json")
 }
 
-/// A profile as `profiles.json` keeps it.
+/// A patch as the JSON object it was written as.
+pub fn options_map(options: &OptionPatch) -> serde_json::Map<String, Value> {
+    match serde_json::to_value(options) {
+        Ok(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// A profile as `profiles.json` keeps it (`stop` is read from files written before the stop
+/// words moved into `options`).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredProfile {
     name: String,
@@ -114,22 +143,22 @@ pub fn load_profiles(path: &Path) -> Result<BTreeMap<String, Persona>, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let stored: Vec<StoredProfile> = serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))?;
-    Ok(stored
+    stored
         .into_iter()
         .map(|p| {
+            let options = OptionPatch::from_map(&p.options).map_err(|e| format!("{}: profile {}: {e}", path.display(), p.name))?;
             let persona = Persona {
                 name: p.name.clone(),
                 model: p.model,
                 system: p.system,
-                options: p.options,
-                stop: p.stop,
+                options: with_stop(options, p.stop),
                 examples: Vec::new(),
                 adapter: None,
                 description: p.description,
             };
-            (p.name, persona)
+            Ok((p.name, persona))
         })
-        .collect())
+        .collect()
 }
 
 /// Writes the profiles atomically (a temporary file renamed over the old one).
@@ -140,8 +169,8 @@ pub fn save_profiles(path: &Path, profiles: &BTreeMap<String, Persona>) -> Resul
             name: p.name.clone(),
             model: p.model.clone(),
             system: p.system.clone(),
-            options: p.options.clone(),
-            stop: p.stop.clone(),
+            options: options_map(&p.options),
+            stop: Vec::new(),
             description: p.description.clone(),
         })
         .collect();

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use super::catalog::Persona;
 use super::PromptSpec;
-use crate::engine::template::TemplateMessage;
+use crate::spec::template::TemplateMessage;
 
 /// A prompt ready to render, and what of it may be left out or must be stored.
 #[derive(Debug, Clone)]
@@ -84,7 +84,6 @@ mod tests {
             model: "smollm2:135m".into(),
             system: Some("Arr.".into()),
             options: Default::default(),
-            stop: Vec::new(),
             examples: vec![("user".into(), "hi".into()), ("assistant".into(), "Ahoy!".into())],
             adapter: None,
             description: None,

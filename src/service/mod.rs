@@ -24,8 +24,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::cache::{Lookup, ResponseCache};
 use crate::conversations::ConversationStore;
 use crate::backend::{EmbedJob, EngineError, Event, GenerateJob};
-use crate::engine::options::{RawOptions, SamplingOptions};
-use crate::engine::template::TemplateMessage;
+use crate::spec::options::{OptionPatch, SamplingOptions};
+use crate::spec::template::TemplateMessage;
 use crate::resources::{KeepAlive, ModelManager, ResourceError};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
@@ -39,10 +39,12 @@ pub struct ValidRequest {
     pub prompt: PromptSpec,
     /// Tools offered in a chat, to read the answer back as a call.
     pub tools: Option<crate::engine::grammar::ToolRequest>,
-    /// The request's options, validated against the server's defaults.
-    pub options: SamplingOptions,
-    /// The options as the client set them, to lay over the model's own defaults.
-    pub raw_options: RawOptions,
+    /// The request's own options, laid over the persona's and the model's.
+    pub options: OptionPatch,
+    /// What the API decided beyond Ollama's options: the grammar the answer must follow
+    /// (structured output, tool calls), and log-probabilities (`Some(n)`: with n alternatives).
+    pub grammar: Option<String>,
+    pub logprobs: Option<u8>,
     pub keep_alive: Option<KeepAlive>,
     pub stream: bool,
     /// The service layer's choices: persona, cache, conversation, prompt template.
@@ -80,8 +82,6 @@ pub enum ServiceError {
     ModelDefaults { model: String, reason: String },
     #[error("persona '{0}' not found (personas come from the config file and /llm/configure)")]
     UnknownPersona(String),
-    #[error("persona '{persona}' has invalid options: {reason}")]
-    PersonaOptions { persona: String, reason: String },
     #[error("prompt template '{0}' not found")]
     UnknownTemplate(String),
     #[error(transparent)]
@@ -116,44 +116,21 @@ async fn resolve(manager: &ModelManager, model: &str, caller: Caller) -> Result<
     .map_err(ServiceError::from)
 }
 
-/// The request's options laid over the model's Modelfile parameters (the request wins), and
-/// whether `num_ctx` was set by either.
-fn with_model_defaults(
-    manager: &ModelManager,
-    entry: &crate::store::ModelEntry,
-    options: SamplingOptions,
-    raw: &RawOptions,
-) -> Result<(SamplingOptions, bool), ServiceError> {
-    with_defaults(manager, entry, None, options, raw)
-}
-
-/// The request's options over the persona's over the model's Modelfile parameters.
-fn with_defaults(
+/// The request's options over the persona's over the model's parameters, resolved once; and
+/// whether any of them set `num_ctx` (which then picks the loaded instance).
+fn resolve_options(
     manager: &ModelManager,
     entry: &crate::store::ModelEntry,
     persona: Option<&catalog::Persona>,
-    options: SamplingOptions,
-    raw: &RawOptions,
+    request: &OptionPatch,
 ) -> Result<(SamplingOptions, bool), ServiceError> {
-    let persona_options = persona.map(catalog::Persona::options_json).filter(|o| !o.is_empty());
-    if entry.defaults.parameters.is_empty() && persona_options.is_none() {
-        return Ok((options, raw.num_ctx.is_some()));
+    let model = entry.defaults.options.as_ref().map_err(|e| ServiceError::ModelDefaults { model: entry.name.clone(), reason: e.to_string() })?;
+    let mut patch = model.clone();
+    if let Some(p) = persona {
+        patch = patch.over(&p.options);
     }
-    let bad = |reason: String| ServiceError::ModelDefaults { model: entry.name.clone(), reason };
-    let mut merged = RawOptions::from_json(&serde_json::Value::Object(entry.defaults.parameters.clone())).map_err(|e| bad(e.to_string()))?;
-    if let (Some(p), Some(o)) = (persona, persona_options) {
-        let over = RawOptions::from_json(&serde_json::Value::Object(o)).map_err(|e| ServiceError::PersonaOptions {
-            persona: p.name.clone(),
-            reason: e.to_string(),
-        })?;
-        merged = merged.merged_with(&over);
-    }
-    let merged = merged.merged_with(raw);
-    let mut merged_options = merged.validate(manager.defaults().num_ctx).map_err(|e| bad(e.to_string()))?;
-    // What the API layer decided beyond Ollama's options stays.
-    merged_options.grammar = options.grammar;
-    merged_options.logprobs = options.logprobs;
-    Ok((merged_options, merged.num_ctx.is_some()))
+    let patch = patch.over(request);
+    Ok((patch.resolve(manager.defaults().num_ctx), patch.num_ctx.is_some()))
 }
 
 /// What a request started.
@@ -329,7 +306,7 @@ impl Service {
     pub async fn start(&self, req: ValidRequest, caller: Caller, started: Instant) -> Result<Outcome, ServiceError> {
         let catalog = self.catalog();
         let settings = self.settings();
-        let ValidRequest { mut model, prompt, tools, options, raw_options, keep_alive, stream: _, service } = req;
+        let ValidRequest { mut model, prompt, tools, options, grammar, logprobs, keep_alive, stream: _, service } = req;
         // A persona by the `persona` field, or by its name used as the model.
         let by_model = catalog.persona(&model).cloned();
         let persona = match &service.persona {
@@ -352,11 +329,13 @@ impl Service {
                 self.manager.unload(&entry.name);
                 return Ok(Outcome::Loaded { unloaded: true, load_duration: Duration::ZERO });
             }
-            let (options, explicit_num_ctx) = with_defaults(&self.manager, &entry, persona.as_ref(), options, &raw_options)?;
+            let (options, explicit_num_ctx) = resolve_options(&self.manager, &entry, persona.as_ref(), &options)?;
             let lease = self.manager.acquire(entry, explicit_num_ctx.then_some(options.num_ctx), keep_alive).await?;
             return Ok(Outcome::Loaded { unloaded: false, load_duration: lease.load_duration });
         }
-        let (options, explicit_num_ctx) = with_defaults(&self.manager, &entry, persona.as_ref(), options, &raw_options)?;
+        let (mut options, explicit_num_ctx) = resolve_options(&self.manager, &entry, persona.as_ref(), &options)?;
+        options.grammar = grammar;
+        options.logprobs = logprobs;
         let mut prompt = prompt;
         if let Some(t) = &service.template {
             // It may read the model file's header (the template's variant for its family).
@@ -471,9 +450,8 @@ pub struct ValidEmbedRequest {
     /// Scale each vector to unit length (`/api/embed`, `/v1/embeddings`); the legacy
     /// `/api/embeddings` returns the pooled vector as it is, like Ollama's.
     pub normalize: bool,
-    /// Validated options; only `num_ctx` matters here (it picks the instance and the limit).
-    pub options: SamplingOptions,
-    pub raw_options: RawOptions,
+    /// Only `num_ctx` matters here (it picks the instance and the limit).
+    pub options: OptionPatch,
     pub keep_alive: Option<KeepAlive>,
 }
 
@@ -518,7 +496,7 @@ impl Service {
 
 async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Caller, started: Instant) -> Result<EmbedResult, ServiceError> {
     let entry = resolve(manager, &req.model, caller).await?;
-    let (options, explicit_num_ctx) = with_model_defaults(manager, &entry, req.options.clone(), &req.raw_options)?;
+    let (options, explicit_num_ctx) = resolve_options(manager, &entry, None, &req.options)?;
     let num_ctx = options.num_ctx;
     let lease = manager.acquire(entry, explicit_num_ctx.then_some(num_ctx), req.keep_alive).await?;
     let load_duration = lease.load_duration;

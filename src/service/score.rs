@@ -9,7 +9,7 @@ use futures::StreamExt;
 use super::reply::{self, Piece};
 use super::{Caller, Outcome, PromptSpec, Service, ServiceError, ServiceOptions, ValidRequest};
 use crate::backend::EngineError;
-use crate::engine::options::RawOptions;
+use crate::spec::options::OptionPatch;
 
 /// The prompt decode speed is measured from (also `hearth bench`'s).
 pub const DECODE_PROMPT: &str = "Once upon a time";
@@ -26,15 +26,15 @@ pub struct DecodeScore {
     pub load: Duration,
 }
 
-fn raw_request(service: &Service, model: &str, prompt: &str, num_predict: u32) -> Result<ValidRequest, ServiceError> {
-    let raw_options = RawOptions::from_json(&serde_json::json!({"temperature": 0, "num_predict": num_predict})).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-    let options = raw_options.validate(service.manager.defaults().num_ctx).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+fn raw_request(model: &str, prompt: &str, num_predict: u32) -> Result<ValidRequest, ServiceError> {
+    let options = OptionPatch { temperature: Some(0.0), num_predict: Some(i64::from(num_predict)), ..OptionPatch::default() };
     Ok(ValidRequest {
         model: model.to_string(),
         prompt: PromptSpec::Generate { prompt: prompt.to_string(), system: None, template: None, raw: true, context: Vec::new() },
         tools: None,
         options,
-        raw_options,
+        grammar: None,
+        logprobs: None,
         keep_alive: None,
         stream: true,
         service: ServiceOptions { use_cache: Some(false), ..ServiceOptions::default() },
@@ -44,12 +44,12 @@ fn raw_request(service: &Service, model: &str, prompt: &str, num_predict: u32) -
 impl Service {
     /// Loads `model`, then times one greedy generation of up to `tokens` tokens (at least 2).
     pub async fn decode_score(&self, model: &str, tokens: u32) -> Result<DecodeScore, ServiceError> {
-        let load = match self.start(raw_request(self, model, "", 1)?, Caller::Network, Instant::now()).await? {
+        let load = match self.start(raw_request(model, "", 1)?, Caller::Network, Instant::now()).await? {
             Outcome::Loaded { load_duration, .. } => load_duration,
             Outcome::Generating(_) => return Err(ServiceError::Internal("an empty prompt started a generation".into())),
         };
         let started = Instant::now();
-        let Outcome::Generating(g) = self.start(raw_request(self, model, DECODE_PROMPT, tokens.max(2))?, Caller::Network, started).await? else {
+        let Outcome::Generating(g) = self.start(raw_request(model, DECODE_PROMPT, tokens.max(2))?, Caller::Network, started).await? else {
             return Err(ServiceError::Internal("the score's prompt only loaded the model".into()));
         };
         let pieces = reply::pieces(g.events, None);

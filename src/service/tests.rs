@@ -30,19 +30,18 @@ fn fixture(cache: bool, settings: ServiceSettings) -> Fixture {
     Fixture { service, fake, _models: models, _data: data }
 }
 
-fn options(json: serde_json::Value) -> (SamplingOptions, RawOptions) {
-    let raw = RawOptions::from_json(&json).expect("options");
-    (raw.validate(2048).expect("valid options"), raw)
+fn options(json: serde_json::Value) -> OptionPatch {
+    OptionPatch::from_json(&json).expect("options")
 }
 
 fn generate(prompt: &str, opts: serde_json::Value) -> ValidRequest {
-    let (options, raw_options) = options(opts);
     ValidRequest {
         model: "a".into(),
         prompt: PromptSpec::Generate { prompt: prompt.into(), system: None, template: None, raw: false, context: Vec::new() },
         tools: None,
-        options,
-        raw_options,
+        options: options(opts),
+        grammar: None,
+        logprobs: None,
         keep_alive: None,
         stream: true,
         service: ServiceOptions::default(),
@@ -184,15 +183,13 @@ async fn request_timeout_stops_a_long_generation() {
 }
 
 fn embed_request(inputs: &[&str]) -> ValidEmbedRequest {
-    let (options, raw_options) = options(serde_json::json!({}));
     ValidEmbedRequest {
         model: "a".into(),
         inputs: inputs.iter().map(|t| EmbedInput::Text(t.to_string())).collect(),
         truncate: true,
         dimensions: None,
         normalize: false,
-        options,
-        raw_options,
+        options: OptionPatch::default(),
         keep_alive: None,
     }
 }
@@ -236,7 +233,7 @@ async fn a_turn_that_fails_is_not_stored() {
     run(&f.service, chat_turn("c2", "first")).await.expect("turn 1");
     f.fake.settings(|s| s.token_delay = Duration::from_millis(5));
     let mut long = chat_turn("c2", "second");
-    long.options.num_predict = crate::engine::options::PredictLimit::Tokens(1000);
+    long.options.num_predict = Some(1000);
     let Outcome::Generating(mut g) = f.service.start(long, Caller::Network, Instant::now()).await.expect("start") else {
         panic!("expected a generation")
     };
@@ -274,4 +271,42 @@ async fn an_empty_request_loads_and_keep_alive_zero_unloads() {
     assert!(matches!(outcome, Outcome::Loaded { unloaded: true, .. }));
     assert!(f.service.manager.loaded().is_empty());
     assert_eq!(f.fake.generations(), 0);
+}
+
+#[test]
+fn options_are_model_under_persona_under_request() {
+    let f = fixture(false, ServiceSettings::default());
+    let mut entry = crate::store::ModelEntry {
+        name: "a:latest".into(),
+        path: "a.gguf".into(),
+        size: 1,
+        modified: std::time::SystemTime::UNIX_EPOCH,
+        origin: crate::store::Origin::DropIn,
+        digest: None,
+        source: None,
+        defaults: Default::default(),
+    };
+    entry.defaults.set_parameters(serde_json::json!({"temperature": 0.1, "top_k": 7, "num_ctx": 64}).as_object().expect("map").clone());
+    let persona = catalog::Persona {
+        name: "p:latest".into(),
+        model: "a:latest".into(),
+        system: None,
+        options: catalog::with_stop(options(serde_json::json!({"temperature": 0.2, "seed": 3})), vec!["END".into()]),
+        examples: Vec::new(),
+        adapter: None,
+        description: None,
+    };
+    let request = options(serde_json::json!({"seed": -1}));
+    let (o, explicit_num_ctx) = resolve_options(&f.service.manager, &entry, Some(&persona), &request).expect("options");
+    assert_eq!((o.temperature, o.top_k, o.seed, o.num_ctx), (0.2, 7, None, 64));
+    assert_eq!(o.stop, vec!["END".to_string()]);
+    assert!(explicit_num_ctx);
+    // Without the model's num_ctx the server's default applies and nothing was explicit.
+    entry.defaults.set_parameters(serde_json::Map::new());
+    let (o, explicit_num_ctx) = resolve_options(&f.service.manager, &entry, None, &OptionPatch::default()).expect("options");
+    assert_eq!((o.num_ctx, explicit_num_ctx, o.temperature), (f.service.manager.defaults().num_ctx, false, 0.8));
+    // A manifest with options hearth can't use fails the request that uses it, naming the model.
+    entry.defaults.set_parameters(serde_json::json!({"num_gqa": 8}).as_object().expect("map").clone());
+    let err = resolve_options(&f.service.manager, &entry, None, &request).expect_err("bad parameters");
+    assert!(matches!(&err, ServiceError::ModelDefaults { model, .. } if model == "a:latest"), "{err}");
 }

@@ -27,6 +27,8 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+use crate::spec::options::{OptionError, OptionPatch};
+
 pub use manifest::Manifest;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,16 +84,41 @@ impl Origin {
 }
 
 /// What a model's manifest adds to its weights: applied to every request for it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelDefaults {
     /// Prompt template (Jinja chat template, or Ollama's Go template subset).
     pub template: Option<String>,
     pub system: Option<String>,
-    /// Default `options`, under the request's own.
+    /// Default `options` as the manifest writes them (`/api/show` lists them).
     pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// The same, parsed when the manifest was read: under the persona's and the request's.
+    /// An error when the manifest carries options hearth cannot use (Ollama's store may); a
+    /// request for the model reports it.
+    pub options: Result<OptionPatch, OptionError>,
     /// LoRA adapters applied at load, in order.
     pub adapters: Vec<PathBuf>,
     pub license: Option<String>,
+}
+
+impl Default for ModelDefaults {
+    fn default() -> Self {
+        Self {
+            template: None,
+            system: None,
+            parameters: serde_json::Map::new(),
+            options: Ok(OptionPatch::default()),
+            adapters: Vec::new(),
+            license: None,
+        }
+    }
+}
+
+impl ModelDefaults {
+    /// Sets the default options, parsing them once.
+    pub fn set_parameters(&mut self, parameters: serde_json::Map<String, serde_json::Value>) {
+        self.options = OptionPatch::from_map(&parameters);
+        self.parameters = parameters;
+    }
 }
 
 /// A model the store knows about.
@@ -310,12 +337,10 @@ impl ModelStore {
             origin: Origin::Hearth,
             digest: Some(m.model.clone()),
             source: m.source.clone(),
-            defaults: ModelDefaults {
-                template: m.template.clone(),
-                system: m.system.clone(),
-                parameters: m.parameters.clone(),
-                adapters,
-                license: m.license.clone(),
+            defaults: {
+                let mut d = ModelDefaults { template: m.template.clone(), system: m.system.clone(), adapters, license: m.license.clone(), ..ModelDefaults::default() };
+                d.set_parameters(m.parameters.clone());
+                d
             },
         }))
     }

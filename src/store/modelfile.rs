@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::gguf::read_gguf;
 use super::{digest_hex, normalize_name, Manifest, ModelStore, StoreError};
-use crate::engine::options::RawOptions;
+use crate::spec::options::OptionPatch;
 
 /// What to create: the parsed Modelfile or API fields.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -122,9 +122,7 @@ pub fn add_parameter(params: &mut Map<String, Value>, key: &str, raw: &str) -> R
 
 /// Fails with the offending name unless `params` are valid request options.
 pub fn check_parameters(params: &Map<String, Value>) -> Result<(), String> {
-    RawOptions::from_json(&Value::Object(params.clone()))
-        .and_then(|o| o.validate(2048).map(|_| ()))
-        .map_err(|e| e.to_string())
+    OptionPatch::from_map(params).map(|_| ()).map_err(|e| e.to_string())
 }
 
 impl ModelStore {
@@ -149,7 +147,7 @@ impl ModelStore {
             return Err(StoreError::Invalid(format!("FROM {} is a LoRA adapter; use it with ADAPTER", spec.from)));
         }
         if let Some(t) = &spec.template {
-            crate::engine::template::check_template(t).map_err(|e| StoreError::Modelfile(format!("TEMPLATE: {e}")))?;
+            crate::spec::template::check_template(t).map_err(|e| StoreError::Modelfile(format!("TEMPLATE: {e}")))?;
             manifest.template = Some(t.clone());
         }
         if spec.system.is_some() {

@@ -83,13 +83,13 @@ pub fn resolve(dir: &Path, name: &str) -> Option<ModelEntry> {
         match layer.media_type.as_str() {
             "application/vnd.ollama.image.model" => weights = Some(layer),
             "application/vnd.ollama.image.template" => {
-                defaults.template = text(layer).filter(|t| crate::engine::template::go_template_supported(t));
+                defaults.template = text(layer).filter(|t| crate::spec::template::go_template_supported(t));
             }
             "application/vnd.ollama.image.system" => defaults.system = text(layer),
             "application/vnd.ollama.image.license" => defaults.license = text(layer),
             "application/vnd.ollama.image.params" => {
                 if let Some(serde_json::Value::Object(map)) = text(layer).and_then(|t| serde_json::from_str(&t).ok()) {
-                    defaults.parameters = map;
+                    defaults.set_parameters(map);
                 }
             }
             "application/vnd.ollama.image.adapter" => defaults.adapters.extend(blob(&layer.digest)),

@@ -5,7 +5,7 @@ use super::*;
 
 pub(super) async fn chat_completions(State(app): State<AppState>, OpenAiJson(req): OpenAiJson<ChatCompletionRequest>) -> OaiResult<Response> {
     let started = Instant::now();
-    let (plan, req) = req.validate(app.manager.defaults().num_ctx)?;
+    let (plan, req) = req.validate()?;
     let tools = req.tools.clone();
     let generations = start_choices(&app, req, plan.n, started).await?;
     let info = combined_info(&generations);

@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn completions(State(app): State<AppState>, OpenAiJson(req): OpenAiJson<CompletionRequest>) -> OaiResult<Response> {
     let started = Instant::now();
-    let mut plan = req.sampling.plan(app.manager.defaults().num_ctx)?;
+    let mut plan = req.sampling.plan()?;
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(invalid("suffix", "suffix (insertion) is not supported"));
     }
@@ -21,7 +21,7 @@ pub(super) async fn completions(State(app): State<AppState>, OpenAiJson(req): Op
         Some(n) if (0..=5).contains(&n) => Some(n as u8),
         Some(n) => return Err(invalid("logprobs", format!("logprobs must be between 0 and 5, not {n}"))),
     };
-    plan.options.logprobs = top;
+    plan.logprobs = top;
     let echo = req.echo.unwrap_or(false);
     let mut generations = Vec::new();
     for p in &prompts {
@@ -30,7 +30,8 @@ pub(super) async fn completions(State(app): State<AppState>, OpenAiJson(req): Op
             prompt: PromptSpec::Generate { prompt: p.clone(), system: None, template: None, raw: true, context: Vec::new() },
             tools: None,
             options: plan.options.clone(),
-            raw_options: plan.raw_options.clone(),
+            grammar: plan.grammar.clone(),
+            logprobs: plan.logprobs,
             keep_alive: plan.keep_alive,
             stream: plan.stream,
             service: plan.service.clone(),

@@ -54,8 +54,7 @@ pub(super) async fn embeddings(State(app): State<AppState>, OpenAiJson(req): Ope
     if let Some(c) = req.num_ctx {
         o.insert("num_ctx".into(), json!(c));
     }
-    let raw_options = RawOptions::from_json(&Value::Object(o)).map_err(|e| invalid("num_ctx", e.to_string()))?;
-    let options = raw_options.validate(app.manager.defaults().num_ctx).map_err(|e| invalid("num_ctx", e.to_string()))?;
+    let options = OptionPatch::from_map(&o).map_err(|e| invalid("num_ctx", e.to_string()))?;
     let keep_alive = keep_alive(req.keep_alive.as_ref())?;
     let valid = service::ValidEmbedRequest {
         model: model.clone(),
@@ -64,7 +63,6 @@ pub(super) async fn embeddings(State(app): State<AppState>, OpenAiJson(req): Ope
         dimensions,
         normalize: true,
         options,
-        raw_options,
         keep_alive,
     };
     let result = app.service.embed(valid, Caller::Network)

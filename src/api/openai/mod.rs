@@ -41,8 +41,8 @@ use super::ollama::logprob_request;
 use super::tools::{format_grammar, parse_tools, tool_choice};
 use super::AppState;
 use crate::engine::grammar::{ToolChoice, ToolRequest};
-use crate::engine::options::RawOptions;
-use crate::engine::template::TemplateMessage;
+use crate::spec::options::OptionPatch;
+use crate::spec::template::TemplateMessage;
 use crate::engine::{DoneReason, TokenLogprob};
 use crate::resources::KeepAlive;
 use crate::service::reply::{self, Collected, Piece};
@@ -160,8 +160,9 @@ pub(super) async fn start_choices(app: &AppState, req: ValidRequest, n: usize, s
     let mut generations = Vec::with_capacity(n);
     for i in 0..n {
         let mut r = req.clone();
-        if let Some(seed) = r.options.seed {
-            r.options.seed = Some(seed.wrapping_add(i as u32));
+        // A negative seed is a fresh one per choice already.
+        if let Some(seed) = r.options.seed.filter(|s| *s >= 0) {
+            r.options.seed = Some(seed % (1 << 32) + i as i64);
         }
         let outcome = app
             .service

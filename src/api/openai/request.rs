@@ -74,8 +74,9 @@ pub(super) const MAX_N: i64 = 16;
 /// What every choice of a request shares.
 pub(super) struct Plan {
     pub(super) model: String,
-    pub(super) options: crate::engine::options::SamplingOptions,
-    pub(super) raw_options: RawOptions,
+    pub(super) options: OptionPatch,
+    pub(super) grammar: Option<String>,
+    pub(super) logprobs: Option<u8>,
     pub(super) keep_alive: Option<KeepAlive>,
     pub(super) n: usize,
     pub(super) stream: bool,
@@ -84,7 +85,7 @@ pub(super) struct Plan {
 }
 
 impl Sampling {
-    pub(super) fn plan(&self, default_num_ctx: u32) -> OaiResult<Plan> {
+    pub(super) fn plan(&self) -> OaiResult<Plan> {
         let service = self.service.clone().validate(self.template.clone()).map_err(|e| OpenAiError { error: e, param: None })?;
         let model = self
             .model
@@ -141,13 +142,13 @@ impl Sampling {
             }
             Some(_) => return Err(invalid("stop", "stop must be a string or a list of strings")),
         }
-        let raw_options = RawOptions::from_json(&Value::Object(o)).map_err(|e| invalid("options", e.to_string()))?;
-        let options = raw_options.validate(default_num_ctx).map_err(|e| invalid("options", e.to_string()))?;
+        let options = OptionPatch::from_map(&o).map_err(|e| invalid("options", e.to_string()))?;
         let keep_alive = keep_alive(self.keep_alive.as_ref())?;
         Ok(Plan {
             model,
             options,
-            raw_options,
+            grammar: None,
+            logprobs: None,
             keep_alive,
             n: n as usize,
             stream: self.stream.unwrap_or(false),
@@ -178,8 +179,8 @@ pub(super) fn message_text(content: &Value, i: usize) -> OaiResult<String> {
 }
 
 impl ChatCompletionRequest {
-    pub(super) fn validate(self, default_num_ctx: u32) -> OaiResult<(Plan, ValidRequest)> {
-        let mut plan = self.sampling.plan(default_num_ctx)?;
+    pub(super) fn validate(self) -> OaiResult<(Plan, ValidRequest)> {
+        let mut plan = self.sampling.plan()?;
         let messages = self.messages.ok_or_else(|| invalid("messages", "messages is required"))?;
         if messages.is_empty() {
             return Err(invalid("messages", "messages must not be empty"));
@@ -216,8 +217,8 @@ impl ChatCompletionRequest {
                 _ => return Err(invalid("response_format", "response_format.type must be text, json_object or json_schema")),
             },
         };
-        plan.options.grammar = format_grammar(format.as_ref()).map_err(|e| OpenAiError { error: e, param: Some("response_format") })?;
-        plan.options.logprobs = logprob_request(self.logprobs, self.top_logprobs).map_err(|e| OpenAiError { error: e, param: Some("top_logprobs") })?;
+        plan.grammar = format_grammar(format.as_ref()).map_err(|e| OpenAiError { error: e, param: Some("response_format") })?;
+        plan.logprobs = logprob_request(self.logprobs, self.top_logprobs).map_err(|e| OpenAiError { error: e, param: Some("top_logprobs") })?;
         if self.top_logprobs.is_some() && self.logprobs != Some(true) {
             return Err(invalid("top_logprobs", "top_logprobs needs logprobs: true"));
         }
@@ -227,12 +228,12 @@ impl ChatCompletionRequest {
                 return Err(invalid("tool_choice", "tool_choice needs tools"));
             }
             None => None,
-            Some(_) if plan.options.grammar.is_some() => {
+            Some(_) if plan.grammar.is_some() => {
                 return Err(invalid("response_format", "response_format and tools can't be combined: a tool call is already JSON"));
             }
             Some(t) => {
                 let tools = ToolRequest { tools: parse_tools(&t).map_err(|e| OpenAiError { error: e, param: Some("tools") })?, choice };
-                plan.options.grammar = tools.grammar().map_err(|e| OpenAiError { error: e.into(), param: Some("tool_choice") })?;
+                plan.grammar = tools.grammar().map_err(|e| OpenAiError { error: e.into(), param: Some("tool_choice") })?;
                 Some(tools)
             }
         };
@@ -241,7 +242,8 @@ impl ChatCompletionRequest {
             prompt: PromptSpec::Chat { messages: out, tools: tools.as_ref().map(ToolRequest::offered).unwrap_or_default() },
             tools,
             options: plan.options.clone(),
-            raw_options: plan.raw_options.clone(),
+            grammar: plan.grammar.clone(),
+            logprobs: plan.logprobs,
             keep_alive: plan.keep_alive,
             stream: plan.stream,
             service: plan.service.clone(),

@@ -32,7 +32,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::options::RawOptions;
+use crate::service::catalog::{with_stop, Persona};
+use crate::spec::options::OptionPatch;
 use crate::prompts::{self, PromptError, PromptTemplate};
 use crate::resources::keep_alive::KeepAlive;
 
@@ -189,25 +190,6 @@ impl PricingFile {
             .and_then(|name| self.models.get(&name).copied())
             .unwrap_or(self.default_per_1k_tokens)
     }
-}
-
-/// A named preset over a model: system prompt, options, stop words, few-shot examples.
-/// Usable wherever a model name is, under its own name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Persona {
-    /// Normalized (`pirate:latest`), as a request's model name would be.
-    pub name: String,
-    /// Normalized; the persona's own `model`, else `server.default_model`.
-    pub model: String,
-    /// Never empty when set.
-    pub system: Option<String>,
-    /// Ollama options, checked by `RawOptions::validate`; a request's options go on top.
-    pub options: serde_json::Map<String, Value>,
-    pub stop: Vec<String>,
-    /// `(role, content)`, role one of `system`, `user`, `assistant`.
-    pub examples: Vec<(String, String)>,
-    pub adapter: Option<PathBuf>,
-    pub description: Option<String>,
 }
 
 /// The validated config file, with the environment overlays applied.
@@ -492,8 +474,7 @@ fn persona(
     let options = raw.options.unwrap_or_default();
     // One option at a time first, so a type error names its option.
     for (option, value) in &options {
-        let single = Value::Object(serde_json::Map::from_iter([(option.clone(), value.clone())]));
-        if let Err(e) = RawOptions::from_json(&single) {
+        if let Err(e) = OptionPatch::from_map(&serde_json::Map::from_iter([(option.clone(), value.clone())])) {
             let message = if e.reason.starts_with("unknown field") {
                 format!("unknown Ollama option `{option}`")
             } else {
@@ -502,17 +483,13 @@ fn persona(
             return Err(at(&["personas", key, "options", option], message));
         }
     }
-    let checked = RawOptions::from_json(&Value::Object(options.clone()))
-        .and_then(|o| o.validate(super::DEFAULT_NUM_CTX));
-    if let Err(e) = checked {
-        return Err(at(&["personas", key, "options", &e.field], e.reason));
-    }
+    let options = OptionPatch::from_map(&options).map_err(|e| at(&["personas", key, "options", &e.field], e.reason))?;
     let stop = raw.stop.unwrap_or_default();
     if stop.iter().any(String::is_empty) {
         return Err(at(&["personas", key, "stop"], "a stop sequence may not be empty".to_string()));
     }
-    let stop_check = Value::Object(serde_json::Map::from_iter([("stop".to_string(), Value::from(stop.clone()))]));
-    if let Err(e) = RawOptions::from_json(&stop_check).and_then(|o| o.validate(super::DEFAULT_NUM_CTX)) {
+    let stop_check = serde_json::Map::from_iter([("stop".to_string(), Value::from(stop.clone()))]);
+    if let Err(e) = OptionPatch::from_map(&stop_check) {
         return Err(at(&["personas", key, "stop"], e.reason));
     }
     let adapter = raw.adapter.map(|p| resolve(base, p));
@@ -526,8 +503,7 @@ fn persona(
         name,
         model,
         system: raw.system,
-        options,
-        stop,
+        options: with_stop(options, stop),
         examples: raw
             .examples
             .unwrap_or_default()

@@ -27,7 +27,7 @@ fn shipped_config_parses() {
     let pirate = c.persona("pirate").expect("example persona");
     assert_eq!(pirate.model, "smollm2:135m");
     assert!(pirate.system.as_deref().is_some_and(|s| s.contains("pirate")));
-    assert!(pirate.options.contains_key("temperature"));
+    assert!(pirate.options.temperature.is_some());
     assert!(!pirate.examples.is_empty());
     assert!(c.templates.contains_key("rag_query") && c.templates.contains_key("summarization"));
     assert_eq!(c.template("rag_query").expect("template").variables(None), vec!["context", "question"]);
@@ -178,7 +178,7 @@ fn persona_rules() {
     );
     let p = c.persona("Pirate-2:latest").expect("persona");
     assert_eq!((p.name.as_str(), p.model.as_str()), ("Pirate-2:latest", "smollm2:135m"));
-    assert_eq!(p.stop, vec!["\nUser:"]);
+    assert_eq!(p.options.stop, Some(vec!["\nUser:".to_string()]));
     assert_eq!(p.examples[1], ("assistant".to_string(), "arr".to_string()));
 
     let msg = parse_err("personas:\n  pirate:\n    system: Arr\n");
