@@ -187,7 +187,7 @@ mod tests {
             let self_closing = tag.ends_with('/');
             let body = tag.trim_end_matches('/');
             let name = body.split_whitespace().next().ok_or("empty tag")?.to_string();
-            if body.matches('"').count() % 2 != 0 {
+            if !body.matches('"').count().is_multiple_of(2) {
                 return Err(format!("unbalanced quotes in <{body}>"));
             }
             check_text(body)?;

@@ -222,7 +222,7 @@ mod tests {
             assert_eq!(Weights::parse(w.as_str()), Ok(w));
         }
         assert_eq!(Weights::parse("Q8_0"), Ok(Weights::Q8_0));
-        assert!(Weights::parse("q4_0").unwrap_err().contains("none or q8_0"));
+        assert!(Weights::parse("q4_0").expect_err("q4_0 is not a conversion").contains("none or q8_0"));
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub fn shorten(mut v: Vec<f32>, dims: usize) -> Vec<f32> {
     v
 }
 
+/// The vectors of one embedding request, one per input, or why there are none.
+pub type EmbedReply = Result<Vec<Vec<f32>>, EngineError>;
+
 /// Builds one input's pooled vector from the pieces llama.cpp pools per decode: each piece
 /// covers consecutive tokens of the input, the first piece starting at its first token.
 #[derive(Debug, Clone)]
@@ -183,7 +186,7 @@ impl FairShare {
 /// Inputs to embed, and where their vectors go (pooled, not normalized; same order).
 pub(super) struct EmbedJob {
     pub inputs: Vec<Vec<LlamaToken>>,
-    pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>,
+    pub reply: oneshot::Sender<EmbedReply>,
 }
 
 /// A job in the queue: its inputs not yet started and the vectors done so far.
@@ -193,7 +196,7 @@ struct Pending {
     /// Inputs `..next` have been started.
     next: usize,
     vectors: Vec<Option<Vec<f32>>>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>,
+    reply: oneshot::Sender<EmbedReply>,
 }
 
 impl Pending {

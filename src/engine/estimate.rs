@@ -2,7 +2,7 @@
 //!
 //! total = weights (tensor bytes by type) + KV cache (every layer keeps K and V in f16 for each
 //! of `num_ctx x parallel` cells; llama.cpp sizes sliding-window layers in full by default)
-//! + overhead (llama.cpp's vocabulary tables, logits and compute buffers, and hearth's own
+//! plus overhead (llama.cpp's vocabulary tables, logits and compute buffers, and hearth's own
 //! per-model state) + the embedding context (`engine::embed`: one slot's KV cells, and per token
 //! of its batch the logits llama.cpp keeps twice plus the graph's activations). The embedding
 //! context is made on the first embed request but counted from the load, so serving embeddings

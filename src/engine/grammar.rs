@@ -91,22 +91,19 @@ pub fn check(schema: &Value, path: &str, depth: usize) -> Result<(), GrammarErro
                     sub(p, format!("{}[{i}]", at(k)))?;
                 }
             }
-            "enum" => {
-                if !v.as_array().is_some_and(|a| !a.is_empty()) {
+            "enum"
+                if v.as_array().is_none_or(|a| a.is_empty()) => {
                     return Err(bad(&at(k), "must be a non-empty list"));
                 }
-            }
             "minItems" | "maxItems" | "minLength" | "maxLength" | "minProperties" | "maxProperties" => count(k)?,
-            "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "multipleOf" => {
-                if !v.is_number() {
+            "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "multipleOf"
+                if !v.is_number() => {
                     return Err(bad(&at(k), "must be a number"));
                 }
-            }
-            "pattern" | "format" => {
-                if !v.is_string() {
+            "pattern" | "format"
+                if !v.is_string() => {
                     return Err(bad(&at(k), "must be a string"));
                 }
-            }
             "$ref" => {
                 let r = v.as_str().ok_or_else(|| bad(&at(k), "must be a string"))?;
                 if !r.starts_with("#/") && r != "#" {

@@ -368,7 +368,7 @@ impl LoadedModel {
     /// Queues inputs (already truncated to at most `n_ctx_slot` tokens) to be embedded by the
     /// worker, batched together where they fit. The answer holds one pooled vector per input,
     /// in order, not normalized. Fails at once for an empty, too long or out-of-vocabulary input.
-    pub fn embed(&self, inputs: Vec<Vec<i32>>) -> Result<oneshot::Receiver<Result<Vec<Vec<f32>>, EngineError>>, EngineError> {
+    pub fn embed(&self, inputs: Vec<Vec<i32>>) -> Result<oneshot::Receiver<embed::EmbedReply>, EngineError> {
         let n_vocab = self.model.n_vocab();
         for (i, input) in inputs.iter().enumerate() {
             if input.is_empty() {

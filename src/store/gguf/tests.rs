@@ -155,7 +155,7 @@ impl Builder {
                 end = end.max(t_end);
             }
         }
-        while b.len() as u64 % self.alignment != 0 {
+        while !(b.len() as u64).is_multiple_of(self.alignment) {
             b.push(0);
         }
         // Tensors placed by hand get no data of their own: a far one runs past the end.
