@@ -157,16 +157,16 @@ pub struct StoreArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct EngineArgs {
     /// Sequences decoded together per model (parallel slots) [default: 4].
-    #[arg(long, env = "HEARTH_NUM_PARALLEL", value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, env = "HEARTH_NUM_PARALLEL", value_parser = clap::value_parser!(u32).range(crate::config::PARALLEL_RANGE))]
     pub parallel: Option<u32>,
     /// CPU threads for llama.cpp [default: physical cores].
-    #[arg(long, env = "HEARTH_NUM_THREADS", value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, env = "HEARTH_NUM_THREADS", value_parser = clap::value_parser!(i32).range(crate::config::THREADS_RANGE))]
     pub threads: Option<i32>,
     /// Default context length per request, in tokens [default: 4096].
-    #[arg(long = "context-length", env = "HEARTH_CONTEXT_LENGTH", value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    #[arg(long = "context-length", env = "HEARTH_CONTEXT_LENGTH", value_parser = clap::value_parser!(u32).range(crate::config::CONTEXT_LENGTH_RANGE))]
     pub context_length: Option<u32>,
     /// Most tokens per decode step (prompt chunk size) [default: 512].
-    #[arg(long = "batch-size", env = "HEARTH_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(16..=8192))]
+    #[arg(long = "batch-size", env = "HEARTH_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(crate::config::BATCH_SIZE_RANGE))]
     pub batch_size: Option<u32>,
     /// How long an idle model stays loaded (e.g. 5m, 1h, 0, -1 for forever) [default: 5m].
     #[arg(long = "keep-alive", env = "HEARTH_KEEP_ALIVE", allow_hyphen_values = true)]
@@ -277,9 +277,9 @@ pub struct StdioArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Server address, as OLLAMA_HOST takes it.
-    #[arg(long, env = "HEARTH_HOST", default_value = "127.0.0.1:11434")]
-    pub host: String,
+    /// Server address, as OLLAMA_HOST takes it [default: HEARTH_HOST, else 127.0.0.1:11434].
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Args)]

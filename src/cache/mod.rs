@@ -21,7 +21,8 @@ use redis_store::RedisStore;
 /// How the response cache is configured; `ResponseCache::new` validates it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSettings {
-    /// Whether responses are cached at all (off by default: caching changes sampled output).
+    /// Whether responses are cached at all. On by default: only deterministic requests
+    /// (temperature 0 or a fixed seed) are cached unless a request asks with `use_cache`.
     pub enabled: bool,
     /// How long an entry lives after it is stored.
     pub ttl: Duration,
@@ -34,7 +35,7 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
-            enabled: false,
+            enabled: true,
             ttl: Duration::from_secs(60 * 60),
             max_bytes: 256 * 1024 * 1024,
             redis_url: None,

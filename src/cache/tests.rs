@@ -57,8 +57,9 @@ fn key_hex_is_64_lowercase_digits_of_the_digest() {
 }
 
 #[test]
-fn defaults_are_one_hour_and_256_mib() {
+fn defaults_are_on_one_hour_and_256_mib() {
     let settings = CacheSettings::default();
+    assert!(settings.enabled);
     assert_eq!(settings.ttl, Duration::from_secs(3600));
     assert_eq!(settings.max_bytes, 256 * 1024 * 1024);
     assert_eq!(settings.redis_url, None);

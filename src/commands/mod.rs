@@ -91,9 +91,15 @@ pub fn engine_with_file(args: &EngineArgs, file: &config::file::EngineFile) -> E
 /// Where hearth keeps its own data (conversations, profiles): `HEARTH_DATA`, else the per-user
 /// data directory.
 pub fn default_data_dir() -> std::path::PathBuf {
-    match std::env::var_os("HEARTH_DATA").filter(|v| !v.is_empty()) {
-        Some(d) => d.into(),
-        None => dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("hearth"),
+    config::env_data_dir(&config::file::process_env).unwrap_or_else(|| dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("hearth"))
+}
+
+/// The server the client commands talk to: `--host`, else `HEARTH_HOST`, else Ollama's
+/// default address.
+pub fn server_addr(args: &crate::cli::ClientArgs) -> anyhow::Result<std::net::SocketAddr> {
+    match &args.host {
+        Some(h) => config::parse_host(h).map_err(anyhow::Error::msg).context("--host"),
+        None => Ok(config::env_host(&config::file::process_env)?.unwrap_or(config::parse_host("").map_err(anyhow::Error::msg)?)),
     }
 }
 

@@ -6,10 +6,9 @@ use anyhow::Context;
 use serde_json::Value;
 
 use crate::cli::ClientArgs;
-use crate::config::parse_host;
 
 pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
-    let addr = parse_host(&args.host).map_err(anyhow::Error::msg)?;
+    let addr = super::server_addr(&args)?;
     let url = format!("http://{addr}/api/ps");
     let body: Value = reqwest::get(&url)
         .await

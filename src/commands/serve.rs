@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::api::{self, AppState, Lifecycle};
-use crate::cache::{CacheSettings, ResponseCache};
+use crate::cache::ResponseCache;
 use crate::cli::ServeArgs;
 use crate::config::file::{self, FileConfig, LogFormat};
 use crate::config;
@@ -32,11 +32,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("config: {}", src.display());
     }
 
-    let env_addr = match std::env::var("HEARTH_HOST") {
-        Ok(h) if !h.is_empty() => Some(config::parse_host(&h).map_err(anyhow::Error::msg).context("HEARTH_HOST")?),
-        _ => None,
-    };
-    let base = env_addr.or(file.server.host).unwrap_or(config::parse_host("").map_err(anyhow::Error::msg)?);
+    let base = file.server.host.unwrap_or(config::parse_host("").map_err(anyhow::Error::msg)?);
     let ip = match &args.host {
         Some(h) => config::parse_host(h).map_err(anyhow::Error::msg).context("--host")?.ip(),
         None => base.ip(),
@@ -51,7 +47,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let manager = super::manager_with(store, &engine, file.engine.keep_alive)?;
 
     let data_dir = args.data.clone().or_else(|| file.server.data.clone()).unwrap_or_else(super::default_data_dir);
-    let cache = ResponseCache::new(&cache_settings(&file)).context("cache")?;
+    let cache = ResponseCache::new(&file.cache).context("cache")?;
     let conversations = ConversationStore::open(&data_dir)?;
     let metrics = Metrics::new(pricing(&file));
     let service = Service::new(
@@ -120,15 +116,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         () = deadline => tracing::warn!("streams still open after {DRAIN:?}; closing them"),
     }
     Ok(())
-}
-
-fn cache_settings(file: &FileConfig) -> CacheSettings {
-    CacheSettings {
-        enabled: file.cache.enabled,
-        ttl: file.cache.ttl,
-        max_bytes: file.cache.max_bytes,
-        redis_url: file.cache.redis_url.clone(),
-    }
 }
 
 fn pricing(file: &FileConfig) -> Pricing {

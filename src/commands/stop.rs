@@ -4,10 +4,9 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::cli::StopArgs;
-use crate::config::parse_host;
 
 pub async fn run(args: StopArgs) -> anyhow::Result<()> {
-    let addr = parse_host(&args.client.host).map_err(anyhow::Error::msg)?;
+    let addr = super::server_addr(&args.client)?;
     let resp = reqwest::Client::new()
         .post(format!("http://{addr}/api/generate"))
         .json(&json!({"model": args.model, "prompt": "", "keep_alive": 0, "stream": false}))

@@ -1,13 +1,15 @@
 //! Settings from flags, environment and the YAML file, turned into validated values once.
 //!
 //! clap reads flags and their `HEARTH_*` environment variables (flags win); `file` reads the
-//! YAML file with the seeds' environment variables over it; `commands` lays flags over the
-//! file. This module holds the defaults that depend on the machine (threads) and the parsing
-//! of `HEARTH_HOST`-style addresses.
+//! YAML file with the other environment variables over it (`file::ENV_VARS`); `commands` lays
+//! flags over the file. Each variable is read in one place. This module holds the defaults, the
+//! ranges the flags and the file share, the defaults that depend on the machine (threads) and
+//! the parsing of `HEARTH_HOST`-style addresses.
 
 pub mod file;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
 
 /// Ollama's port.
 pub const DEFAULT_PORT: u16 = 11434;
@@ -17,6 +19,28 @@ pub const DEFAULT_PARALLEL: u32 = 4;
 pub const DEFAULT_BATCH: u32 = 512;
 pub const DEFAULT_KEEP_ALIVE: &str = "5m";
 pub const DEFAULT_MAX_QUEUE: usize = 64;
+
+// The engine settings' ranges, written once for the flags (clap) and the config file.
+pub const PARALLEL_RANGE: RangeInclusive<i64> = 1..=64;
+pub const THREADS_RANGE: RangeInclusive<i64> = 1..=1024;
+pub const CONTEXT_LENGTH_RANGE: RangeInclusive<i64> = 16..=1_048_576;
+pub const BATCH_SIZE_RANGE: RangeInclusive<i64> = 16..=8192;
+
+/// `HEARTH_HOST`, the one place it is read: where `serve` listens (as `server.host`, over the
+/// config file) and where the client commands (`ps`, `stop`) look for the server. Empty is
+/// unset.
+pub fn env_host(env: file::Env<'_>) -> Result<Option<SocketAddr>, file::ConfigError> {
+    env("HEARTH_HOST")
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| parse_host(&v).map_err(|message| file::ConfigError::Env { var: "HEARTH_HOST".into(), message }))
+        .transpose()
+}
+
+/// `HEARTH_DATA`, the one place it is read: hearth's own data directory (as `server.data`,
+/// over the config file). Empty is unset.
+pub fn env_data_dir(env: file::Env<'_>) -> Option<std::path::PathBuf> {
+    env("HEARTH_DATA").filter(|v| !v.trim().is_empty()).map(std::path::PathBuf::from)
+}
 
 /// Threads for llama.cpp: the physical cores this process may use. Hyper-threads share the
 /// same SIMD units, and measured decode speed drops by whole factors past the physical count.

@@ -20,7 +20,7 @@ fn fixture(cache: bool, settings: ServiceSettings) -> Fixture {
     let fake = FakeBackend::default();
     let (manager, models) = manager(&fake, limits(1000));
     let cache = if cache {
-        ResponseCache::new(&CacheSettings { enabled: true, ..CacheSettings::default() }).expect("memory cache")
+        ResponseCache::new(&CacheSettings::default()).expect("memory cache")
     } else {
         ResponseCache::disabled()
     };

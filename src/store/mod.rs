@@ -579,11 +579,9 @@ fn file_entry(name: String, path: &Path, origin: Origin) -> std::io::Result<Mode
     })
 }
 
-/// The default models directory: `$HEARTH_MODELS`, else the per-user data directory.
+/// The default models directory, under the per-user data directory (`--models` and
+/// `HEARTH_MODELS` choose another).
 pub fn default_models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HEARTH_MODELS").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
     dirs::data_dir()
         .unwrap_or_else(|| PathBuf::from("."))
         .join("hearth")

@@ -2,9 +2,9 @@
 //! overlay it, parsed into validated types once.
 //!
 //! Precedence is flags > env > file > defaults. clap owns the flags and their `HEARTH_*`
-//! variables; this module owns the file and the few un-prefixed variables the earlier service
-//! read (`REDIS_URL`, `LLM_RESPONSE_CACHE_TTL`, ...), listed in [`ENV_VARS`]. Server and engine
-//! settings stay `Option` so the caller can put flags on top; cache and pricing, which have no
+//! variables; this module owns the file and the variables that have no flag of their own:
+//! those the earlier service read (`REDIS_URL`, `LLM_RESPONSE_CACHE_TTL`, ...), `HEARTH_HOST`
+//! and `HEARTH_DATA`, listed in [`ENV_VARS`]. Server and engine settings stay `Option` so the caller can put flags on top; cache and pricing, which have no
 //! flags, come out with their defaults filled in. Every error names the file, the line and the
 //! key path (`personas.pirate.options.temperature`), or the environment variable.
 //!
@@ -34,12 +34,15 @@ use serde_json::Value;
 
 use crate::service::catalog::{with_stop, Persona};
 use crate::spec::options::OptionPatch;
+use crate::cache::CacheSettings;
 use crate::prompts::{self, PromptError, PromptTemplate};
 use crate::resources::keep_alive::KeepAlive;
 
-/// The un-prefixed environment variables read on top of the file, and what each sets.
+/// The environment variables without a flag of their own, read over the file, and what each
+/// sets.
 pub const ENV_VARS: &[(&str, &str)] = &[
-    ("HEARTH_DATA", "server.data: directory for hearth's own data (conversations, cache)"),
+    ("HEARTH_HOST", "server.host: address to listen on (the client commands' server too), e.g. 127.0.0.1:11434"),
+    ("HEARTH_DATA", "server.data: directory for hearth's own data (conversations, profiles)"),
     ("MAX_CONCURRENT_REQUESTS", "server.max_concurrent_requests: requests served at once (0 = unlimited)"),
     ("REQUEST_TIMEOUT", "server.request_timeout: per-request time limit, e.g. 10m or 600 (0 = none)"),
     ("LLM_RESPONSE_CACHE_TTL", "cache.ttl: how long a cached response lives, e.g. 1h or 3600"),
@@ -60,8 +63,6 @@ pub fn default_path() -> Option<PathBuf> {
     dirs::config_dir().map(|d| d.join("hearth").join("hearth.yaml"))
 }
 
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(3600);
-pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A config file or environment variable hearth cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -152,28 +153,6 @@ pub struct EngineFile {
     pub max_queue: Option<usize>,
 }
 
-/// `cache:`, defaults filled in.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheFile {
-    pub enabled: bool,
-    /// Never zero (`enabled: false` turns the cache off).
-    pub ttl: Duration,
-    pub max_bytes: u64,
-    /// Checked to be a URL the redis client accepts; nothing is connected here.
-    pub redis_url: Option<String>,
-}
-
-impl Default for CacheFile {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ttl: DEFAULT_CACHE_TTL,
-            max_bytes: DEFAULT_CACHE_MAX_BYTES,
-            redis_url: None,
-        }
-    }
-}
-
 /// `pricing:`: cost per 1000 tokens, for the usage metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PricingFile {
@@ -197,7 +176,9 @@ impl PricingFile {
 pub struct FileConfig {
     pub server: ServerFile,
     pub engine: EngineFile,
-    pub cache: CacheFile,
+    /// Defaults filled in; the TTL is never zero (`enabled: false` turns the cache off), the
+    /// Redis URL is one the client accepts (nothing is connected here).
+    pub cache: CacheSettings,
     pub pricing: PricingFile,
     /// Keyed by normalized persona name.
     pub personas: BTreeMap<String, Persona>,
@@ -212,7 +193,7 @@ impl Default for FileConfig {
         Self {
             server: ServerFile::default(),
             engine: EngineFile::default(),
-            cache: CacheFile::default(),
+            cache: CacheSettings::default(),
             pricing: PricingFile::default(),
             personas: BTreeMap::new(),
             templates: prompts::builtin(),
@@ -373,8 +354,8 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
     let engine = raw.engine.unwrap_or_default();
 
     let raw_cache = raw.cache.unwrap_or_default();
-    let defaults = CacheFile::default();
-    let mut cache = CacheFile {
+    let defaults = CacheSettings::default();
+    let mut cache = CacheSettings {
         enabled: raw_cache.enabled.unwrap_or(defaults.enabled),
         ttl: raw_cache.ttl.unwrap_or(defaults.ttl),
         max_bytes: raw_cache.max_bytes.unwrap_or(defaults.max_bytes),
@@ -423,7 +404,7 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
     })
 }
 
-fn overlay_env(server: &mut ServerFile, cache: &mut CacheFile, env: Env<'_>) -> Result<(), ConfigError> {
+fn overlay_env(server: &mut ServerFile, cache: &mut CacheSettings, env: Env<'_>) -> Result<(), ConfigError> {
     // An empty variable counts as unset, as shells make `VAR=` easy to leave behind.
     let get = |var: &str| env(var).filter(|v| !v.trim().is_empty());
     fn parsed<T>(var: &str, value: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
@@ -432,8 +413,11 @@ fn overlay_env(server: &mut ServerFile, cache: &mut CacheFile, env: Env<'_>) -> 
             message,
         })
     }
-    if let Some(v) = get("HEARTH_DATA") {
-        server.data = Some(resolve(None, PathBuf::from(v)));
+    if let Some(host) = crate::config::env_host(env)? {
+        server.host = Some(host);
+    }
+    if let Some(dir) = crate::config::env_data_dir(env) {
+        server.data = Some(resolve(None, dir));
     }
     if let Some(v) = get("MAX_CONCURRENT_REQUESTS") {
         server.max_concurrent_requests = Some(parsed("MAX_CONCURRENT_REQUESTS", &v, scalar::parse_count)?);

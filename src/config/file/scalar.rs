@@ -73,11 +73,12 @@ pub fn parse_count(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("invalid count {s:?}: expected a whole number, 0 or more"))
 }
 
-fn parse_in_range<T: TryFrom<i64>>(s: &str, min: i64, max: i64) -> Result<T, String> {
+fn parse_in_range<T: TryFrom<i64>>(s: &str, range: std::ops::RangeInclusive<i64>) -> Result<T, String> {
+    let (min, max) = (*range.start(), *range.end());
     s.trim()
         .parse::<i64>()
         .ok()
-        .filter(|v| (min..=max).contains(v))
+        .filter(|v| range.contains(v))
         .and_then(|v| T::try_from(v).ok())
         .ok_or_else(|| format!("invalid value {s:?}: expected a whole number from {min} to {max}"))
 }
@@ -139,16 +140,16 @@ pub fn price<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     read(d, "a price per 1000 tokens", parse_price)
 }
 pub fn parallel<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    read(d, "a whole number", |s| parse_in_range(s, 1, 64))
+    read(d, "a whole number", |s| parse_in_range(s, crate::config::PARALLEL_RANGE))
 }
 pub fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
-    read(d, "a whole number", |s| parse_in_range(s, 1, 1024))
+    read(d, "a whole number", |s| parse_in_range(s, crate::config::THREADS_RANGE))
 }
 pub fn context_length<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    read(d, "a whole number", |s| parse_in_range(s, 16, 1_048_576))
+    read(d, "a whole number", |s| parse_in_range(s, crate::config::CONTEXT_LENGTH_RANGE))
 }
 pub fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    read(d, "a whole number", |s| parse_in_range(s, 16, 8192))
+    read(d, "a whole number", |s| parse_in_range(s, crate::config::BATCH_SIZE_RANGE))
 }
 pub fn convert_weights<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::engine::convert::Weights>, D::Error> {
     read(d, "none or q8_0", crate::engine::convert::Weights::parse)

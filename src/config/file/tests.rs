@@ -23,7 +23,7 @@ fn shipped_config_parses() {
     assert_eq!(c.server.default_model.as_deref(), Some("smollm2:135m"));
     assert_eq!(c.engine.parallel, Some(4));
     assert_eq!(c.engine.keep_alive, Some(KeepAlive::For(Duration::from_secs(300))));
-    assert_eq!(c.cache, CacheFile::default());
+    assert_eq!(c.cache, crate::cache::CacheSettings::default());
     let pirate = c.persona("pirate").expect("example persona");
     assert_eq!(pirate.model, "smollm2:135m");
     assert!(pirate.system.as_deref().is_some_and(|s| s.contains("pirate")));
@@ -237,4 +237,19 @@ fn load_resolves_paths_against_the_file_and_checks_adapters() {
     assert_eq!(c.source, Some(path.clone()));
     assert!(matches!(load(Some(&dir.join("missing.yaml")), &no_env), Err(ConfigError::Read { .. })));
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn hearth_host_and_data_are_read_over_the_file() {
+    let env = |name: &str| match name {
+        "HEARTH_HOST" => Some("0.0.0.0:9999".to_string()),
+        "HEARTH_DATA" => Some("/srv/hearth".to_string()),
+        _ => None,
+    };
+    let c = parse("server:\n  host: 127.0.0.1:1234\n  data: /elsewhere\n", "test.yaml", &env).expect("parses");
+    assert_eq!(c.server.host.map(|h| h.to_string()).as_deref(), Some("0.0.0.0:9999"));
+    assert_eq!(c.server.data.as_deref(), Some(std::path::Path::new("/srv/hearth")));
+    let bad = |name: &str| (name == "HEARTH_HOST").then(|| "127.0.0.1:notaport".to_string());
+    let err = parse("", "test.yaml", &bad).expect_err("bad address");
+    assert!(err.to_string().starts_with("environment variable HEARTH_HOST: "), "{err}");
 }
