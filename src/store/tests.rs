@@ -1,0 +1,67 @@
+//! The store's tests: manifests, names and drop-in files in a temporary directory.
+
+use super::*;
+
+fn temp_store(tag: &str) -> (PathBuf, ModelStore) {
+    let dir = std::env::temp_dir().join(format!("hearth-store-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    (dir.clone(), ModelStore::with_ollama(dir, None))
+}
+
+#[test]
+fn names_get_a_default_tag() {
+    assert_eq!(normalize_name("foo").expect("ok"), "foo:latest");
+    assert_eq!(normalize_name("smollm2:135m").expect("ok"), "smollm2:135m");
+    assert_eq!(normalize_name("qwen2.5:0.5b").expect("ok"), "qwen2.5:0.5b");
+}
+
+#[test]
+fn names_with_paths_are_refused() {
+    for bad in ["../etc/passwd", "a/b", "a:b:c", "", ":x", "x:", "a b", "..", "a\\b", ".", ".hidden", "a:.x", "-x"] {
+        assert!(normalize_name(bad).is_err(), "{bad:?} should be refused");
+    }
+    assert!(normalize_name(&"a".repeat(201)).is_err());
+}
+
+#[test]
+fn digests_must_be_sha256_hex() {
+    let good = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(digest_hex(&good).expect("ok"), "ab".repeat(32));
+    for bad in ["sha256:../../x", "sha256-abc", "md5:00", &format!("sha256:{}", "g".repeat(64)), &format!("sha256:{}/", "a".repeat(63))] {
+        assert!(digest_hex(bad).is_err(), "{bad:?} should be refused");
+    }
+}
+
+#[test]
+fn lists_and_resolves_gguf_files() {
+    let (dir, store) = temp_store("dropin");
+    std::fs::write(dir.join("m:1b.gguf"), b"x").expect("write");
+    std::fs::write(dir.join("plain.gguf"), b"y").expect("write");
+    std::fs::write(dir.join("notes.txt"), b"z").expect("write");
+    let names: Vec<_> = store.list().expect("list").into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["m:1b", "plain:latest"]);
+    assert!(store.resolve("plain").is_ok());
+    assert!(matches!(store.resolve("nope"), Err(StoreError::NotFound(_))));
+    std::fs::remove_dir_all(dir).expect("cleanup");
+}
+
+#[test]
+fn copies_share_one_blob_and_removal_keeps_what_is_still_used() {
+    let (dir, store) = temp_store("copy");
+    std::fs::write(dir.join("base.gguf"), b"weights").expect("write");
+    store.copy("base", "one:a").expect("copy");
+    store.copy("one:a", "two").expect("copy");
+    let a = store.resolve("one:a").expect("one");
+    let b = store.resolve("two").expect("two");
+    assert_eq!(a.origin, Origin::Hearth);
+    assert_eq!(a.path, b.path, "both names use one blob");
+    assert_eq!(std::fs::read(&a.path).expect("blob"), b"weights");
+    store.remove("one:a").expect("rm");
+    assert!(b.path.is_file(), "still used by 'two'");
+    store.remove("two").expect("rm");
+    assert!(!b.path.exists(), "unused blob pruned");
+    assert!(matches!(store.resolve("two"), Err(StoreError::NotFound(_))));
+    assert!(store.resolve("base").is_ok(), "the drop-in is untouched");
+    std::fs::remove_dir_all(dir).expect("cleanup");
+}
