@@ -136,7 +136,7 @@ async fn render_template(State(app): State<AppState>, JsonBody(req): JsonBody<Re
     let family = match (req.family, req.model) {
         (Some(f), _) => Some(f),
         (None, Some(m)) => match app.manager.store().resolve(&m) {
-            Ok(entry) => crate::service::catalog::architecture(&entry.path),
+            Ok(entry) => crate::service::catalog::architecture(app.manager.store(), &entry.path),
             Err(e) => return ApiError::from(e).into_response(),
         },
         (None, None) => None,

@@ -196,7 +196,7 @@ async fn show(State(app): State<AppState>, JsonBody(req): JsonBody<ShowRequest>)
     let manager = app.manager.clone();
     let v = tokio::task::spawn_blocking(move || {
         let entry = manager.store().resolve(&name)?;
-        models::show(&entry, req.verbose, manager.defaults())
+        models::show(manager.store(), &entry, req.verbose, manager.defaults())
     })
     .await
     .map_err(|e| ApiError::internal(format!("show failed: {e}")))??;

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::ollama::timestamp;
 use crate::resources::ModelManager;
-use crate::store::gguf::{read_gguf, GgufInfo};
+use crate::store::gguf::GgufInfo;
 use crate::store::{ModelEntry, ModelStore};
 
 /// Ollama's `details` object.
@@ -22,8 +22,8 @@ pub fn details(info: &GgufInfo) -> Value {
     })
 }
 
-fn read_info(entry: &ModelEntry) -> Result<GgufInfo, ApiError> {
-    read_gguf(&entry.path).map_err(|e| ApiError::bad_request(format!("model '{}': {e}", entry.name)))
+fn read_info(store: &ModelStore, entry: &ModelEntry) -> Result<std::sync::Arc<GgufInfo>, ApiError> {
+    store.header(&entry.path).map_err(|e| ApiError::bad_request(format!("model '{}': {e}", entry.name)))
 }
 
 fn digest_hex(store: &ModelStore, entry: &ModelEntry) -> Result<String, ApiError> {
@@ -35,7 +35,7 @@ fn digest_hex(store: &ModelStore, entry: &ModelEntry) -> Result<String, ApiError
 
 /// One `/api/tags` entry.
 pub fn tag(store: &ModelStore, entry: &ModelEntry) -> Result<Value, ApiError> {
-    let info = read_info(entry)?;
+    let info = read_info(store, entry)?;
     Ok(json!({
         "name": entry.name,
         "model": entry.name,
@@ -66,8 +66,8 @@ pub fn tags(store: &ModelStore) -> Result<Value, ApiError> {
 
 /// `/api/show`: template, details, GGUF metadata, capabilities, and hearth's RAM estimate for
 /// loading it with `settings`.
-pub fn show(entry: &ModelEntry, verbose: bool, settings: &crate::engine::LoadSettings) -> Result<Value, ApiError> {
-    let info = read_info(entry)?;
+pub fn show(store: &ModelStore, entry: &ModelEntry, verbose: bool, settings: &crate::engine::LoadSettings) -> Result<Value, ApiError> {
+    let info = read_info(store, entry)?;
     let mut model_info = Map::new();
     for (k, v) in &info.metadata {
         let value = v.to_json();
@@ -134,7 +134,7 @@ pub fn ps(manager: &ModelManager) -> Value {
         .loaded()
         .into_iter()
         .map(|m| {
-            let details = read_gguf(&m.entry.path).map(|i| details(&i)).unwrap_or(Value::Null);
+            let details = manager.store().header(&m.entry.path).map(|i| details(&i)).unwrap_or(Value::Null);
             let digest = digest_hex(manager.store(), &m.entry).unwrap_or_default();
             json!({
                 "name": m.entry.name,

@@ -10,7 +10,7 @@ pub fn run(args: ShowArgs) -> anyhow::Result<()> {
     let store = super::open_store(&args.store);
     let entry = store.resolve_name_or_path(&args.model)?;
     let settings = super::load_settings(&args.engine);
-    let show = models::show(&entry, false, &settings).map_err(|e| anyhow::anyhow!(e.message))?;
+    let show = models::show(&store, &entry, false, &settings).map_err(|e| anyhow::anyhow!(e.message))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&show)?);
         return Ok(());

@@ -13,7 +13,7 @@ use super::{PromptSpec, ServiceError, TemplateUse};
 use crate::spec::options::OptionPatch;
 use crate::spec::template::TemplateMessage;
 use crate::prompts::PromptTemplate;
-use crate::store::ModelEntry;
+use crate::store::{ModelEntry, ModelStore};
 
 /// The model the quick start and the seed routes use when a request names none.
 pub const DEFAULT_MODEL: &str = "smollm2:135m";
@@ -83,9 +83,9 @@ pub fn with_stop(mut options: OptionPatch, stop: Vec<String>) -> OptionPatch {
 /// Renders a named prompt template into the prompt: the generate prompt, or a new last user
 /// message of a chat. The variant for the model's architecture is used when the template has
 /// one.
-pub fn apply_template(catalog: &Catalog, entry: &ModelEntry, t: &TemplateUse, prompt: PromptSpec) -> Result<PromptSpec, ServiceError> {
+pub fn apply_template(catalog: &Catalog, store: &ModelStore, entry: &ModelEntry, t: &TemplateUse, prompt: PromptSpec) -> Result<PromptSpec, ServiceError> {
     let template = catalog.templates.get(&t.name).ok_or_else(|| ServiceError::UnknownTemplate(t.name.clone()))?;
-    let family = if template.families.is_empty() { None } else { architecture(&entry.path) };
+    let family = if template.families.is_empty() { None } else { architecture(store, &entry.path) };
     let text = template.render(family.as_deref(), &t.variables)?;
     Ok(match prompt {
         PromptSpec::Generate { prompt, system, template: None, raw: false, context } if prompt.is_empty() => {
@@ -103,9 +103,10 @@ pub fn apply_template(catalog: &Catalog, entry: &ModelEntry, t: &TemplateUse, pr
     })
 }
 
-/// The model file's `general.architecture`, e.g. `llama` or `gemma3`.
-pub fn architecture(path: &Path) -> Option<String> {
-    crate::store::gguf::read_gguf(path).ok().map(|info| info.architecture().to_string())
+/// The model file's `general.architecture`, e.g. `llama` or `gemma3` (its header read once per
+/// version of the file).
+pub fn architecture(store: &ModelStore, path: &Path) -> Option<String> {
+    store.header(path).ok().map(|info| info.architecture().to_string())
 }
 
 /// Profiles kept as JSON in the data directory.

@@ -339,8 +339,8 @@ impl Service {
         let mut prompt = prompt;
         if let Some(t) = &service.template {
             // It may read the model file's header (the template's variant for its family).
-            let (c, e, t) = (Arc::clone(&catalog), entry.clone(), t.clone());
-            prompt = tokio::task::spawn_blocking(move || catalog::apply_template(&c, &e, &t, prompt))
+            let (c, s, e, t) = (Arc::clone(&catalog), Arc::clone(self.manager.store()), entry.clone(), t.clone());
+            prompt = tokio::task::spawn_blocking(move || catalog::apply_template(&c, &s, &e, &t, prompt))
                 .await
                 .map_err(|e| ServiceError::Internal(format!("prompt template task failed: {e}")))??;
         }

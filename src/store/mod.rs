@@ -14,6 +14,7 @@
 //! model.
 
 pub mod gguf;
+mod headers;
 pub mod manifest;
 pub mod modelfile;
 pub mod ollama;
@@ -154,6 +155,7 @@ pub struct ModelStore {
     /// Ollama's models directory, if there is one.
     ollama_dir: Option<PathBuf>,
     digests: Mutex<HashMap<(PathBuf, u64, SystemTime), String>>,
+    headers: headers::HeaderCache,
 }
 
 const MAX_NAME_LEN: usize = 200;
@@ -208,6 +210,7 @@ impl ModelStore {
             dir,
             ollama_dir,
             digests: Mutex::new(HashMap::new()),
+            headers: Default::default(),
         }
     }
 

@@ -65,3 +65,26 @@ fn copies_share_one_blob_and_removal_keeps_what_is_still_used() {
     assert!(store.resolve("base").is_ok(), "the drop-in is untouched");
     std::fs::remove_dir_all(dir).expect("cleanup");
 }
+
+#[test]
+fn a_header_is_parsed_once_per_version_of_the_file() {
+    use super::gguf::tests::builder::{v_str, Builder};
+    let (dir, store) = temp_store("headers");
+    let path = dir.join("m.gguf");
+    std::fs::write(&path, Builder::model().bytes()).expect("write");
+    let first = store.header(&path).expect("valid");
+    let again = store.header(&path).expect("valid");
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "the second read came from the cache");
+    assert_eq!(store.headers_kept(), 1);
+    // Another file in its place (another size) is read again.
+    let mut b = Builder::model();
+    b.set("general.name", v_str("a longer name than before"));
+    std::fs::write(&path, b.bytes()).expect("rewrite");
+    let changed = store.header(&path).expect("valid");
+    assert!(!std::sync::Arc::ptr_eq(&first, &changed));
+    assert_eq!(changed.metadata.get("general.name").and_then(|v| v.as_str()), Some("a longer name than before"));
+    // A file that is gone is an error, not the old header.
+    std::fs::remove_file(&path).expect("rm");
+    assert!(store.header(&path).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,7 +18,7 @@ mod checks;
 mod info;
 mod reader;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;

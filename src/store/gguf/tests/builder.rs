@@ -5,32 +5,32 @@ use super::super::*;
 
 // ------------------------------------------------------------ a small GGUF writer
 
-pub(super) fn p_u32(n: u32) -> Vec<u8> {
+pub(crate) fn p_u32(n: u32) -> Vec<u8> {
     n.to_le_bytes().to_vec()
 }
 
-pub(super) fn p_str(s: &[u8]) -> Vec<u8> {
+pub(crate) fn p_str(s: &[u8]) -> Vec<u8> {
     let mut b = (s.len() as u64).to_le_bytes().to_vec();
     b.extend(s);
     b
 }
 
 /// A typed scalar: type tag then payload.
-pub(super) fn scalar(vtype: u32, payload: Vec<u8>) -> Vec<u8> {
+pub(crate) fn scalar(vtype: u32, payload: Vec<u8>) -> Vec<u8> {
     let mut b = vtype.to_le_bytes().to_vec();
     b.extend(payload);
     b
 }
 
-pub(super) fn v_u32(n: u32) -> Vec<u8> {
+pub(crate) fn v_u32(n: u32) -> Vec<u8> {
     scalar(vt::U32, p_u32(n))
 }
 
-pub(super) fn v_str(s: &str) -> Vec<u8> {
+pub(crate) fn v_str(s: &str) -> Vec<u8> {
     scalar(vt::STRING, p_str(s.as_bytes()))
 }
 
-pub(super) fn v_arr(elem: u32, items: Vec<Vec<u8>>) -> Vec<u8> {
+pub(crate) fn v_arr(elem: u32, items: Vec<Vec<u8>>) -> Vec<u8> {
     let mut b = vt::ARRAY.to_le_bytes().to_vec();
     b.extend(elem.to_le_bytes());
     b.extend((items.len() as u64).to_le_bytes());
@@ -40,30 +40,30 @@ pub(super) fn v_arr(elem: u32, items: Vec<Vec<u8>>) -> Vec<u8> {
     b
 }
 
-pub(super) fn tokens(n: usize) -> Vec<u8> {
+pub(crate) fn tokens(n: usize) -> Vec<u8> {
     v_arr(vt::STRING, (0..n).map(|i| p_str(format!("t{i}").as_bytes())).collect())
 }
 
 #[derive(Clone)]
-pub(super) struct Tensor {
-    pub(super) name: Vec<u8>,
-    pub(super) dims: Vec<u64>,
-    pub(super) ggml_type: u32,
+pub(crate) struct Tensor {
+    pub(crate) name: Vec<u8>,
+    pub(crate) dims: Vec<u64>,
+    pub(crate) ggml_type: u32,
     /// `None`: placed after the previous tensor, aligned.
-    pub(super) offset: Option<u64>,
+    pub(crate) offset: Option<u64>,
 }
 
 #[derive(Clone)]
-pub(super) struct Builder {
-    pub(super) kvs: Vec<(Vec<u8>, Vec<u8>)>,
-    pub(super) tensors: Vec<Tensor>,
-    pub(super) alignment: u64,
+pub(crate) struct Builder {
+    pub(crate) kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) tensors: Vec<Tensor>,
+    pub(crate) alignment: u64,
     /// Bytes of tensor data actually written (default: exactly what the tensors need).
-    pub(super) data_len: Option<u64>,
+    pub(crate) data_len: Option<u64>,
 }
 
 impl Builder {
-    pub(super) fn empty() -> Builder {
+    pub(crate) fn empty() -> Builder {
         Builder {
             kvs: Vec::new(),
             tensors: Vec::new(),
@@ -73,7 +73,7 @@ impl Builder {
     }
 
     /// A tiny model that passes every check.
-    pub(super) fn model() -> Builder {
+    pub(crate) fn model() -> Builder {
         let mut b = Builder::empty();
         b.set("general.architecture", v_str("llama"));
         b.set("general.type", v_str("model"));
@@ -101,7 +101,7 @@ impl Builder {
         b
     }
 
-    pub(super) fn set(&mut self, key: &str, value: Vec<u8>) -> &mut Builder {
+    pub(crate) fn set(&mut self, key: &str, value: Vec<u8>) -> &mut Builder {
         match self.kvs.iter_mut().find(|(k, _)| k == key.as_bytes()) {
             Some(kv) => kv.1 = value,
             None => self.kvs.push((key.as_bytes().to_vec(), value)),
@@ -109,12 +109,12 @@ impl Builder {
         self
     }
 
-    pub(super) fn remove(&mut self, key: &str) -> &mut Builder {
+    pub(crate) fn remove(&mut self, key: &str) -> &mut Builder {
         self.kvs.retain(|(k, _)| k != key.as_bytes());
         self
     }
 
-    pub(super) fn tensor(&mut self, name: &str, dims: &[u64], ggml_type: u32) -> &mut Tensor {
+    pub(crate) fn tensor(&mut self, name: &str, dims: &[u64], ggml_type: u32) -> &mut Tensor {
         self.tensors.push(Tensor {
             name: name.as_bytes().to_vec(),
             dims: dims.to_vec(),
@@ -124,7 +124,7 @@ impl Builder {
         self.tensors.last_mut().expect("just pushed")
     }
 
-    pub(super) fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());
         b.extend((self.tensors.len() as u64).to_le_bytes());
@@ -165,11 +165,11 @@ impl Builder {
         b
     }
 
-    pub(super) fn parse(&self) -> Result<GgufInfo, GgufError> {
+    pub(crate) fn parse(&self) -> Result<GgufInfo, GgufError> {
         parse_gguf_bytes(&self.bytes())
     }
 
-    pub(super) fn parse_model(&self) -> Result<GgufInfo, GgufError> {
+    pub(crate) fn parse_model(&self) -> Result<GgufInfo, GgufError> {
         let info = self.parse()?;
         info.check_kind(GgufKind::Model)?;
         Ok(info)
@@ -177,11 +177,11 @@ impl Builder {
 }
 
 /// Asserts `b` is refused as a model with a message containing every one of `needles`.
-pub(super) fn refused(b: &Builder, needles: &[&str]) {
+pub(crate) fn refused(b: &Builder, needles: &[&str]) {
     refused_bytes(&b.bytes(), needles, true);
 }
 
-pub(super) fn refused_bytes(bytes: &[u8], needles: &[&str], as_model: bool) {
+pub(crate) fn refused_bytes(bytes: &[u8], needles: &[&str], as_model: bool) {
     let result = parse_gguf_bytes(bytes).and_then(|i| {
         if as_model {
             i.check_kind(GgufKind::Model)
@@ -195,7 +195,7 @@ pub(super) fn refused_bytes(bytes: &[u8], needles: &[&str], as_model: bool) {
     }
 }
 
-pub(super) fn header(n_tensors: u64, n_kv: u64) -> Vec<u8> {
+pub(crate) fn header(n_tensors: u64, n_kv: u64) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
     b.extend(n_tensors.to_le_bytes());

@@ -1,6 +1,6 @@
 //! The validator's tests: small GGUF files written here, each breaking one rule.
 
-mod builder;
+pub(crate) mod builder;
 
 use super::*;
 use builder::*;
