@@ -15,9 +15,12 @@ use super::ModelStore;
 /// Most headers kept; past it the cache starts over (a store has few models).
 const MAX_HEADERS: usize = 256;
 
-/// Parsed headers by path, each with the size and modification time it was read at.
+/// A parsed header with the size and modification time of the file it was read from.
+type Versioned = (u64, SystemTime, Arc<GgufInfo>);
+
+/// Parsed headers by path.
 #[derive(Debug, Default)]
-pub(super) struct HeaderCache(Mutex<HashMap<PathBuf, (u64, SystemTime, Arc<GgufInfo>)>>);
+pub(super) struct HeaderCache(Mutex<HashMap<PathBuf, Versioned>>);
 
 impl ModelStore {
     /// The validated header of the GGUF file at `path`, parsed once per version of the file.
