@@ -30,7 +30,7 @@
 //! - `backend`    the seam: `Backend` (estimate, load) and `ModelInstance` (generate from an
 //!                assembled prompt, embed), with typed `Event`s back. `llama` is llama.cpp
 //!                behind it (render, trim history, tokenize, submit); `fake` is a deterministic
-//!                stand-in for the tests of the layers above (`cfg(test)`/`test-support`).
+//!                stand-in for the tests of the layers above (`cfg(test)`).
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
 //!                with continuous batching and embeddings (`worker`, `embed`), sampling with
 //!                grammars and logprobs (`sampler`), JSON schemas and tool calls as grammars
@@ -49,6 +49,10 @@
 //! leaves the service uses; `config` and `api` are edges that turn outside input into the
 //! types below them; `bench` and `commands` sit on top.
 
+//! The library's public surface is what the binary and the integration tests use (`cli`,
+//! `commands`, and `service` and `store` for the decode-score test); every other module is
+//! `pub(crate)`, so the compiler reports what nothing uses.
+//!
 //! Invariants, written as absences:
 //! - Nothing outside `engine` imports `llama_cpp_2`, and no async task ever runs a decode.
 //! - Nothing above `backend` knows which backend produced a token: `resources` and `service`
@@ -72,20 +76,20 @@
 // The code map above aligns its descriptions in a column.
 #![allow(clippy::doc_overindented_list_items)]
 
-pub mod api;
-pub mod backend;
-pub mod bench;
-pub mod cache;
+pub(crate) mod api;
+pub(crate) mod backend;
+pub(crate) mod bench;
+pub(crate) mod cache;
 pub mod cli;
 pub mod commands;
-pub mod config;
-pub mod conversations;
-pub mod engine;
-pub mod metrics;
-pub mod prompts;
-pub mod resources;
+pub(crate) mod config;
+pub(crate) mod conversations;
+pub(crate) mod engine;
+pub(crate) mod metrics;
+pub(crate) mod prompts;
+pub(crate) mod resources;
 pub mod service;
-pub mod spec;
+pub(crate) mod spec;
 pub mod store;
 
 /// hearth's version, as `/api/version` reports it.

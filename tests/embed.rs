@@ -184,7 +184,7 @@ fn embedding_while_a_chat_streams_reuses_the_loaded_instance() {
     started_rx.recv().expect("the chat started");
     // The chat is generating now: embed on the same model, long enough to take a while.
     let long: String = (0..30).map(|i| format!("Sentence {i} talks about topic {}. ", i % 7)).collect();
-    let inputs: Vec<&str> = std::iter::repeat(long.as_str()).take(6).collect();
+    let inputs: Vec<&str> = std::iter::repeat_n(long.as_str(), 6).collect();
     let embed_start = Instant::now();
     let v = embed(&s, json!({"model": SMOL, "input": inputs}));
     let embed_end = Instant::now();
@@ -235,7 +235,7 @@ fn embedding_memory_stays_within_the_estimate() {
     let estimate = show["ram_estimate"]["total"].as_u64().expect("estimate");
     // Longer than a decode's batch, so the embedding context's buffers are all in use.
     let long: String = (0..30).map(|i| format!("Sentence {i} talks about topic {}. ", i % 7)).collect();
-    let inputs: Vec<&str> = std::iter::repeat(long.as_str()).take(2).collect();
+    let inputs: Vec<&str> = std::iter::repeat_n(long.as_str(), 2).collect();
     embed(&s, json!({"model": SMOL, "input": inputs}));
     // The same margin as the RAM-budget tests: the process itself plus the estimate's error.
     let margin = 64u64 << 20;

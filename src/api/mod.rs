@@ -61,8 +61,9 @@ pub struct Lifecycle {
 
 pub type Reloader = Box<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
 
+#[cfg(test)]
 impl AppState {
-    /// State around a service, with no config file to reload.
+    /// State around a service, with no config file to reload (the router's tests).
     pub fn new(service: Service) -> AppState {
         AppState {
             manager: service.manager.clone(),

@@ -1,6 +1,6 @@
 //! A deterministic backend for the tests of the layers above the engine (service, resource
-//! manager, HTTP router): no model files, no llama.cpp. Only under `cfg(test)` or the
-//! `test-support` feature; the real tests run the real binary on real models.
+//! manager, HTTP router): no model files, no llama.cpp. Only under `cfg(test)`; the real tests
+//! run the real binary on real models.
 //!
 //! What it does, exactly:
 //! - A prompt is "tokenized" as its whitespace-separated words: a chat renders as one
@@ -26,7 +26,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::mpsc::unbounded_channel;
 
-use super::{Backend, Completion, DoneReason, EmbedInput, EmbedJob, Embedded, EngineError, Event, GenerateJob, LoadSettings, ModelInstance, PromptSpec, Submitted};
+use super::{Backend, Completion, EmbedInput, EmbedJob, Embedded, EngineError, Event, GenerateJob, LoadSettings, ModelInstance, PromptSpec, Submitted};
+use crate::engine::DoneReason;
 use crate::spec::options::PredictLimit;
 use crate::spec::template::TemplateMessage;
 use crate::store::ModelEntry;

@@ -7,13 +7,13 @@
 //! its template and tokenizer: a backend that is another server takes the messages as they are.
 //!
 //! Implementations: `llama` (the llama.cpp engine, hearth's own) and `fake` (deterministic,
-//! for the tests of the layers above; only under `cfg(test)` or the `test-support` feature).
+//! for the tests of the layers above; only under `cfg(test)`).
 //! The resource manager holds instances only through this trait, so nothing above it knows
 //! which one it has.
 //!
 //! Must not: hold service state (cache, personas, conversations) or know a wire format.
 
-#[cfg(any(test, feature = "test-support"))]
+#[cfg(test)]
 pub mod fake;
 pub mod llama;
 
@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-pub use crate::engine::{Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
+pub use crate::engine::{Completion, EngineError, Event, LoadSettings, TokenLogprob};
 use crate::spec::options::SamplingOptions;
 use crate::spec::template::TemplateMessage;
 use crate::store::ModelEntry;

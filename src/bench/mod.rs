@@ -169,11 +169,6 @@ pub trait Progress: Sync {
     fn request_done(&self) {}
 }
 
-/// Reports nothing.
-pub struct Silent;
-
-impl Progress for Silent {}
-
 /// Runs the plan against the target: load and warm up, then the three phases.
 pub async fn run(target: &Target, plan: &Plan, progress: &dyn Progress) -> Result<Report, BenchError> {
     plan.check()?;

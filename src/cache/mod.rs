@@ -90,7 +90,7 @@ impl CacheKey {
     }
 
     /// 64 lowercase hex digits.
-    pub fn to_hex(&self) -> String {
+    pub fn to_hex(self) -> String {
         let mut hex = String::with_capacity(64);
         for byte in self.0 {
             // Writing to a String cannot fail.

@@ -2,7 +2,6 @@
 //! layer (cache, conversations, metrics, personas, templates), binds the address and runs the
 //! HTTP API until SIGINT/SIGTERM. SIGHUP and `POST /api/config/reload` reload the file.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use crate::cli::ServeArgs;
 use crate::config::file::{self, FileConfig, LogFormat};
 use crate::config;
 use crate::conversations::ConversationStore;
-use crate::metrics::{Metrics, Pricing};
+use crate::metrics::Metrics;
 use crate::service::catalog::{profiles_path, Catalog};
 use crate::service::{Service, ServiceSettings};
 
@@ -49,7 +48,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data.clone().or_else(|| file.server.data.clone()).unwrap_or_else(super::default_data_dir);
     let cache = ResponseCache::new(&file.cache).context("cache")?;
     let conversations = ConversationStore::open(&data_dir)?;
-    let metrics = Metrics::new(pricing(&file));
+    let metrics = Metrics::new(file.pricing.clone());
     let service = Service::new(
         manager.clone(),
         cache,
@@ -118,13 +117,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pricing(file: &FileConfig) -> Pricing {
-    Pricing {
-        default_per_1k_tokens: file.pricing.default_per_1k_tokens,
-        per_model: file.pricing.models.iter().map(|(k, v)| (k.clone(), *v)).collect::<HashMap<_, _>>(),
-    }
-}
-
 fn catalog(file: &FileConfig, profiles: std::collections::BTreeMap<String, crate::service::catalog::Persona>) -> Catalog {
     Catalog {
         personas: file.personas.clone(),
@@ -150,7 +142,7 @@ fn reload(service: &Service, path: &std::path::Path, old: &FileConfig, log_promp
     let new = file::load(Some(path), &file::process_env).map_err(|e| e.to_string())?;
     let profiles = service.catalog().profiles.clone();
     service.set_catalog(catalog(&new, profiles));
-    service.metrics.set_pricing(pricing(&new));
+    service.metrics.set_pricing(new.pricing.clone());
     service.set_settings(settings(&new, log_prompts));
     let mut restart = Vec::new();
     if old.server.host != new.server.host {

@@ -91,16 +91,14 @@ impl<T: PartialEq, S> PrefixStore<T, S> {
         self.limit
     }
 
+    #[cfg(test)]
     pub fn used_bytes(&self) -> u64 {
         self.used
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Stores `state` (of `bytes`) for `tokens`. Entries that are a prefix of `tokens` go (the

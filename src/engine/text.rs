@@ -46,6 +46,7 @@ impl Utf8Stream {
 
     /// Number of bytes held back. When generation ends they are the start of a character the
     /// model never finished (a limit cut it), and are dropped rather than sent broken.
+    #[cfg(test)]
     pub fn held_back(&self) -> usize {
         self.pending.len()
     }

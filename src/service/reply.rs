@@ -132,7 +132,7 @@ pub async fn collect(events: UnboundedReceiver<Event>, tools: Option<ToolRequest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::DoneReason;
+    use crate::engine::DoneReason;
     use crate::engine::grammar::{ToolChoice, ToolSpec};
     use futures::StreamExt;
     use std::time::Duration;

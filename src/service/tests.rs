@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::backend::fake::FakeBackend;
-use crate::backend::{Completion, DoneReason};
+use crate::backend::Completion;
+use crate::engine::DoneReason;
 use crate::cache::CacheSettings;
 use crate::resources::tests::{limits, manager, TempModels};
 

@@ -35,6 +35,7 @@ use serde_json::Value;
 use crate::service::catalog::{with_stop, Persona};
 use crate::spec::options::OptionPatch;
 use crate::cache::CacheSettings;
+use crate::metrics::Pricing;
 use crate::prompts::{self, PromptError, PromptTemplate};
 use crate::resources::keep_alive::KeepAlive;
 
@@ -153,24 +154,6 @@ pub struct EngineFile {
     pub max_queue: Option<usize>,
 }
 
-/// `pricing:`: cost per 1000 tokens, for the usage metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PricingFile {
-    pub default_per_1k_tokens: f64,
-    /// Keyed by normalized model name (`name:tag`).
-    pub models: BTreeMap<String, f64>,
-}
-
-impl PricingFile {
-    /// The price per 1000 tokens for `model` (any spelling `normalize_name` accepts).
-    pub fn per_1k_tokens(&self, model: &str) -> f64 {
-        crate::store::normalize_name(model)
-            .ok()
-            .and_then(|name| self.models.get(&name).copied())
-            .unwrap_or(self.default_per_1k_tokens)
-    }
-}
-
 /// The validated config file, with the environment overlays applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileConfig {
@@ -179,7 +162,8 @@ pub struct FileConfig {
     /// Defaults filled in; the TTL is never zero (`enabled: false` turns the cache off), the
     /// Redis URL is one the client accepts (nothing is connected here).
     pub cache: CacheSettings,
-    pub pricing: PricingFile,
+    /// Prices per 1000 tokens for the usage metrics, by normalized model name (`name:tag`).
+    pub pricing: Pricing,
     /// Keyed by normalized persona name.
     pub personas: BTreeMap<String, Persona>,
     /// The builtin templates with the file's added or replacing them.
@@ -194,7 +178,7 @@ impl Default for FileConfig {
             server: ServerFile::default(),
             engine: EngineFile::default(),
             cache: CacheSettings::default(),
-            pricing: PricingFile::default(),
+            pricing: Pricing::default(),
             personas: BTreeMap::new(),
             templates: prompts::builtin(),
             source: None,
@@ -202,6 +186,7 @@ impl Default for FileConfig {
     }
 }
 
+#[cfg(test)]
 impl FileConfig {
     /// The persona a request's model name refers to, if any.
     pub fn persona(&self, model: &str) -> Option<&Persona> {
@@ -239,7 +224,8 @@ pub fn load(path: Option<&Path>, env: Env<'_>) -> Result<FileConfig, ConfigError
     Ok(config)
 }
 
-/// Parses config text; `origin` names it in errors. Touches no files: relative paths stay
+#[cfg(test)]
+/// Parses config text; `origin` names it in errors (the tests' entry point). Touches no files: relative paths stay
 /// relative to the working directory.
 pub fn parse(text: &str, origin: &str, env: Env<'_>) -> Result<FileConfig, ConfigError> {
     parse_with_base(text, origin, None, env)
@@ -363,13 +349,13 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
     };
 
     let raw_pricing = raw.pricing.unwrap_or_default();
-    let mut pricing = PricingFile {
+    let mut pricing = Pricing {
         default_per_1k_tokens: raw_pricing.default_per_1k_tokens.unwrap_or(0.0),
-        models: BTreeMap::new(),
+        per_model: Default::default(),
     };
     for (key, Price(price)) in raw_pricing.models.unwrap_or_default() {
         let name = crate::store::normalize_name(&key).map_err(|e| at(&["pricing", "models", &key], e.to_string()))?;
-        if pricing.models.insert(name.clone(), price).is_some() {
+        if pricing.per_model.insert(name.clone(), price).is_some() {
             return Err(at(&["pricing", "models", &key], format!("{name} is priced twice")));
         }
     }

@@ -121,9 +121,9 @@ fn values_parse() {
     assert_eq!(c.engine.ram_budget.as_deref(), Some("60%"));
     assert_eq!(c.cache.ttl, Duration::from_secs(5400));
     assert_eq!(c.cache.max_bytes, 1_000_000_000);
-    assert_eq!(c.pricing.per_1k_tokens("smollm2"), 0.5);
-    assert_eq!(c.pricing.per_1k_tokens("smollm2:latest"), 0.5);
-    assert_eq!(c.pricing.per_1k_tokens("other"), 0.001);
+    assert_eq!(c.pricing.per_model.get("smollm2:latest"), Some(&0.5));
+    assert_eq!(c.pricing.cost("smollm2:latest", 2000), 1.0);
+    assert_eq!(c.pricing.cost("other:latest", 1000), 0.001);
 }
 
 #[test]
