@@ -20,78 +20,30 @@ use anyhow::Context;
 
 use crate::cli::{EngineArgs, StoreArgs};
 use crate::config;
-use crate::engine::LoadSettings;
-use crate::resources::{budget, KeepAlive, Limits, ModelManager};
+use crate::config::engine::EngineConfig;
+use crate::resources::ModelManager;
 use crate::store::{default_models_dir, ModelStore};
 
 pub fn open_store(args: &StoreArgs) -> ModelStore {
     ModelStore::new(args.models.clone().unwrap_or_else(default_models_dir))
 }
 
-pub fn load_settings(args: &EngineArgs) -> LoadSettings {
-    let threads = args.threads.unwrap_or_else(config::default_threads);
-    LoadSettings {
-        num_ctx: args.context_length.unwrap_or(config::DEFAULT_NUM_CTX),
-        parallel: args.parallel.unwrap_or(config::DEFAULT_PARALLEL),
-        threads,
-        threads_batch: threads,
-        batch_size: args.batch_size.unwrap_or(config::DEFAULT_BATCH),
-        weights: args.convert_weights.unwrap_or_default(),
-    }
+/// The resource manager over `store`, on llama.cpp, with the engine flags' settings (no config
+/// file: `serve` uses `manager_with`).
+pub fn manager(store: ModelStore, flags: &EngineArgs) -> anyhow::Result<ModelManager> {
+    Ok(manager_with(store, &EngineConfig::from_flags(flags)?))
 }
 
-/// The RAM budget the flags give (bytes), and the machine's memory.
-pub fn ram_budget(args: &EngineArgs) -> anyhow::Result<(u64, u64)> {
-    let memory = budget::machine_memory();
-    let ram_budget = match &args.ram_budget {
-        Some(spec) => budget::parse_budget(spec, memory).map_err(anyhow::Error::msg)?,
-        None => budget::default_budget(memory),
-    };
-    Ok((ram_budget, memory))
+/// The resource manager over `store`, on llama.cpp, with resolved engine settings.
+pub fn manager_with(store: ModelStore, engine: &EngineConfig) -> ModelManager {
+    tracing::info!("RAM budget {} MiB of {} MiB", engine.limits.ram_budget >> 20, engine.memory >> 20);
+    ModelManager::new(Arc::new(store), Arc::new(crate::backend::llama::LlamaCpp), engine.load.clone(), engine.keep_alive, engine.limits)
 }
 
-pub fn manager(store: ModelStore, args: &EngineArgs) -> anyhow::Result<ModelManager> {
-    manager_with(store, args, None)
-}
-
-/// `manager`, with the config file's keep-alive under the flag's.
-pub fn manager_with(store: ModelStore, args: &EngineArgs, file_keep_alive: Option<KeepAlive>) -> anyhow::Result<ModelManager> {
-    let keep_alive = match (&args.keep_alive, file_keep_alive) {
-        (Some(k), _) => KeepAlive::parse(k).map_err(anyhow::Error::msg).context("--keep-alive")?,
-        (None, Some(k)) => k,
-        (None, None) => KeepAlive::parse(config::DEFAULT_KEEP_ALIVE).map_err(anyhow::Error::msg)?,
-    };
-    let (ram_budget, memory) = ram_budget(args)?;
-    let limits = Limits {
-        ram_budget,
-        max_loaded: args.max_loaded_models.filter(|&n| n > 0),
-        max_queue: args.max_queue.unwrap_or(config::DEFAULT_MAX_QUEUE),
-        load_wait: crate::resources::DEFAULT_LOAD_WAIT,
-    };
-    tracing::info!("RAM budget {} MiB of {} MiB", ram_budget >> 20, memory >> 20);
-    Ok(ModelManager::new(Arc::new(store), Arc::new(crate::backend::llama::LlamaCpp), load_settings(args), keep_alive, limits))
-}
-
-/// The engine flags, with the config file's `engine` section under them (flags and their
-/// environment variables win).
-pub fn engine_with_file(args: &EngineArgs, file: &config::file::EngineFile) -> EngineArgs {
-    EngineArgs {
-        parallel: args.parallel.or(file.parallel),
-        threads: args.threads.or(file.threads),
-        context_length: args.context_length.or(file.context_length),
-        batch_size: args.batch_size.or(file.batch_size),
-        convert_weights: args.convert_weights.or(file.convert_weights),
-        keep_alive: args.keep_alive.clone(),
-        ram_budget: args.ram_budget.clone().or_else(|| file.ram_budget.clone()),
-        max_loaded_models: args.max_loaded_models.or(file.max_loaded_models),
-        max_queue: args.max_queue.or(file.max_queue),
-    }
-}
-
-/// Where hearth keeps its own data (conversations, profiles): `HEARTH_DATA`, else the per-user
-/// data directory.
+/// Where hearth keeps its own data (conversations, profiles) when no config file is read:
+/// `HEARTH_DATA`, else the per-user data directory.
 pub fn default_data_dir() -> std::path::PathBuf {
-    config::env_data_dir(&config::file::process_env).unwrap_or_else(|| dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("hearth"))
+    config::env_data_dir(&config::file::process_env).unwrap_or_else(config::default_data_dir)
 }
 
 /// The server the client commands talk to: `--host`, else `HEARTH_HOST`, else Ollama's
@@ -99,7 +51,7 @@ pub fn default_data_dir() -> std::path::PathBuf {
 pub fn server_addr(args: &crate::cli::ClientArgs) -> anyhow::Result<std::net::SocketAddr> {
     match &args.host {
         Some(h) => config::parse_host(h).map_err(anyhow::Error::msg).context("--host"),
-        None => Ok(config::env_host(&config::file::process_env)?.unwrap_or(config::parse_host("").map_err(anyhow::Error::msg)?)),
+        None => Ok(config::env_host(&config::file::process_env)?.unwrap_or_else(config::default_addr)),
     }
 }
 

@@ -15,8 +15,8 @@ use crate::store::pull::{self, Progress};
 pub async fn run(args: PullArgs) -> anyhow::Result<()> {
     let store = super::open_store(&args.store);
     let plan = pull::plan(&args.source, args.name.as_deref())?;
-    let (budget, _) = super::ram_budget(&args.engine)?;
-    let settings = super::load_settings(&args.engine);
+    let engine = crate::config::engine::EngineConfig::from_flags(&args.engine)?;
+    let (budget, settings) = (engine.limits.ram_budget, engine.load);
     let terminal = std::io::stderr().is_terminal();
     let bar = terminal.then(|| {
         let bar = ProgressBar::new(0);

@@ -11,8 +11,8 @@ use anyhow::Context;
 use crate::api::{self, AppState, Lifecycle};
 use crate::cache::ResponseCache;
 use crate::cli::ServeArgs;
-use crate::config::file::{self, FileConfig, LogFormat};
-use crate::config;
+use crate::config::file::{self, FileConfig};
+use crate::config::serve::ServeConfig;
 use crate::conversations::ConversationStore;
 use crate::metrics::Metrics;
 use crate::service::catalog::{profiles_path, Catalog};
@@ -21,31 +21,15 @@ use crate::service::{Service, ServiceSettings};
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Read the config before logging starts: it may choose the log format. Its errors are
     // printed by main.
-    let file = file::load(args.config.as_deref(), &file::process_env)?;
-    let json_logs = match args.log_format.as_deref() {
-        Some(f) => f == "json",
-        None => file.server.log_format == Some(LogFormat::Json),
-    };
-    let _log_guard = super::init_server_logging(json_logs, "warn,hearth=info");
+    let config = ServeConfig::load(&args, &file::process_env)?;
+    let _log_guard = super::init_server_logging(config.json_logs, "warn,hearth=info");
+    let ServeConfig { addr, models_dir, data_dir, log_prompts_flag: log_prompts, engine, file, .. } = config;
     if let Some(src) = &file.source {
         tracing::info!("config: {}", src.display());
     }
+    let store = crate::store::ModelStore::new(models_dir.clone());
+    let manager = super::manager_with(store, &engine);
 
-    let base = file.server.host.unwrap_or(config::parse_host("").map_err(anyhow::Error::msg)?);
-    let ip = match &args.host {
-        Some(h) => config::parse_host(h).map_err(anyhow::Error::msg).context("--host")?.ip(),
-        None => base.ip(),
-    };
-    let addr = std::net::SocketAddr::new(ip, args.port.unwrap_or(base.port()));
-
-    let mut store_args = args.store.clone();
-    store_args.models = store_args.models.or_else(|| file.server.models.clone());
-    let store = super::open_store(&store_args);
-    let models_dir = store.dir().to_path_buf();
-    let engine = super::engine_with_file(&args.engine, &file.engine);
-    let manager = super::manager_with(store, &engine, file.engine.keep_alive)?;
-
-    let data_dir = args.data.clone().or_else(|| file.server.data.clone()).unwrap_or_else(super::default_data_dir);
     let cache = ResponseCache::new(&file.cache).context("cache")?;
     let conversations = ConversationStore::open(&data_dir)?;
     let metrics = Metrics::new(file.pricing.clone());
@@ -55,7 +39,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(conversations),
         metrics,
         catalog(&file, Default::default()),
-        settings(&file, args.log_prompts),
+        settings(&file, log_prompts),
     )
     .with_profiles(profiles_path(&data_dir))
     .map_err(anyhow::Error::msg)?;
@@ -69,7 +53,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let reloader: Option<api::Reloader> = file.source.clone().map(|path| {
         let service = service.clone();
-        let log_prompts = args.log_prompts;
         let current = std::sync::Mutex::new(file.clone());
         Box::new(move || {
             let mut current = current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -126,6 +109,7 @@ fn catalog(file: &FileConfig, profiles: std::collections::BTreeMap<String, crate
     }
 }
 
+/// `log_prompts` is the flag's: it logs prompts whatever the file says.
 fn settings(file: &FileConfig, log_prompts: bool) -> ServiceSettings {
     ServiceSettings {
         max_concurrent_requests: file.server.max_concurrent_requests.unwrap_or(0),

@@ -9,7 +9,7 @@ use crate::cli::ShowArgs;
 pub fn run(args: ShowArgs) -> anyhow::Result<()> {
     let store = super::open_store(&args.store);
     let entry = store.resolve_name_or_path(&args.model)?;
-    let settings = super::load_settings(&args.engine);
+    let settings = crate::config::engine::EngineConfig::from_flags(&args.engine)?.load;
     let show = models::show(&store, &entry, false, &settings).map_err(|e| anyhow::anyhow!(e.message))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&show)?);

@@ -6,19 +6,15 @@
 //! ranges the flags and the file share, the defaults that depend on the machine (threads) and
 //! the parsing of `HEARTH_HOST`-style addresses.
 
+pub mod engine;
 pub mod file;
+pub mod serve;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::ops::RangeInclusive;
 
 /// Ollama's port.
 pub const DEFAULT_PORT: u16 = 11434;
-/// Ollama's context default on a CPU-only machine.
-pub const DEFAULT_NUM_CTX: u32 = 4096;
-pub const DEFAULT_PARALLEL: u32 = 4;
-pub const DEFAULT_BATCH: u32 = 512;
-pub const DEFAULT_KEEP_ALIVE: &str = "5m";
-pub const DEFAULT_MAX_QUEUE: usize = 64;
 
 // The engine settings' ranges, written once for the flags (clap) and the config file.
 pub const PARALLEL_RANGE: RangeInclusive<i64> = 1..=64;
@@ -40,6 +36,17 @@ pub fn env_host(env: file::Env<'_>) -> Result<Option<SocketAddr>, file::ConfigEr
 /// over the config file). Empty is unset.
 pub fn env_data_dir(env: file::Env<'_>) -> Option<std::path::PathBuf> {
     env("HEARTH_DATA").filter(|v| !v.trim().is_empty()).map(std::path::PathBuf::from)
+}
+
+/// Where hearth keeps its own data (conversations, profiles) unless `server.data`, `--data`
+/// or `HEARTH_DATA` says: the per-user data directory.
+pub fn default_data_dir() -> std::path::PathBuf {
+    dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("hearth")
+}
+
+/// Ollama's address: 127.0.0.1:11434.
+pub fn default_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT)
 }
 
 /// Threads for llama.cpp: the physical cores this process may use. Hyper-threads share the
@@ -64,7 +71,7 @@ pub fn parse_host(s: &str) -> Result<SocketAddr, String> {
         .unwrap_or(s)
         .trim_end_matches('/');
     if s.is_empty() {
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT));
+        return Ok(default_addr());
     }
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);

@@ -82,6 +82,8 @@ pub enum ConfigError {
     },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    #[error("{flag}: {message}")]
+    Flag { flag: String, message: String },
 }
 
 fn location(origin: &str, line: Option<usize>, column: Option<usize>) -> String {
