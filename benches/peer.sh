@@ -12,7 +12,11 @@ if [ ! -x "$bench_bin" ] || [ ! -x "$server_bin" ]; then
   mkdir -p "$peer"
   python3 -m pip download --quiet --no-binary :all: --no-deps "llama-cpp-python==$peer_ver" -d "$peer"
   tar -xzf "$peer/llama_cpp_python-$peer_ver.tar.gz" -C "$peer"
-  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+  # The same AMX opt-out as hearth's own build (.cargo/config.toml): llama.cpp's AMX kernels
+  # fault on machines whose CPUID reports AMX that the VM does not provide.
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
+    -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" >/dev/null
   cmake --build "$src/build" -j"$(nproc)" --target llama-bench llama-server >/dev/null
 fi
 
