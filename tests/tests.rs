@@ -6,6 +6,7 @@ mod convert;
 mod embed;
 mod openai;
 mod prefix;
+mod security;
 mod service;
 mod store;
 mod gguf_validation;

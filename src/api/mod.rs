@@ -7,6 +7,7 @@
 pub mod embed;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod layer;
 pub mod models;
 pub mod observe;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub manager: ModelManager,
     pub service: Service,
     pub lifecycle: Arc<Lifecycle>,
+    /// Which browser origins and `Host` names may use the API.
+    pub guard: Arc<guard::Guard>,
 }
 
 /// The server's life: when it started, whether it is shutting down, and how to reload its
@@ -69,6 +72,7 @@ impl AppState {
             manager: service.manager.clone(),
             service,
             lifecycle: Arc::new(Lifecycle { started: Instant::now(), shutting_down: Default::default(), reload: None }),
+            guard: Default::default(),
         }
     }
 }
@@ -85,6 +89,7 @@ pub fn mark(resp: &mut Response, model: &str, info: Option<&ResponseInfo>) {
 }
 
 pub fn router(state: AppState) -> Router {
+    let guard = Arc::clone(&state.guard);
     Router::new()
         .route("/", get(root).head(root))
         .route("/api/version", get(version).head(version))
@@ -109,6 +114,9 @@ pub fn router(state: AppState) -> Router {
             "/api/blobs/{*digest}",
             post(store::post_blob).head(store::head_blob).layer(DefaultBodyLimit::disable()),
         )
+        // Outermost last: observe every request, refuse foreign hosts and origins, then CORS.
+        .layer(guard.cors())
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&guard), guard::guard))
         .layer(axum::middleware::from_fn_with_state(state.service.metrics.clone(), observe::observe))
         .with_state(state)
 }

@@ -234,3 +234,67 @@ async fn bad_bodies_are_refused_in_the_api_s_own_json_shape() {
     assert!(json_of(&body)["error"]["message"].is_string(), "OpenAI's shape: {body}");
     assert_eq!(f.fake.loads(), 0);
 }
+
+/// Sends a request with extra headers; returns the status, the response headers and the body.
+async fn send_with(app: &Router, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = app.clone().oneshot(req.body(Body::from(body.to_string())).expect("request")).await.expect("infallible");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, String::from_utf8(bytes.to_vec()).expect("utf8"))
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_before_any_work_in_each_apis_shape() {
+    let f = fixture();
+    let body = r#"{"model": "a", "prompt": "x", "stream": false}"#;
+    let evil = [("origin", "http://evil.example"), ("content-type", "text/plain")];
+    let (status, _, text) = send_with(&f.app, "POST", "/api/generate", &evil, body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(json_of(&text)["error"].as_str().is_some_and(|e| e.contains("http://evil.example")), "{text}");
+    let (status, _, text) = send_with(&f.app, "POST", "/v1/chat/completions", &evil, r#"{"model": "a", "messages": [{"role": "user", "content": "x"}]}"#).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert_eq!(json_of(&text)["error"]["type"], "invalid_request_error", "{text}");
+    let (status, _, _) = send_with(&f.app, "DELETE", "/api/delete", &evil, r#"{"model": "a"}"#).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A preflight from it gets no CORS answer either.
+    let preflight = [("origin", "http://evil.example"), ("access-control-request-method", "POST")];
+    let (status, headers, _) = send_with(&f.app, "OPTIONS", "/api/chat", &preflight, "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get("access-control-allow-origin").is_none());
+    assert_eq!(f.fake.generations(), 0, "nothing ran for a refused origin");
+}
+
+#[tokio::test]
+async fn a_loopback_origin_gets_cors_and_a_client_without_origin_is_unaffected() {
+    let f = fixture();
+    let body = r#"{"model": "a", "prompt": "x", "stream": false, "options": {"num_predict": 2}}"#;
+    let (status, headers, text) = send_with(&f.app, "POST", "/api/generate", &[("origin", "http://localhost:5173"), ("content-type", "application/json")], body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://localhost:5173"));
+    assert!(headers.get("access-control-allow-credentials").is_none());
+    let preflight = [("origin", "http://127.0.0.1:3000"), ("access-control-request-method", "POST"), ("access-control-request-headers", "authorization,content-type")];
+    let (status, headers, _) = send_with(&f.app, "OPTIONS", "/v1/chat/completions", &preflight, "").await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://127.0.0.1:3000"));
+    assert!(headers.get("access-control-allow-headers").and_then(|v| v.to_str().ok()).is_some_and(|h| h.contains("authorization")));
+    // curl's default form content type, no Origin: served as before.
+    let (status, _, text) = send_with(&f.app, "POST", "/api/generate", &[("content-type", "application/x-www-form-urlencoded")], body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(f.fake.generations(), 2);
+}
+
+#[tokio::test]
+async fn a_rebound_host_name_is_refused_on_a_loopback_bind() {
+    let f = fixture();
+    let (status, _, text) = send_with(&f.app, "GET", "/api/tags", &[("host", "evil.example:11434")], "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(json_of(&text)["error"].as_str().is_some_and(|e| e.contains("evil.example")), "{text}");
+    let (status, _, _) = send_with(&f.app, "GET", "/api/tags", &[("host", "localhost:11434")], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = send_with(&f.app, "GET", "/api/version", &[("host", "127.0.0.1:11434")], "").await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::api::guard::Guard;
 use crate::api::{self, AppState, Lifecycle};
 use crate::cache::ResponseCache;
 use crate::cli::ServeArgs;
@@ -23,7 +24,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // printed by main.
     let config = ServeConfig::load(&args, &file::process_env)?;
     let _log_guard = super::init_server_logging(config.json_logs, "warn,hearth=info");
-    let ServeConfig { addr, models_dir, data_dir, log_prompts_flag: log_prompts, engine, file, .. } = config;
+    let ServeConfig { addr, models_dir, data_dir, log_prompts_flag: log_prompts, engine, origins, file, .. } = config;
     if let Some(src) = &file.source {
         tracing::info!("config: {}", src.display());
     }
@@ -62,7 +63,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }) as api::Reloader
     });
     let lifecycle = Arc::new(Lifecycle { started: Instant::now(), shutting_down: Default::default(), reload: reloader });
-    let state = AppState { manager: manager.clone(), service, lifecycle: Arc::clone(&lifecycle) };
+    let guard = Arc::new(Guard::new(&origins, local.ip().is_loopback()));
+    if origins.iter().any(|o| o.trim() == "*") {
+        tracing::warn!("server.origins allows every origin: any web page the user opens can use this server");
+    }
+    let state = AppState { manager: manager.clone(), service, lifecycle: Arc::clone(&lifecycle), guard };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reaper_stop = {

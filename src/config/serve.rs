@@ -19,6 +19,8 @@ pub struct ServeConfig {
     /// again on reload.
     pub log_prompts_flag: bool,
     pub engine: EngineConfig,
+    /// Browser origins allowed besides the built-in loopback and app ones.
+    pub origins: Vec<String>,
     /// The file with its environment overlays: the service layer's settings.
     pub file: FileConfig,
 }
@@ -42,7 +44,8 @@ impl ServeConfig {
             None => file.server.log_format == Some(LogFormat::Json),
         };
         let engine = EngineConfig::resolve(&args.engine, &file.engine)?;
-        Ok(ServeConfig { addr, models_dir, data_dir, json_logs, log_prompts_flag: args.log_prompts, engine, file })
+        let origins = file.server.origins.clone().unwrap_or_default();
+        Ok(ServeConfig { addr, models_dir, data_dir, json_logs, log_prompts_flag: args.log_prompts, engine, origins, file })
     }
 }
 

@@ -44,6 +44,7 @@ use crate::resources::keep_alive::KeepAlive;
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("HEARTH_HOST", "server.host: address to listen on (the client commands' server too), e.g. 127.0.0.1:11434"),
     ("HEARTH_DATA", "server.data: directory for hearth's own data (conversations, profiles)"),
+    ("HEARTH_ORIGINS", "server.origins: browser origins allowed besides loopback ones, comma-separated"),
     ("MAX_CONCURRENT_REQUESTS", "server.max_concurrent_requests: requests served at once (0 = unlimited)"),
     ("REQUEST_TIMEOUT", "server.request_timeout: per-request time limit, e.g. 10m or 600 (0 = none)"),
     ("LLM_RESPONSE_CACHE_TTL", "cache.ttl: how long a cached response lives, e.g. 1h or 3600"),
@@ -129,6 +130,9 @@ pub struct ServerFile {
     pub request_timeout: Option<Duration>,
     pub log_format: Option<LogFormat>,
     pub log_prompts: Option<bool>,
+    /// Browser origins allowed besides the loopback and app ones (`https://app.example`,
+    /// `https://*.corp.example`, `http://host:*`, or `*` for all). Each has a scheme.
+    pub origins: Option<Vec<String>>,
 }
 
 /// `engine:`, with the same ranges as the matching flags. Every field is `None` when unset.
@@ -337,6 +341,9 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
     let at = |path: &[&str], message: String| invalid_at(text, origin, path, message);
 
     let mut server = raw.server.unwrap_or_default();
+    if let Some(origins) = &server.origins {
+        check_origins(origins).map_err(|e| at(&["server", "origins"], e))?;
+    }
     server.models = server.models.map(|p| resolve(base, p));
     server.data = server.data.map(|p| resolve(base, p));
     let engine = raw.engine.unwrap_or_default();
@@ -406,6 +413,11 @@ fn overlay_env(server: &mut ServerFile, cache: &mut CacheSettings, env: Env<'_>)
     }
     if let Some(dir) = crate::config::env_data_dir(env) {
         server.data = Some(resolve(None, dir));
+    }
+    if let Some(v) = get("HEARTH_ORIGINS") {
+        let origins: Vec<String> = v.split(',').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+        check_origins(&origins).map_err(|message| ConfigError::Env { var: "HEARTH_ORIGINS".into(), message })?;
+        server.origins = Some(origins);
     }
     if let Some(v) = get("MAX_CONCURRENT_REQUESTS") {
         server.max_concurrent_requests = Some(parsed("MAX_CONCURRENT_REQUESTS", &v, scalar::parse_count)?);
@@ -485,6 +497,14 @@ fn persona(
         adapter,
         description: raw.description,
     })
+}
+
+/// Each origin pattern is `*` or has a scheme (`https://app.example`, `app://*`).
+fn check_origins(origins: &[String]) -> Result<(), String> {
+    match origins.iter().find(|o| o.trim() != "*" && !o.contains("://")) {
+        Some(o) => Err(format!("origin {o:?} has no scheme: write it as a browser sends it, e.g. https://app.example or http://host:*")),
+        None => Ok(()),
+    }
 }
 
 fn template_error(key: &str, e: PromptError, at: &dyn Fn(&[&str], String) -> ConfigError) -> ConfigError {
