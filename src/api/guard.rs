@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use super::error::ApiError;
@@ -140,12 +140,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
 }
 
 fn refuse(path: &str, message: String) -> Response {
-    let error = ApiError { status: axum::http::StatusCode::FORBIDDEN, message, retry_after: None };
-    if path.starts_with("/v1/") {
-        super::openai::OpenAiError::from(error).into_response()
-    } else {
-        error.into_response()
-    }
+    super::in_shape_for(path, ApiError { status: axum::http::StatusCode::FORBIDDEN, message, retry_after: None })
 }
 
 /// A header value as it may be quoted in an answer: printable, and short.

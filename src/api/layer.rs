@@ -67,7 +67,8 @@ async fn health(State(app): State<AppState>) -> Response {
         "uptime_seconds": app.lifecycle.started.elapsed().as_secs_f64(),
         "models": models,
         "cache": { "backend": cache.backend, "reachable": cache.reachable, "detail": cache.detail },
-        "conversations": app.service.conversations.as_ref().map(|c| c.path().display().to_string()),
+        // Whether conversations are kept; never where (no path of the machine in an answer).
+        "conversations": app.service.conversations.is_some(),
         "ram": { "budget": app.manager.limits().ram_budget, "used": app.manager.used() },
     });
     let status = if shutting_down { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };

@@ -80,12 +80,18 @@ impl AppState {
 /// The header that says whether the response cache answered.
 pub const CACHE_HEADER: &str = "x-hearth-cache";
 
-/// Marks a response with the cache result and the model (for the metrics).
+/// The metrics' model label of a request refused as the client's fault: its model name may be
+/// anything (a scanner's junk names must not grow `/metrics`).
+pub const UNKNOWN_MODEL: &str = "unknown";
+
+/// Marks a response with the cache result and the model (for the metrics). A 4xx is labelled
+/// `unknown`: the name may not be a model.
 pub fn mark(resp: &mut Response, model: &str, info: Option<&ResponseInfo>) {
     if let Some(info) = info {
         resp.headers_mut().insert(CACHE_HEADER, header::HeaderValue::from_static(info.cache.as_str()));
     }
-    resp.extensions_mut().insert(observe::ModelLabel(model.to_string()));
+    let label = if resp.status().is_client_error() { UNKNOWN_MODEL } else { model };
+    resp.extensions_mut().insert(observe::ModelLabel(label.to_string()));
 }
 
 pub fn router(state: AppState) -> Router {
@@ -108,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .merge(layer::routes())
         .merge(seed::routes())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Blob uploads are model-sized and streamed to disk: no body limit.
         .route(
@@ -134,8 +141,22 @@ async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "version": crate::VERSION }))
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("404 page not found")
+async fn not_found(uri: axum::http::Uri) -> Response {
+    in_shape_for(uri.path(), ApiError::not_found("404 page not found"))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let message = format!("method {method} is not allowed on {}", uri.path().chars().take(100).collect::<String>());
+    in_shape_for(uri.path(), ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message, retry_after: None })
+}
+
+/// An error in the shape of the API the path belongs to: OpenAI's under `/v1/`, else Ollama's.
+pub fn in_shape_for(path: &str, error: ApiError) -> Response {
+    if path.starts_with("/v1/") {
+        openai::OpenAiError::from(error).into_response()
+    } else {
+        error.into_response()
+    }
 }
 
 async fn generate(State(app): State<AppState>, JsonBody(req): JsonBody<GenerateRequest>) -> Result<Response, ApiError> {

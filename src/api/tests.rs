@@ -298,3 +298,36 @@ async fn a_rebound_host_name_is_refused_on_a_loopback_bind() {
     let (status, _, _) = send_with(&f.app, "GET", "/api/version", &[("host", "127.0.0.1:11434")], "").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_answer_json_in_the_apis_shape() {
+    let f = fixture();
+    let (status, ctype, body) = send(&f.app, "GET", "/api/generate", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+    assert!(json_of(&body)["error"].as_str().is_some_and(|e| e.contains("GET")), "{body}");
+    let (status, _, body) = send(&f.app, "DELETE", "/v1/chat/completions", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(json_of(&body)["error"]["type"], "invalid_request_error", "{body}");
+    let (status, _, body) = send(&f.app, "GET", "/v1/nothing-here", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(json_of(&body)["error"]["message"].is_string(), "{body}");
+    let (status, _, body) = send(&f.app, "GET", "/nothing-here", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(json_of(&body)["error"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn names_that_are_not_models_do_not_become_metric_labels() {
+    let f = fixture();
+    for i in 0..20 {
+        let (status, _, _) = send(&f.app, "POST", "/api/generate", Some(json!({"model": format!("junk-{i}"), "prompt": "x"}))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, _, _) = send(&f.app, "POST", "/api/generate", Some(json!({"model": "a", "prompt": "x", "stream": false, "options": {"num_predict": 1}}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, text) = send(&f.app, "GET", "/metrics", None).await;
+    assert!(!text.contains("junk-"), "a junk name became a label");
+    assert!(text.contains("model=\"unknown\""), "{text}");
+    assert!(text.contains("model=\"a\""), "the model that answered keeps its label: {text}");
+}
