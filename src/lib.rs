@@ -4,15 +4,17 @@
 //! The code map, in the order a request travels:
 //!
 //! - `cli`        clap structures only; `commands/` holds one file per subcommand.
-//! - `config`     machine-dependent defaults (threads), address parsing, and the YAML file
-//!                (`file`): raw YAML + environment -> one validated `FileConfig`.
+//! - `config`     flags, environment and the YAML file (`file`) -> validated settings once:
+//!                `serve::ServeConfig` for the server, `engine::EngineConfig` (each engine
+//!                setting's one default) for every command that runs models.
 //! - `api`        wire formats and routes: `ollama` (requests -> `ValidRequest`, responses),
 //!                `openai` (the /v1 routes and OpenAI's error shape), `tools` (tool definitions,
 //!                formats, reading calls back), `embed` (Ollama's embedding routes),
 //!                `models` (tags/show/ps objects), `store` (pull/create/copy/delete/blobs),
 //!                `layer` (health, metrics, cache, templates, conversations, reload), `seed`
 //!                (the seeds' routes), `observe` (request ids, request logs and metrics),
-//!                `error` (the one error -> status table).
+//!                `guard` (browser origins, CORS, loopback host names), `error` (the one
+//!                error -> status table).
 //! - `service`    the shared request path (`Service::start`, `Service::embed`): persona, prompt
 //!                template and conversation history (`history`, `catalog`), response-cache
 //!                lookup, admission, resolve, lease, generate; `answer` forwards the backend's
@@ -70,6 +72,8 @@
 //! - A model with a live `ModelLease` is never unloaded.
 //! - Nothing is cached or appended to a conversation from an answer that did not finish.
 //! - No prompt or answer text is logged unless `--log-prompts` asks for it.
+//! - No request from a web page outside the origin allow list, and no request naming a foreign
+//!   host on a loopback bind, reaches a handler.
 //! - No model is loaded unless its estimate fits the RAM budget next to what is loaded or still
 //!   being freed.
 

@@ -28,6 +28,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     show("server.default_model", s.default_model.clone());
     show("server.max_concurrent_requests", s.max_concurrent_requests.map(|n| n.to_string()));
     show("server.request_timeout", s.request_timeout.map(|d| humantime::format_duration(d).to_string()));
+    show("server.origins", s.origins.as_ref().filter(|o| !o.is_empty()).map(|o| o.join(", ")));
     let c = &config.cache;
     println!(
         "  cache: {} (ttl {}, max {} bytes{})",
