@@ -223,11 +223,13 @@ fn a_client_that_leaves_frees_its_slot() {
     let body = json!({"model": SMOL, "prompt": "Count from one to ten thousand, one number per line.",
                       "options": {"num_predict": -1, "num_ctx": 8192, "temperature": 0}})
     .to_string();
-    write!(conn, "POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    // The server's own address as Host: a loopback server refuses other names (DNS rebinding).
+    write!(conn, "POST /api/generate HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", s.addr, body.len())
         .expect("send");
     let mut buf = [0u8; 512];
     let n = conn.read(&mut buf).expect("first bytes");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.contains("200 OK"), "{head}");
     drop(conn);
     let client = reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(45))
