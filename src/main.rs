@@ -5,6 +5,14 @@ use hearth::cli::{Cli, Command};
 use hearth::commands;
 
 fn main() -> std::process::ExitCode {
+    // Two malloc arenas, not glibc's 8 per core: every tokio and blocking thread that allocates
+    // otherwise gets an arena of its own, each keeping freed memory, and a server's RSS climbed
+    // ~40 MiB over 50 model load cycles (flat with two). Allocation is not on the hot path.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called first in main, before any other thread exists; mallopt only sets a limit.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     // The server starts its own logging once it has read its config (the format may be set
     // there); the one-shot commands stay quiet unless asked (stdout is theirs).
