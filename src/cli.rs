@@ -41,6 +41,8 @@ pub enum Command {
     Rm(RmArgs),
     /// Work with the YAML config file.
     Config(ConfigArgs),
+    /// Make an API key for `auth.keys` (printed once; the config keeps only its SHA-256).
+    Key(KeyArgs),
     /// Measure a model's speed: prefill, decode, latency percentiles, throughput by concurrency.
     Bench(BenchArgs),
 }
@@ -53,6 +55,9 @@ pub struct BenchArgs {
     /// Measure a running server (http://host:port) instead of loading the model here.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// With --url: the API key to send (Authorization: Bearer).
+    #[arg(long = "api-key", env = "HEARTH_API_KEY", hide_env_values = true, requires = "url")]
+    pub api_key: Option<String>,
     /// With --url: the API to drive, Ollama's /api/generate or OpenAI's /v1/completions
     /// (which llama.cpp's llama-server also serves).
     #[arg(long, default_value = "ollama", value_parser = ["ollama", "openai"], requires = "url")]
@@ -209,10 +214,33 @@ pub struct ServeArgs {
     #[arg(long = "log-prompts", env = "HEARTH_LOG_PROMPTS", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub log_prompts: bool,
+    /// Listen beyond loopback with no API keys: anyone who can reach the address may generate,
+    /// read conversations, and pull or delete models. Without keys, hearth refuses such a bind.
+    #[arg(long = "insecure-no-auth", env = "HEARTH_INSECURE_NO_AUTH", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_no_auth: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub command: KeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print a new random key and the `auth.keys` entry that holds its SHA-256.
+    New {
+        /// The key's name (metrics and /api/usage show it).
+        name: String,
+        /// Comma-separated: generate, embed, models:read, models:write, metrics, admin.
+        #[arg(long, value_delimiter = ',', default_value = "generate,embed,models:read")]
+        scopes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +308,9 @@ pub struct ClientArgs {
     /// Server address, as OLLAMA_HOST takes it [default: HEARTH_HOST, else 127.0.0.1:11434].
     #[arg(long)]
     pub host: Option<String>,
+    /// The API key to send, for a server with keys (Authorization: Bearer).
+    #[arg(long = "api-key", env = "HEARTH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,7 @@ fn main() -> std::process::ExitCode {
             Command::Cp(a) => commands::cp::run(a),
             Command::Rm(a) => commands::rm::run(a),
             Command::Config(a) => commands::config_check::run(a),
+            Command::Key(a) => commands::key::run(a),
             Command::Bench(a) => commands::bench::run(a).await,
         }
     });

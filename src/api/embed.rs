@@ -11,6 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Key;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::ollama::common;
@@ -76,6 +77,7 @@ impl EmbedRequest {
             normalize: true,
             options: c.options,
             keep_alive: c.keep_alive,
+            account: None,
         })
     }
 }
@@ -92,6 +94,7 @@ impl EmbeddingsRequest {
             normalize: false,
             options: c.options,
             keep_alive: c.keep_alive,
+            account: None,
         })
     }
 }
@@ -101,9 +104,10 @@ fn nanos(d: Duration) -> u64 {
 }
 
 /// `POST /api/embed`.
-pub async fn embed(State(app): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn embed(State(app): State<AppState>, Key(account): Key, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let req = req.validate()?;
+    let mut req = req.validate()?;
+    req.account = account;
     let model = req.model.clone();
     let r = app.service.embed(req, Caller::Network).await?;
     Ok(Json(json!({
@@ -116,8 +120,9 @@ pub async fn embed(State(app): State<AppState>, JsonBody(req): JsonBody<EmbedReq
 }
 
 /// `POST /api/embeddings` (legacy): `{"embedding": [...]}`, empty for an empty prompt.
-pub async fn embeddings(State(app): State<AppState>, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Json<Value>, ApiError> {
-    let req = req.validate()?;
+pub async fn embeddings(State(app): State<AppState>, Key(account): Key, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Json<Value>, ApiError> {
+    let mut req = req.validate()?;
+    req.account = account;
     let r = app.service.embed(req, Caller::Network).await?;
     let embedding = r.embeddings.into_iter().next().unwrap_or_default();
     Ok(Json(json!({ "embedding": embedding })))

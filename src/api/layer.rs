@@ -1,7 +1,7 @@
 //! The service layer's own routes: `/health`, `/metrics` (Prometheus) and `/api/metrics`
 //! (JSON), the response cache (`/api/cache/clear`), prompt templates (`/api/templates`,
 //! `/api/templates/render`), personas (`/api/personas`), conversations
-//! (`/api/conversations[/{id}]`) and `/api/config/reload`.
+//! (`/api/conversations[/{id}]`), `/api/config/reload` and each API key's usage (`/api/usage`).
 
 use std::sync::atomic::Ordering;
 
@@ -13,11 +13,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Key;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::AppState;
 use crate::conversations::ConversationStore;
 use crate::metrics::Snapshot;
+use crate::service::accounts::Scope;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -31,6 +33,29 @@ pub fn routes() -> Router<AppState> {
         .route("/api/conversations", get(list_conversations))
         .route("/api/conversations/{id}", get(get_conversation).delete(delete_conversation))
         .route("/api/config/reload", post(reload))
+        .route("/api/usage", get(usage))
+}
+
+/// `GET /api/usage`: what each key used since the server started, its limits and what is left
+/// of them. A key sees its own line; an `admin` key sees every key.
+async fn usage(State(app): State<AppState>, Key(caller): Key) -> Json<Value> {
+    let now = std::time::Instant::now();
+    let accounts = match &caller {
+        Some(a) if !a.allows(Scope::Admin) => vec![std::sync::Arc::clone(a)],
+        _ => app.keys.accounts(),
+    };
+    let keys: Vec<Value> = accounts
+        .iter()
+        .map(|a| {
+            json!({
+                "name": a.name,
+                "scopes": a.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                "usage": a.usage(),
+                "limits": a.remaining(now),
+            })
+        })
+        .collect();
+    Json(json!({ "keys": keys }))
 }
 
 /// What the metrics read at scrape time: the models loaded now, the budget and the cache.

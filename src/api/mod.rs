@@ -4,6 +4,7 @@
 //! write NDJSON, SSE or JSON back. `observe` gives every request an id, a log line and its
 //! metrics. The only place with routes.
 
+pub mod auth;
 pub mod embed;
 pub mod error;
 pub mod extract;
@@ -33,6 +34,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
 
+use self::auth::Key;
 use self::error::ApiError;
 use self::extract::JsonBody;
 use self::ollama::{ChatRequest, GenerateRequest, Kind, Reply};
@@ -50,6 +52,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Which browser origins and `Host` names may use the API.
     pub guard: Arc<guard::Guard>,
+    /// The API keys; empty means nothing asks for one.
+    pub keys: Arc<auth::Keys>,
 }
 
 /// The server's life: when it started, whether it is shutting down, and how to reload its
@@ -73,6 +77,7 @@ impl AppState {
             service,
             lifecycle: Arc::new(Lifecycle { started: Instant::now(), shutting_down: Default::default(), reload: None }),
             guard: Default::default(),
+            keys: Default::default(),
         }
     }
 }
@@ -96,6 +101,7 @@ pub fn mark(resp: &mut Response, model: &str, info: Option<&ResponseInfo>) {
 
 pub fn router(state: AppState) -> Router {
     let guard = Arc::clone(&state.guard);
+    let authorize = axum::middleware::from_fn_with_state(state.clone(), auth::authorize);
     Router::new()
         .route("/", get(root).head(root))
         .route("/api/version", get(version).head(version))
@@ -121,7 +127,9 @@ pub fn router(state: AppState) -> Router {
             "/api/blobs/{*digest}",
             post(store::post_blob).head(store::head_blob).layer(DefaultBodyLimit::disable()),
         )
-        // Outermost last: observe every request, refuse foreign hosts and origins, then CORS.
+        // Outermost last: observe every request, refuse foreign hosts and origins, answer CORS
+        // (preflights carry no key), then ask for a key.
+        .layer(authorize)
         .layer(guard.cors())
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&guard), guard::guard))
         .layer(axum::middleware::from_fn_with_state(state.service.metrics.clone(), observe::observe))
@@ -159,15 +167,17 @@ pub fn in_shape_for(path: &str, error: ApiError) -> Response {
     }
 }
 
-async fn generate(State(app): State<AppState>, JsonBody(req): JsonBody<GenerateRequest>) -> Result<Response, ApiError> {
+async fn generate(State(app): State<AppState>, Key(account): Key, JsonBody(req): JsonBody<GenerateRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let req = req.validate()?;
+    let mut req = req.validate()?;
+    req.service.account = account;
     Ok(respond(&app, req, Kind::Generate, started).await)
 }
 
-async fn chat(State(app): State<AppState>, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
+async fn chat(State(app): State<AppState>, Key(account): Key, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let req = req.validate()?;
+    let mut req = req.validate()?;
+    req.service.account = account;
     Ok(respond(&app, req, Kind::Chat, started).await)
 }
 

@@ -78,6 +78,7 @@ impl ServiceFields {
             use_cache: self.use_cache,
             conversation_id: non_empty("conversation_id", self.conversation_id)?,
             template,
+            account: None,
         })
     }
 }

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::auth::Key;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::AppState;
@@ -59,6 +60,7 @@ struct SeedRequest {
     persona: Option<String>,
     conversation_id: Option<String>,
     use_cache: Option<bool>,
+    account: Option<std::sync::Arc<crate::service::accounts::Account>>,
 }
 
 /// What a seed route answers with.
@@ -93,7 +95,7 @@ async fn run(app: &AppState, r: SeedRequest) -> Result<SeedAnswer, ApiError> {
         logprobs: None,
         keep_alive: None,
         stream: false,
-        service: ServiceOptions { persona: r.persona, use_cache: r.use_cache, conversation_id: r.conversation_id, template: None },
+        service: ServiceOptions { persona: r.persona, use_cache: r.use_cache, conversation_id: r.conversation_id, template: None, account: r.account },
     };
     let Outcome::Generating(g) = app.service.start(req, Caller::Network, started).await? else {
         return Err(ApiError::bad_request("prompt is required"));
@@ -132,7 +134,7 @@ struct GenerateBody {
 
 /// `POST /generate`: `{prompt, character_name, settings, conversation_id, use_cache}` ->
 /// `{response, model, generation_time, cache_hit, metadata}`.
-async fn generate(State(app): State<AppState>, JsonBody(b): JsonBody<GenerateBody>) -> Response {
+async fn generate(State(app): State<AppState>, Key(account): Key, JsonBody(b): JsonBody<GenerateBody>) -> Response {
     let options = match options_from_settings(b.settings.as_ref()) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
@@ -145,6 +147,7 @@ async fn generate(State(app): State<AppState>, JsonBody(b): JsonBody<GenerateBod
         persona: b.character_name.filter(|c| !c.is_empty()),
         conversation_id: b.conversation_id.filter(|c| !c.is_empty()),
         use_cache: b.use_cache,
+        account,
     };
     match run(&app, r).await {
         Ok(a) => {
@@ -258,7 +261,7 @@ struct LlmGenerateBody {
 
 /// `POST /llm/generate`: `{prompt, scenario, max_tokens, temperature, session_id}` ->
 /// `{text, model, scenario, usage, generation_time, cache_hit}`.
-async fn llm_generate(State(app): State<AppState>, JsonBody(b): JsonBody<LlmGenerateBody>) -> Response {
+async fn llm_generate(State(app): State<AppState>, Key(account): Key, JsonBody(b): JsonBody<LlmGenerateBody>) -> Response {
     let mut options = match options_from_settings(b.settings.as_ref()) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
@@ -278,6 +281,7 @@ async fn llm_generate(State(app): State<AppState>, JsonBody(b): JsonBody<LlmGene
         persona: scenario.clone(),
         conversation_id: b.conversation_id.or(b.session_id).filter(|c| !c.is_empty()),
         use_cache: b.use_cache,
+        account,
     };
     match run(&app, r).await {
         Ok(a) => {

@@ -331,3 +331,85 @@ async fn names_that_are_not_models_do_not_become_metric_labels() {
     assert!(text.contains("model=\"unknown\""), "{text}");
     assert!(text.contains("model=\"a\""), "the model that answered keeps its label: {text}");
 }
+
+/// A router whose server has two keys: `kg` (generate, 2 requests a minute) and `km`
+/// (metrics, admin-less).
+fn keyed_fixture() -> Fixture {
+    use crate::service::accounts::{key_hash, KeySpec, Limits, Scope};
+    let fake = FakeBackend::default();
+    let (manager, models) = manager(&fake, limits(1000));
+    let service = Service::new(manager, crate::cache::ResponseCache::disabled(), None, Metrics::new(Default::default()), Catalog::default(), ServiceSettings::default());
+    let mut state = AppState::new(service);
+    let spec = |name: &str, key: &str, scopes: &[Scope], rpm| KeySpec { name: name.into(), sha256: key_hash(key), scopes: scopes.to_vec(), limits: Limits { rpm, ..Default::default() } };
+    state.keys = Arc::new(auth::Keys::new(&[spec("gen", "kg", &[Scope::Generate], Some(2)), spec("scraper", "km", &[Scope::Metrics], None)]));
+    Fixture { app: router(state), fake, _models: models }
+}
+
+async fn send_key(app: &Router, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Response) {
+    let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    (resp.status(), resp)
+}
+
+async fn body_json(resp: Response) -> Value {
+    json_of(&String::from_utf8(resp.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8"))
+}
+
+#[tokio::test]
+async fn with_keys_every_route_but_health_needs_one_in_its_apis_shape() {
+    let f = keyed_fixture();
+    let (s, _) = send_key(&f.app, "GET", "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, resp) = send_key(&f.app, "GET", "/api/tags", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    assert!(body_json(resp).await["error"].as_str().expect("ollama shape").contains("API key"));
+    let (s, resp) = send_key(&f.app, "GET", "/v1/models", Some("wrong"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(body_json(resp).await["error"]["code"], "invalid_api_key");
+    let (s, resp) = send_key(&f.app, "GET", "/v1/models", Some("kg"), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let v = body_json(resp).await;
+    assert!(v["error"]["message"].as_str().expect("openai shape").contains("models:read"), "{v}");
+    let (s, _) = send_key(&f.app, "GET", "/metrics", Some("km"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = send_key(&f.app, "POST", "/api/config/reload", Some("km"), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = send_key(&f.app, "GET", "/api/version", Some("km"), None).await;
+    assert_eq!(s, StatusCode::OK, "any valid key reads the version");
+    assert_eq!(f.fake.generations(), 0);
+}
+
+#[tokio::test]
+async fn a_keys_tokens_are_counted_and_its_rate_limit_answers_429() {
+    let f = keyed_fixture();
+    let generate = json!({"model": "a", "prompt": "x y", "stream": false, "options": {"num_predict": 3}});
+    for _ in 0..2 {
+        let (s, resp) = send_key(&f.app, "POST", "/api/generate", Some("kg"), Some(generate.clone())).await;
+        assert_eq!(s, StatusCode::OK, "{}", body_json(resp).await);
+    }
+    let (s, resp) = send_key(&f.app, "POST", "/v1/completions", Some("kg"), Some(json!({"model": "a", "prompt": "x"}))).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "30");
+    assert_eq!(body_json(resp).await["error"]["type"], "rate_limit_error");
+    assert_eq!(f.fake.generations(), 2);
+    let (s, resp) = send_key(&f.app, "GET", "/api/usage", Some("kg"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = body_json(resp).await;
+    let keys = v["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1, "a key sees only itself: {v}");
+    assert_eq!(keys[0]["name"], "gen");
+    assert_eq!(keys[0]["usage"]["requests"], 2);
+    assert_eq!(keys[0]["usage"]["limited"], 1);
+    assert_eq!(keys[0]["usage"]["prompt_tokens"], 4);
+    assert_eq!(keys[0]["usage"]["completion_tokens"], 6);
+    assert_eq!(keys[0]["limits"]["requests_left"], 0);
+    let (_, resp) = send_key(&f.app, "GET", "/metrics", Some("km"), None).await;
+    let text = String::from_utf8(resp.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8");
+    assert!(text.contains("hearth_key_tokens_total{key=\"gen\",kind=\"completion\"} 6"), "{text}");
+    assert!(text.contains("hearth_key_requests_total{key=\"gen\",result=\"limited\"} 1"), "{text}");
+}

@@ -47,13 +47,19 @@ pub enum Target {
 
 impl Target {
     /// A server at `url` (`http://host:port`; a bare `host:port` gets `http://`).
-    pub fn http(url: &str, api: Api) -> Result<Target, BenchError> {
+    pub fn http(url: &str, api: Api, api_key: Option<&str>) -> Result<Target, BenchError> {
         let url = url.trim().trim_end_matches('/');
         let base = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
         // A fresh connection per request: servers close idle keep-alive connections on their
         // own schedule (llama-server after 5 s), and a request sent on one being closed fails.
         // On loopback a connect costs well under a millisecond, the same for every server.
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = api_key {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| BenchError::Invalid("the API key is not a valid header value".into()))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(std::time::Duration::from_secs(10))
             .pool_max_idle_per_host(0)
             .build()?;
@@ -363,7 +369,7 @@ mod tests {
 
     #[test]
     fn bare_addresses_get_a_scheme() {
-        let Ok(Target::Http { base, .. }) = Target::http("127.0.0.1:8080/", Api::OpenAi) else { panic!("http target") };
+        let Ok(Target::Http { base, .. }) = Target::http("127.0.0.1:8080/", Api::OpenAi, None) else { panic!("http target") };
         assert_eq!(base, "http://127.0.0.1:8080");
     }
 }

@@ -24,7 +24,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let target = match &args.url {
         Some(url) => {
             let api = if args.api == "openai" { Api::OpenAi } else { Api::Ollama };
-            Target::http(url, api)?
+            Target::http(url, api, args.api_key.as_deref())?
         }
         None => {
             let mut engine = args.engine.clone();

@@ -39,6 +39,8 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     );
     let personas: Vec<_> = config.personas.values().map(|p| format!("{} -> {}", p.name, p.model)).collect();
     println!("  personas: {}", if personas.is_empty() { "none".to_string() } else { personas.join(", ") });
+    let keys: Vec<_> = config.keys.iter().map(|k| format!("{} [{}]", k.name, k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "))).collect();
+    println!("  API keys: {}", if keys.is_empty() { "none (nothing asks for a key; loopback only)".to_string() } else { keys.join(", ") });
     let templates: Vec<_> = config.templates.keys().cloned().collect();
     println!("  templates: {}", templates.join(", "));
     let overridden: Vec<_> = file::ENV_VARS.iter().filter(|(name, _)| file::process_env(name).is_some()).map(|(name, _)| *name).collect();

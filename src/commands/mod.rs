@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod config_check;
 pub mod cp;
+pub mod key;
 pub mod create;
 pub mod list;
 pub mod ps;
@@ -53,6 +54,17 @@ pub fn server_addr(args: &crate::cli::ClientArgs) -> anyhow::Result<std::net::So
         Some(h) => config::parse_host(h).map_err(anyhow::Error::msg).context("--host"),
         None => Ok(config::env_host(&config::file::process_env)?.unwrap_or_else(config::default_addr)),
     }
+}
+
+/// An HTTP client for the client commands, sending the API key when one is given.
+pub fn http_client(api_key: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key.map(str::trim).filter(|k| !k.is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).context("--api-key / HEARTH_API_KEY")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder().default_headers(headers).build()?)
 }
 
 /// Starts logging to stderr: readable text, or one JSON object per line.

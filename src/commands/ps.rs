@@ -10,7 +10,9 @@ use crate::cli::ClientArgs;
 pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let addr = super::server_addr(&args)?;
     let url = format!("http://{addr}/api/ps");
-    let body: Value = reqwest::get(&url)
+    let body: Value = super::http_client(args.api_key.as_deref())?
+        .get(&url)
+        .send()
         .await
         .with_context(|| format!("cannot reach hearth at {addr}; is `hearth serve` running?"))?
         .error_for_status()?

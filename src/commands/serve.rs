@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::api::auth::Keys;
 use crate::api::guard::Guard;
 use crate::api::{self, AppState, Lifecycle};
 use crate::cache::ResponseCache;
@@ -24,7 +25,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // printed by main.
     let config = ServeConfig::load(&args, &file::process_env)?;
     let _log_guard = super::init_server_logging(config.json_logs, "warn,hearth=info");
-    let ServeConfig { addr, models_dir, data_dir, log_prompts_flag: log_prompts, engine, origins, file, .. } = config;
+    let ServeConfig { addr, models_dir, data_dir, log_prompts_flag: log_prompts, engine, origins, insecure_no_auth, file, .. } = config;
     if let Some(src) = &file.source {
         tracing::info!("config: {}", src.display());
     }
@@ -52,12 +53,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port when --port 0 was given.
     eprintln!("hearth {} listening on {local} (models: {})", crate::VERSION, models_dir.display());
 
+    let keys = Arc::new(Keys::new(&file.keys));
+    if keys.is_empty() && !local.ip().is_loopback() {
+        tracing::warn!("--insecure-no-auth: {local} serves without API keys; anyone who can reach it may generate, read conversations, and pull or delete models");
+    } else if !keys.is_empty() {
+        tracing::info!(keys = file.keys.len(), "API keys required on every route but /health");
+    }
     let reloader: Option<api::Reloader> = file.source.clone().map(|path| {
         let service = service.clone();
+        let keys = Arc::clone(&keys);
         let current = std::sync::Mutex::new(file.clone());
         Box::new(move || {
             let mut current = current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let report = reload(&service, &path, &current, log_prompts)?;
+            let report = reload(&service, &keys, (local, insecure_no_auth), &path, &current, log_prompts)?;
             *current = report.0;
             Ok(report.1)
         }) as api::Reloader
@@ -67,7 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if origins.iter().any(|o| o.trim() == "*") {
         tracing::warn!("server.origins allows every origin: any web page the user opens can use this server");
     }
-    let state = AppState { manager: manager.clone(), service, lifecycle: Arc::clone(&lifecycle), guard };
+    let state = AppState { manager: manager.clone(), service, lifecycle: Arc::clone(&lifecycle), guard, keys };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reaper_stop = {
@@ -126,9 +134,14 @@ fn settings(file: &FileConfig, log_prompts: bool) -> ServiceSettings {
 /// Re-reads the config file and applies what can change while serving: personas, prompt
 /// templates, prices, limits and logging of prompts. What needs a restart (addresses, the
 /// engine, the cache backend, directories) is listed, not applied. A file that doesn't pass
-/// is refused and the running config stays.
-fn reload(service: &Service, path: &std::path::Path, old: &FileConfig, log_prompts: bool) -> Result<(FileConfig, serde_json::Value), String> {
+/// is refused and the running config stays, as is one that would leave a non-loopback server
+/// without keys. API keys are replaced (usage kept for unchanged keys).
+fn reload(service: &Service, keys: &Keys, (addr, insecure_no_auth): (std::net::SocketAddr, bool), path: &std::path::Path, old: &FileConfig, log_prompts: bool) -> Result<(FileConfig, serde_json::Value), String> {
     let new = file::load(Some(path), &file::process_env).map_err(|e| e.to_string())?;
+    if let Some(message) = crate::config::serve::exposure(addr, &new, insecure_no_auth) {
+        return Err(message);
+    }
+    keys.replace(&new.keys);
     let profiles = service.catalog().profiles.clone();
     service.set_catalog(catalog(&new, profiles));
     service.metrics.set_pricing(new.pricing.clone());
@@ -156,6 +169,7 @@ fn reload(service: &Service, path: &std::path::Path, old: &FileConfig, log_promp
         "reloaded": path.display().to_string(),
         "personas": new.personas.keys().collect::<Vec<_>>(),
         "templates": new.templates.keys().collect::<Vec<_>>(),
+        "keys": new.keys.len(),
         "restart_required": restart,
     });
     tracing::info!(personas = new.personas.len(), templates = new.templates.len(), "config reloaded from {}", path.display());

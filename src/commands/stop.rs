@@ -7,7 +7,7 @@ use crate::cli::StopArgs;
 
 pub async fn run(args: StopArgs) -> anyhow::Result<()> {
     let addr = super::server_addr(&args.client)?;
-    let resp = reqwest::Client::new()
+    let resp = super::http_client(args.client.api_key.as_deref())?
         .post(format!("http://{addr}/api/generate"))
         .json(&json!({"model": args.model, "prompt": "", "keep_alive": 0, "stream": false}))
         .send()

@@ -21,6 +21,8 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     /// Browser origins allowed besides the built-in loopback and app ones.
     pub origins: Vec<String>,
+    /// `--insecure-no-auth`: serving beyond loopback without keys was asked for.
+    pub insecure_no_auth: bool,
     /// The file with its environment overlays: the service layer's settings.
     pub file: FileConfig,
 }
@@ -45,9 +47,25 @@ impl ServeConfig {
         };
         let engine = EngineConfig::resolve(&args.engine, &file.engine)?;
         let origins = file.server.origins.clone().unwrap_or_default();
-        Ok(ServeConfig { addr, models_dir, data_dir, json_logs, log_prompts_flag: args.log_prompts, engine, origins, file })
+        if let Some(message) = exposure(addr, &file, args.insecure_no_auth) {
+            return Err(ConfigError::Unsafe(message));
+        }
+        Ok(ServeConfig { addr, models_dir, data_dir, json_logs, log_prompts_flag: args.log_prompts, engine, origins, insecure_no_auth: args.insecure_no_auth, file })
     }
 }
+
+/// Why serving on `addr` with this file's keys is refused: beyond loopback with no keys and no
+/// `--insecure-no-auth`. Also checked when a reload would remove the last key.
+pub fn exposure(addr: SocketAddr, file: &FileConfig, insecure_no_auth: bool) -> Option<String> {
+    if addr.ip().is_loopback() || !file.keys.is_empty() || insecure_no_auth {
+        return None;
+    }
+    Some(format!(
+        "{addr} is reachable beyond this machine and no API keys are configured: anyone who can reach it could generate, read conversations, and pull or delete models. \
+         Add keys (auth.keys; `hearth key new NAME` makes one), bind to 127.0.0.1, or pass --insecure-no-auth to serve without keys"
+    ))
+}
+
 
 #[cfg(test)]
 mod tests {
@@ -76,7 +94,9 @@ mod tests {
         assert!(c.json_logs && !c.log_prompts_flag);
         assert_eq!(c.engine.load.parallel, 2);
         let env = |name: &str| (name == "HEARTH_HOST").then(|| "0.0.0.0:7000".to_string());
-        let c = ServeConfig::load(&serve_args(&["--config", config, "--parallel", "3", "--log-format", "text"]), &env).expect("valid");
+        let err = ServeConfig::load(&serve_args(&["--config", config]), &env).expect_err("0.0.0.0 without keys");
+        assert!(err.to_string().starts_with("refusing to start: 0.0.0.0:7000 is reachable") && err.to_string().contains("--insecure-no-auth"), "{err}");
+        let c = ServeConfig::load(&serve_args(&["--config", config, "--parallel", "3", "--log-format", "text", "--insecure-no-auth"]), &env).expect("valid");
         assert_eq!((c.addr.to_string().as_str(), c.engine.load.parallel, c.json_logs), ("0.0.0.0:7000", 3, false));
         let err = ServeConfig::load(&serve_args(&["--config", config, "--host", "127.0.0.1:notaport"]), &no_env).expect_err("bad host");
         assert!(err.to_string().starts_with("--host: "), "{err}");

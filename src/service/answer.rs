@@ -121,6 +121,7 @@ pub struct Record {
     pub log_prompt: Option<String>,
     pub running: Option<super::RunningGuard>,
     pub lease: Option<ModelLease>,
+    pub account: Option<std::sync::Arc<super::accounts::Account>>,
 }
 
 /// Forwards the engine's events to the returned receiver and records the answer when it is
@@ -229,7 +230,7 @@ pub async fn replay(cached: CachedAnswer, record: Record) -> UnboundedReceiver<E
 
 /// Stores the turn, counts the tokens, and logs the request's one summary line.
 async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Duration>, hit: bool) {
-    let Record { conversation, metrics, model, persona, started, log_prompt, .. } = record;
+    let Record { conversation, metrics, model, persona, started, log_prompt, account, .. } = record;
     if let Some(turn) = conversation {
         if let Some(store) = &turn.store {
             let mut messages = turn.new_messages;
@@ -243,6 +244,10 @@ async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Durat
     }
     let total = started.elapsed();
     metrics.record_generation(&model, u64::from(c.prompt_tokens), u64::from(c.eval_tokens), ttft, total);
+    if let Some(a) = &account {
+        let cost = metrics.record_key_usage(&a.name, &model, u64::from(c.prompt_tokens), u64::from(c.eval_tokens));
+        a.record(u64::from(c.prompt_tokens), u64::from(c.eval_tokens), cost, Instant::now());
+    }
     let cache = if hit { "hit" } else { "miss" };
     let persona = persona.as_deref().unwrap_or("");
     match log_prompt {

@@ -7,6 +7,7 @@
 //! `Generation` whose event stream the caller turns into its own output format, the same for a
 //! cache hit as for a fresh answer.
 
+pub mod accounts;
 mod answer;
 pub mod catalog;
 mod history;
@@ -64,6 +65,8 @@ pub struct ServiceOptions {
     /// A named prompt template and its variables, rendered into the prompt (the last user
     /// message of a chat).
     pub template: Option<TemplateUse>,
+    /// The API key's account the answer's tokens and cost are counted on.
+    pub account: Option<Arc<accounts::Account>>,
 }
 
 #[derive(Debug, Clone)]
@@ -384,6 +387,7 @@ impl Service {
             log_prompt: settings.log_prompts.then(|| assembled.new_messages.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>().join("\n")),
             running: None,
             lease: None,
+            account: service.account.clone(),
         };
 
         // The response cache: deterministic requests by default, others when asked.
@@ -453,6 +457,8 @@ pub struct ValidEmbedRequest {
     /// Only `num_ctx` matters here (it picks the instance and the limit).
     pub options: OptionPatch,
     pub keep_alive: Option<KeepAlive>,
+    /// The API key's account the tokens are counted on.
+    pub account: Option<Arc<accounts::Account>>,
 }
 
 /// The vectors, one per input in order, with Ollama's accounting.
@@ -473,6 +479,7 @@ impl Service {
         let settings = self.settings();
         let _running = self.admit(settings.max_concurrent_requests)?;
         let model = req.model.clone();
+        let account = req.account.clone();
         let started = Instant::now();
         let work = embed(&self.manager, req, caller, started);
         let result = match settings.request_timeout {
@@ -488,6 +495,10 @@ impl Service {
         };
         if let Ok(r) = &result {
             self.metrics.record_embedding(&model, r.prompt_tokens as u64);
+            if let Some(a) = &account {
+                let cost = self.metrics.record_key_usage(&a.name, &model, r.prompt_tokens as u64, 0);
+                a.record(r.prompt_tokens as u64, 0, cost, Instant::now());
+            }
             tracing::info!(model = %model, prompt_tokens = r.prompt_tokens, inputs = r.embeddings.len(), duration_ms = r.total_duration.as_millis() as u64, "embedding done");
         }
         result

@@ -192,6 +192,7 @@ fn embed_request(inputs: &[&str]) -> ValidEmbedRequest {
         normalize: false,
         options: OptionPatch::default(),
         keep_alive: None,
+        account: None,
     }
 }
 

@@ -3,9 +3,10 @@
 
 use super::*;
 
-pub(super) async fn chat_completions(State(app): State<AppState>, OpenAiJson(req): OpenAiJson<ChatCompletionRequest>) -> OaiResult<Response> {
+pub(super) async fn chat_completions(State(app): State<AppState>, Key(account): Key, OpenAiJson(req): OpenAiJson<ChatCompletionRequest>) -> OaiResult<Response> {
     let started = Instant::now();
-    let (plan, req) = req.validate()?;
+    let (plan, mut req) = req.validate()?;
+    req.service.account = account;
     let tools = req.tools.clone();
     let generations = start_choices(&app, req, plan.n, started).await?;
     let info = combined_info(&generations);

@@ -2,9 +2,10 @@
 
 use super::*;
 
-pub(super) async fn completions(State(app): State<AppState>, OpenAiJson(req): OpenAiJson<CompletionRequest>) -> OaiResult<Response> {
+pub(super) async fn completions(State(app): State<AppState>, Key(account): Key, OpenAiJson(req): OpenAiJson<CompletionRequest>) -> OaiResult<Response> {
     let started = Instant::now();
     let mut plan = req.sampling.plan()?;
+    plan.service.account = account;
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(invalid("suffix", "suffix (insertion) is not supported"));
     }

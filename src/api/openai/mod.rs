@@ -35,6 +35,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::auth::Key;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::ollama::logprob_request;
@@ -84,6 +85,9 @@ impl OpenAiError {
         let status = self.error.status;
         let (kind, code) = match status {
             StatusCode::NOT_FOUND => ("invalid_request_error", Some("model_not_found")),
+            StatusCode::UNAUTHORIZED => ("invalid_request_error", Some("invalid_api_key")),
+            StatusCode::FORBIDDEN => ("invalid_request_error", Some("insufficient_permissions")),
+            StatusCode::TOO_MANY_REQUESTS => ("rate_limit_error", Some("rate_limit_exceeded")),
             s if s.is_client_error() => ("invalid_request_error", None),
             StatusCode::SERVICE_UNAVAILABLE => ("server_error", Some("server_busy")),
             StatusCode::INSUFFICIENT_STORAGE => ("server_error", Some("insufficient_memory")),

@@ -14,6 +14,7 @@
 //! indentation. The variables above are read only through the `Env` passed in (tests hand a
 //! map); nothing here starts a server or opens a connection.
 
+pub mod auth;
 mod locate;
 mod scalar;
 #[cfg(test)]
@@ -85,6 +86,9 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("{flag}: {message}")]
     Flag { flag: String, message: String },
+    /// A combination hearth will not run with (serving beyond loopback without keys).
+    #[error("refusing to start: {0}")]
+    Unsafe(String),
 }
 
 fn location(origin: &str, line: Option<usize>, column: Option<usize>) -> String {
@@ -174,6 +178,8 @@ pub struct FileConfig {
     pub personas: BTreeMap<String, Persona>,
     /// The builtin templates with the file's added or replacing them.
     pub templates: BTreeMap<String, PromptTemplate>,
+    /// API keys (`auth.keys` and `auth.keys_file`); empty means nothing asks for a key.
+    pub keys: Vec<crate::service::accounts::KeySpec>,
     /// The file read, if any.
     pub source: Option<PathBuf>,
 }
@@ -187,6 +193,7 @@ impl Default for FileConfig {
             pricing: Pricing::default(),
             personas: BTreeMap::new(),
             templates: prompts::builtin(),
+            keys: Vec::new(),
             source: None,
         }
     }
@@ -248,6 +255,7 @@ struct RawFile {
     pricing: Option<RawPricing>,
     personas: Option<BTreeMap<String, RawPersona>>,
     templates: Option<BTreeMap<String, RawTemplate>>,
+    auth: Option<auth::RawAuth>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -388,6 +396,8 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
         templates.insert(key, template);
     }
 
+    let keys = auth::keys(raw.auth, text, origin, base)?;
+
     Ok(FileConfig {
         server,
         engine,
@@ -395,6 +405,7 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
         pricing,
         personas,
         templates,
+        keys,
         source: None,
     })
 }
