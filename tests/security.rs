@@ -89,3 +89,85 @@ fn an_origin_without_a_scheme_is_refused_at_start_naming_the_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HEARTH_ORIGINS") && err.contains("scheme"), "{err}");
 }
+
+/// `hearth key new`'s key and its `auth.keys` entry, indented for the config file.
+fn new_key(name: &str, scopes: &str) -> (String, String) {
+    let out = hearth().args(["key", "new", name, "--scopes", scopes]).output().expect("hearth key new");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let entry: String = lines[1..].iter().map(|l| format!("    {l}\n")).collect();
+    (lines[0].to_string(), entry)
+}
+
+fn with_key(s: &Server, method: reqwest::Method, path: &str, key: Option<&str>, body: Option<&Value>) -> reqwest::blocking::Response {
+    let mut req = s.client.request(method, s.url(path));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    req.send().expect("request")
+}
+
+#[test]
+fn keys_and_scopes_guard_every_route_and_reload_with_the_file() {
+    let (reader, reader_entry) = new_key("reader", "models:read");
+    let (writer, writer_entry) = new_key("writer", "generate");
+    let (admin, admin_entry) = new_key("ops", "admin");
+    let dir = crate::support::temp_dir("keys");
+    let config = dir.join("hearth.yaml");
+    std::fs::write(&config, format!("auth:\n  keys:\n{reader_entry}{writer_entry}{admin_entry}")).expect("write config");
+    assert!(!std::fs::read_to_string(&config).expect("read").contains(&reader), "the config holds only hashes");
+    let s = Server::start_with(&["--config", config.to_str().expect("utf8")]);
+    use reqwest::Method;
+    assert_eq!(with_key(&s, Method::GET, "/health", None, None).status(), 200);
+    for path in ["/api/tags", "/v1/models", "/metrics", "/api/version", "/api/conversations", "/"] {
+        assert_eq!(with_key(&s, Method::GET, path, None, None).status(), 401, "{path}");
+    }
+    assert_eq!(with_key(&s, Method::GET, "/api/tags", Some("hth_not-a-key"), None).status(), 401);
+    assert_eq!(with_key(&s, Method::GET, "/api/tags", Some(&reader), None).status(), 200);
+    let generate = json!({"model": SMOL, "prompt": "Hi", "stream": false, "options": {"num_predict": 3, "temperature": 0}});
+    let resp = with_key(&s, Method::POST, "/api/generate", Some(&reader), Some(&generate));
+    assert_eq!(resp.status(), 403);
+    assert!(resp.json::<Value>().expect("json")["error"].as_str().is_some_and(|e| e.contains("generate scope")));
+    let copy = json!({"source": SMOL, "destination": "stolen"});
+    assert_eq!(with_key(&s, Method::POST, "/api/copy", Some(&writer), Some(&copy)).status(), 403);
+    // x-api-key works like a bearer key.
+    let resp = s.client.post(s.url("/api/generate")).header("x-api-key", &writer).json(&generate).send().expect("generate");
+    assert_eq!(resp.status(), 200);
+    let done: Value = resp.json().expect("json");
+    let usage: Value = with_key(&s, Method::GET, "/api/usage", Some(&writer), None).json().expect("usage");
+    assert_eq!(usage["keys"].as_array().map(Vec::len), Some(1), "{usage}");
+    assert_eq!(usage["keys"][0]["usage"]["completion_tokens"], done["eval_count"]);
+    assert_eq!(usage["keys"][0]["usage"]["prompt_tokens"], done["prompt_eval_count"]);
+    let all: Value = with_key(&s, Method::GET, "/api/usage", Some(&admin), None).json().expect("usage");
+    assert_eq!(all["keys"].as_array().map(Vec::len), Some(3), "an admin key sees every key: {all}");
+    // The client commands send HEARTH_API_KEY.
+    let ps = hearth().args(["ps", "--host", &s.addr]).env("HEARTH_API_KEY", &reader).output().expect("ps");
+    assert!(ps.status.success(), "{}", String::from_utf8_lossy(&ps.stderr));
+    let ps = hearth().args(["ps", "--host", &s.addr]).env_remove("HEARTH_API_KEY").output().expect("ps");
+    assert!(!ps.status.success());
+    // Reload: the reader's key is dropped, the others stay with their usage.
+    std::fs::write(&config, format!("auth:\n  keys:\n{writer_entry}{admin_entry}")).expect("rewrite config");
+    assert_eq!(with_key(&s, Method::POST, "/api/config/reload", Some(&writer), None).status(), 403);
+    let report: Value = with_key(&s, Method::POST, "/api/config/reload", Some(&admin), None).json().expect("reload");
+    assert_eq!(report["keys"], 2, "{report}");
+    assert_eq!(with_key(&s, Method::GET, "/api/tags", Some(&reader), None).status(), 401);
+    let usage: Value = with_key(&s, Method::GET, "/api/usage", Some(&writer), None).json().expect("usage");
+    assert_eq!(usage["keys"][0]["usage"]["requests"], 1, "{usage}");
+}
+
+#[test]
+fn serving_beyond_loopback_without_keys_is_refused() {
+    let out = hearth()
+        .args(["serve", "--host", "0.0.0.0", "--port", "0", "--config", "/dev/null"])
+        .env_remove("HEARTH_INSECURE_NO_AUTH")
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to start") && err.contains("--insecure-no-auth") && err.contains("hearth key new"), "{err}");
+}
