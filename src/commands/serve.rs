@@ -126,7 +126,7 @@ fn catalog(file: &FileConfig, profiles: std::collections::BTreeMap<String, crate
 fn settings(file: &FileConfig, log_prompts: bool) -> ServiceSettings {
     ServiceSettings {
         max_concurrent_requests: file.server.max_concurrent_requests.unwrap_or(0),
-        request_timeout: file.server.request_timeout.filter(|d| !d.is_zero()),
+        request_timeout: Some(file.server.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)).filter(|d| !d.is_zero()),
         log_prompts: log_prompts || file.server.log_prompts.unwrap_or(false),
     }
 }
@@ -198,6 +198,10 @@ async fn reload_on_sighup(lifecycle: Arc<Lifecycle>) {
         }
     }
 }
+
+/// A request's time limit when the config sets none: long enough for a whole context of
+/// output from a large model on a slow CPU, short enough that nothing runs for nobody forever.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// How long open responses may run after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);

@@ -107,14 +107,19 @@ impl Active {
         })
     }
 
-    /// How many more tokens this request may generate: its `num_predict`, or the room left in
-    /// its context.
+    /// How many more tokens this request may generate: its `num_predict` (at most its
+    /// context's size, so the context shift cannot run forever), or the room left in its
+    /// context.
     fn tokens_left(&self) -> usize {
         let room = self.n_ctx.saturating_sub(self.history.len());
         match self.options.num_predict {
-            PredictLimit::Tokens(n) => room.min(n.saturating_sub(self.generated) as usize),
+            PredictLimit::Tokens(n) => room.min(self.predict_cap(n).saturating_sub(self.generated) as usize),
             PredictLimit::UntilContextFull => room,
         }
+    }
+
+    fn predict_cap(&self, num_predict: u32) -> u32 {
+        num_predict.min(u32::try_from(self.n_ctx).unwrap_or(u32::MAX))
     }
 
     /// Tokens waiting to go into the KV cache.
@@ -451,7 +456,7 @@ fn step(a: &mut Active, model: &LlamaModel, token: LlamaToken) -> Option<DoneRea
         }
     }
     match a.options.num_predict {
-        PredictLimit::Tokens(n) if a.generated >= n => Some(DoneReason::Length),
+        PredictLimit::Tokens(n) if a.generated >= a.predict_cap(n) => Some(DoneReason::Length),
         _ => None,
     }
 }

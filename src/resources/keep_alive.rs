@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+/// The longest `keep_alive` taken: ten years.
+pub const MAX: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepAlive {
     For(Duration),
@@ -15,7 +18,7 @@ impl KeepAlive {
         match v {
             serde_json::Value::Number(n) => {
                 let secs = n.as_f64().ok_or("keep_alive is not a number")?;
-                Ok(Self::from_secs(secs))
+                Self::from_secs(secs)
             }
             serde_json::Value::String(s) => Self::parse(s),
             _ => Err("keep_alive must be a number of seconds or a duration like \"5m\"".to_string()),
@@ -26,22 +29,33 @@ impl KeepAlive {
     pub fn parse(s: &str) -> Result<KeepAlive, String> {
         let s = s.trim();
         if let Ok(secs) = s.parse::<f64>() {
-            return Ok(Self::from_secs(secs));
+            return Self::from_secs(secs);
         }
         if s.starts_with('-') {
             return Ok(KeepAlive::Forever);
         }
+        let short: String = s.chars().take(40).collect();
         humantime::parse_duration(s)
-            .map(KeepAlive::For)
-            .map_err(|e| format!("invalid keep_alive {s:?}: {e}"))
+            .map_err(|e| format!("invalid keep_alive {short:?}: {e}"))
+            .and_then(KeepAlive::checked)
     }
 
-    fn from_secs(secs: f64) -> KeepAlive {
-        if secs < 0.0 || !secs.is_finite() {
-            KeepAlive::Forever
-        } else {
-            KeepAlive::For(Duration::from_secs_f64(secs.min(1e12)))
+    fn from_secs(secs: f64) -> Result<KeepAlive, String> {
+        if !secs.is_finite() {
+            return Err("keep_alive must be a finite number of seconds".to_string());
         }
+        if secs < 0.0 {
+            return Ok(KeepAlive::Forever);
+        }
+        KeepAlive::checked(Duration::from_secs_f64(secs.min(MAX.as_secs_f64() * 2.0)))
+    }
+
+    /// At most [`MAX`]: a longer time is a mistake (use a negative value for forever).
+    fn checked(d: Duration) -> Result<KeepAlive, String> {
+        if d > MAX {
+            return Err(format!("keep_alive {} is longer than the limit of 10 years; use -1 to keep the model loaded", humantime::format_duration(d)));
+        }
+        Ok(KeepAlive::For(d))
     }
 }
 
@@ -61,5 +75,13 @@ mod tests {
         assert_eq!(KeepAlive::from_json(&json!(-1)), Ok(KeepAlive::Forever));
         assert!(KeepAlive::parse("soon").is_err());
         assert!(KeepAlive::from_json(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn ten_years_at_most() {
+        assert_eq!(KeepAlive::parse("87600h"), Ok(KeepAlive::For(MAX)));
+        assert!(KeepAlive::parse("87601h").expect_err("too long").contains("-1"));
+        assert!(KeepAlive::from_json(&json!(1e20)).is_err());
+        assert!(KeepAlive::from_json(&json!(1e308)).is_err());
     }
 }

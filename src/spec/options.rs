@@ -58,23 +58,24 @@ struct RawOptions {
     frequency_penalty: Option<f64>,
     stop: Option<StopField>,
     num_ctx: Option<i64>,
-    // Accepted for compatibility with Ollama clients; hearth decides these itself.
-    num_batch: Option<serde::de::IgnoredAny>,
-    num_gpu: Option<serde::de::IgnoredAny>,
-    main_gpu: Option<serde::de::IgnoredAny>,
-    num_thread: Option<serde::de::IgnoredAny>,
-    use_mmap: Option<serde::de::IgnoredAny>,
-    use_mlock: Option<serde::de::IgnoredAny>,
-    numa: Option<serde::de::IgnoredAny>,
-    low_vram: Option<serde::de::IgnoredAny>,
-    vocab_only: Option<serde::de::IgnoredAny>,
-    f16_kv: Option<serde::de::IgnoredAny>,
-    logits_all: Option<serde::de::IgnoredAny>,
-    penalize_newline: Option<serde::de::IgnoredAny>,
-    mirostat: Option<serde::de::IgnoredAny>,
-    mirostat_tau: Option<serde::de::IgnoredAny>,
-    mirostat_eta: Option<serde::de::IgnoredAny>,
-    tfs_z: Option<serde::de::IgnoredAny>,
+    // Accepted for compatibility with Ollama clients, checked against their ranges, and
+    // ignored: hearth decides these itself.
+    num_batch: Option<i64>,
+    num_gpu: Option<i64>,
+    main_gpu: Option<i64>,
+    num_thread: Option<i64>,
+    use_mmap: Option<bool>,
+    use_mlock: Option<bool>,
+    numa: Option<bool>,
+    low_vram: Option<bool>,
+    vocab_only: Option<bool>,
+    f16_kv: Option<bool>,
+    logits_all: Option<bool>,
+    penalize_newline: Option<bool>,
+    mirostat: Option<i64>,
+    mirostat_tau: Option<f64>,
+    mirostat_eta: Option<f64>,
+    tfs_z: Option<f64>,
 }
 
 /// Some of Ollama's options, each already checked against its range; `None` leaves the layer
@@ -156,6 +157,9 @@ const MAX_STOPS: usize = 16;
 const MAX_STOP_LEN: usize = 256;
 /// The largest context a request may ask for.
 pub const MAX_NUM_CTX: i64 = 1 << 20;
+/// Beyond these, sampling is noise; they bound what a request may ask.
+const MAX_TEMPERATURE: f64 = 100.0;
+const MAX_PENALTY: f64 = 100.0;
 
 impl OptionPatch {
     /// Parses and checks an `options` JSON object (null is an empty patch).
@@ -228,28 +232,26 @@ impl OptionPatch {
 impl RawOptions {
     /// Checks each field against Ollama's ranges, naming the first bad one.
     fn check(self) -> Result<OptionPatch, OptionError> {
-        let temperature = finite("temperature", self.temperature)?;
-        if temperature.is_some_and(|t| t < 0.0) {
-            return Err(bad("temperature", "must be >= 0"));
-        }
+        let temperature = within("temperature", self.temperature, 0.0, MAX_TEMPERATURE)?;
         if self.top_k.is_some_and(|k| !(0..=i32::MAX as i64).contains(&k)) {
             return Err(bad("top_k", "must be >= 0 (0 disables it)"));
         }
         let top_p = unit("top_p", self.top_p)?;
         let min_p = unit("min_p", self.min_p)?;
         let typical_p = unit("typical_p", self.typical_p)?;
-        let repeat_penalty = finite("repeat_penalty", self.repeat_penalty)?;
+        let repeat_penalty = within("repeat_penalty", self.repeat_penalty, 0.0, MAX_PENALTY)?;
         if repeat_penalty.is_some_and(|p| p <= 0.0) {
             return Err(bad("repeat_penalty", "must be > 0 (1.0 disables it)"));
         }
-        if self.repeat_last_n.is_some_and(|n| !(-1..=i32::MAX as i64).contains(&n)) {
-            return Err(bad("repeat_last_n", "must be >= -1 (-1 means the whole context)"));
+        if self.repeat_last_n.is_some_and(|n| !(-1..=MAX_NUM_CTX).contains(&n)) {
+            return Err(bad("repeat_last_n", format!("must be from -1 (the whole context) to {MAX_NUM_CTX}")));
         }
-        let presence_penalty = finite("presence_penalty", self.presence_penalty)?;
-        let frequency_penalty = finite("frequency_penalty", self.frequency_penalty)?;
-        if self.num_predict.is_some_and(|n| n < -2) {
-            return Err(bad("num_predict", "must be >= 0, or -1 (no limit) or -2 (fill the context)"));
+        let presence_penalty = within("presence_penalty", self.presence_penalty, -MAX_PENALTY, MAX_PENALTY)?;
+        let frequency_penalty = within("frequency_penalty", self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)?;
+        if self.num_predict.is_some_and(|n| !(-2..=MAX_NUM_CTX).contains(&n)) {
+            return Err(bad("num_predict", format!("must be from 0 to {MAX_NUM_CTX} (and is capped at the context), or -1 (until the context is full) or -2 (fill the context)")));
         }
+        self.check_ignored()?;
         let stop = self.stop.map(|s| match s {
             StopField::One(s) => vec![s],
             StopField::Many(v) => v,
@@ -267,8 +269,8 @@ impl RawOptions {
             Some(n) if (1..=MAX_NUM_CTX).contains(&n) => Some(n as u32),
             Some(n) => return Err(bad("num_ctx", format!("{n} is out of range (1..={MAX_NUM_CTX})"))),
         };
-        if self.num_keep.is_some_and(|n| !(-1..=i32::MAX as i64).contains(&n)) {
-            return Err(bad("num_keep", "must be >= -1"));
+        if self.num_keep.is_some_and(|n| !(-1..=MAX_NUM_CTX).contains(&n)) {
+            return Err(bad("num_keep", format!("must be from -1 (the whole prompt) to {MAX_NUM_CTX}")));
         }
         Ok(OptionPatch {
             num_keep: self.num_keep,
@@ -286,6 +288,36 @@ impl RawOptions {
             stop,
             num_ctx,
         })
+    }
+}
+
+impl RawOptions {
+    /// The options hearth ignores still get their ranges, so a wild value is a clear 400.
+    fn check_ignored(&self) -> Result<(), OptionError> {
+        let ints: [(&str, Option<i64>, i64, i64); 5] = [
+            ("num_batch", self.num_batch, 1, MAX_NUM_CTX),
+            ("num_gpu", self.num_gpu, -1, 1 << 16),
+            ("main_gpu", self.main_gpu, 0, 1 << 16),
+            ("num_thread", self.num_thread, 0, 1 << 16),
+            ("mirostat", self.mirostat, 0, 2),
+        ];
+        for (field, v, lo, hi) in ints {
+            if v.is_some_and(|v| !(lo..=hi).contains(&v)) {
+                return Err(bad(field, format!("must be from {lo} to {hi}")));
+            }
+        }
+        within("mirostat_tau", self.mirostat_tau, 0.0, 100.0)?;
+        within("mirostat_eta", self.mirostat_eta, 0.0, 100.0)?;
+        within("tfs_z", self.tfs_z, 0.0, 100.0)?;
+        Ok(())
+    }
+}
+
+/// A finite number from `lo` to `hi`.
+fn within(field: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f64>, OptionError> {
+    match finite(field, v)? {
+        Some(v) if !(lo..=hi).contains(&v) => Err(bad(field, format!("must be from {lo} to {hi}"))),
+        v => Ok(v),
     }
 }
 
@@ -320,6 +352,29 @@ mod tests {
 
     fn validate(v: serde_json::Value) -> Result<SamplingOptions, OptionError> {
         Ok(OptionPatch::from_json(&v)?.resolve(4096))
+    }
+
+    #[test]
+    fn every_number_has_a_range_named_in_its_error() {
+        for (field, value) in [
+            ("temperature", json!(1e308)),
+            ("temperature", json!(-0.1)),
+            ("num_predict", json!(1_000_000_000_000i64)),
+            ("num_batch", json!(1u64 << 40)),
+            ("num_thread", json!(-5)),
+            ("repeat_last_n", json!(1i64 << 40)),
+            ("num_keep", json!(1i64 << 40)),
+            ("presence_penalty", json!(1e9)),
+            ("mirostat", json!(7)),
+            ("tfs_z", json!(-1.0)),
+        ] {
+            let e = validate(json!({ field: value })).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains("from"), "{e}");
+        }
+        assert!(validate(json!({"use_mmap": "yes"})).is_err(), "a flag is a boolean");
+        let ok = validate(json!({"num_batch": 512, "num_gpu": -1, "use_mmap": true, "temperature": 2, "num_predict": 100000})).expect("in range");
+        assert_eq!(ok.num_predict, PredictLimit::Tokens(100_000));
     }
 
     #[test]

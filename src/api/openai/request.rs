@@ -106,8 +106,9 @@ impl Sampling {
         let mut o = Map::new();
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if let Some(m) = max_tokens {
-            if m < 1 {
-                return Err(invalid("max_tokens", format!("max_tokens must be at least 1, not {m}")));
+            let most = crate::spec::options::MAX_NUM_CTX;
+            if !(1..=most).contains(&m) {
+                return Err(invalid("max_tokens", format!("max_tokens must be from 1 to {most} (and is capped at the context), not {m}")));
             }
             o.insert("num_predict".into(), json!(m));
         }

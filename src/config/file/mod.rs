@@ -47,7 +47,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HEARTH_DATA", "server.data: directory for hearth's own data (conversations, profiles)"),
     ("HEARTH_ORIGINS", "server.origins: browser origins allowed besides loopback ones, comma-separated"),
     ("MAX_CONCURRENT_REQUESTS", "server.max_concurrent_requests: requests served at once (0 = unlimited)"),
-    ("REQUEST_TIMEOUT", "server.request_timeout: per-request time limit, e.g. 10m or 600 (0 = none)"),
+    ("REQUEST_TIMEOUT", "server.request_timeout: per-request time limit, e.g. 10m or 600 (default 30m; 0 = none)"),
     ("LLM_RESPONSE_CACHE_TTL", "cache.ttl: how long a cached response lives, e.g. 1h or 3600"),
     ("REDIS_URL", "cache.redis_url: share the response cache through Redis, e.g. redis://127.0.0.1:6379"),
 ];
