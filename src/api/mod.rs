@@ -10,6 +10,8 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 pub mod layer;
+pub mod lifecycle;
+pub mod listen;
 pub mod models;
 pub mod observe;
 pub mod ollama;
@@ -56,17 +58,7 @@ pub struct AppState {
     pub keys: Arc<auth::Keys>,
 }
 
-/// The server's life: when it started, whether it is shutting down, and how to reload its
-/// config.
-pub struct Lifecycle {
-    pub started: Instant,
-    pub shutting_down: std::sync::atomic::AtomicBool,
-    /// Re-reads the config file and applies what can change live; returns a report, or why
-    /// the new config was refused (the old one stays).
-    pub reload: Option<Reloader>,
-}
-
-pub type Reloader = Box<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
+pub use self::lifecycle::{Lifecycle, Reloader};
 
 #[cfg(test)]
 impl AppState {
@@ -75,7 +67,7 @@ impl AppState {
         AppState {
             manager: service.manager.clone(),
             service,
-            lifecycle: Arc::new(Lifecycle { started: Instant::now(), shutting_down: Default::default(), reload: None }),
+            lifecycle: Arc::new(Lifecycle::new(None)),
             guard: Default::default(),
             keys: Default::default(),
         }
@@ -137,8 +129,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets open responses finish.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, max_connections: usize, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    listen::serve(listener, router(state), max_connections, shutdown).await
 }
 
 async fn root() -> &'static str {
@@ -196,6 +188,7 @@ async fn respond(app: &AppState, req: crate::service::ValidRequest, kind: Kind, 
                 line.push(b'\n');
                 Ok::<_, Infallible>(Bytes::from(line))
             });
+            let lines = app.lifecycle.until_shutdown(lines, Ok(shutdown_line()));
             let mut resp = (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -211,6 +204,11 @@ async fn respond(app: &AppState, req: crate::service::ValidRequest, kind: Kind, 
             resp
         }
     }
+}
+
+/// The last line of an NDJSON stream cut by a shutdown.
+pub fn shutdown_line() -> Bytes {
+    Bytes::from_static(b"{\"error\":\"the server is shutting down; this answer is incomplete\"}\n")
 }
 
 async fn tags(State(app): State<AppState>) -> Response {

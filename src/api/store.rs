@@ -24,8 +24,9 @@ use crate::store::modelfile::{self, CreateSpec};
 use crate::store::pull::{self, Progress};
 use crate::store::{digest_hex, StoreError};
 
-fn ndjson(lines: impl futures::Stream<Item = Value> + Send + 'static) -> Response {
-    let body = lines.map(|v| {
+fn ndjson(app: &AppState, lines: impl futures::Stream<Item = Value> + Send + 'static) -> Response {
+    let cut = json!({ "error": "the server is shutting down; this operation is incomplete" });
+    let body = app.lifecycle.until_shutdown(lines, cut).map(|v| {
         let mut line = serde_json::to_vec(&v).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, Infallible>(Bytes::from(line))
@@ -94,7 +95,7 @@ pub(super) async fn pull(State(app): State<AppState>, JsonBody(req): JsonBody<Pu
     });
     if stream {
         let lines = async_stream_from(rx);
-        return ndjson(lines);
+        return ndjson(&app, lines);
     }
     let mut last = None;
     while let Some(v) = rx.recv().await {
@@ -214,7 +215,7 @@ pub(super) async fn create(State(app): State<AppState>, JsonBody(req): JsonBody<
         json!({ "status": "success" }),
     ];
     if stream {
-        ndjson(futures::stream::iter(lines))
+        ndjson(&app, futures::stream::iter(lines))
     } else {
         Json(json!({ "status": "success" })).into_response()
     }

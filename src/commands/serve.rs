@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -70,7 +70,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Ok(report.1)
         }) as api::Reloader
     });
-    let lifecycle = Arc::new(Lifecycle { started: Instant::now(), shutting_down: Default::default(), reload: reloader });
+    let lifecycle = Arc::new(Lifecycle::new(reloader));
     let guard = Arc::new(Guard::new(&origins, local.ip().is_loopback()));
     if origins.iter().any(|o| o.trim() == "*") {
         tracing::warn!("server.origins allows every origin: any web page the user opens can use this server");
@@ -100,15 +100,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
         tracing::info!("shutting down: no new connections; open responses get {DRAIN:?} to finish");
     };
-    let server = api::serve(listener, state, shutdown);
+    let max_connections = file.server.max_connections.filter(|n| *n > 0).unwrap_or(api::listen::DEFAULT_MAX_CONNECTIONS);
+    let server = api::serve(listener, state, max_connections, shutdown);
+    // Streams still open near the drain limit end with an error line or event; connections
+    // that still haven't finished a little later are dropped.
     let mut rx = stop_rx;
     let deadline = async move {
         let _ = rx.wait_for(|s| *s).await;
         tokio::time::sleep(DRAIN).await;
+        tracing::warn!("answers still streaming after {DRAIN:?}: ending them with an error");
+        lifecycle.end_streams();
+        tokio::time::sleep(Duration::from_secs(2)).await;
     };
     tokio::select! {
         r = server => r?,
-        () = deadline => tracing::warn!("streams still open after {DRAIN:?}; closing them"),
+        () = deadline => tracing::warn!("connections still open after the drain; closing them"),
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod estimate;
 pub mod prefix;
 mod sampler;
 pub mod grammar;
+mod pace;
 pub mod text;
 mod worker;
 

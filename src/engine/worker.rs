@@ -3,7 +3,8 @@
 //! Each step puts every generating sequence's last token, plus chunks of waiting prompts up to
 //! the batch size, into one batch and decodes once; then each sequence samples its next token.
 //! A request whose receiver is gone (client left) is dropped before the next step, so a
-//! cancelled prompt costs at most one chunk. Nothing outside this thread touches the context.
+//! cancelled prompt costs at most one chunk, and chunks are sized to the measured prefill rate
+//! to keep a step short (`pace`). Nothing outside this thread touches the context.
 //! Prefix reuse: a slot keeps its sequence's KV cache after its request ends, and a new prompt
 //! goes to the free slot sharing the longest prefix with it (`prefix::pick_slot`); only the
 //! rest is decoded. A slot taken over by an unrelated prompt first saves its state into a
@@ -235,6 +236,7 @@ pub(super) fn run(
     let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx());
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
+    let mut pace = super::pace::PrefillPace::new(settings.batch_size as usize);
     let mut open = true;
     // Declared after everything that holds a request, so on a panic it is dropped first: the
     // instance is marked dead before its requests see their channels close, and a request that
@@ -294,11 +296,15 @@ pub(super) fn run(
         }
 
         let step_started = Instant::now();
-        fill_batch(&mut batch, &mut slots, &mut ctx, &mut prefixes, settings.batch_size as usize);
+        let prompt_tokens = fill_batch(&mut batch, &mut slots, &mut ctx, &mut prefixes, settings.batch_size as usize, pace.budget());
         if batch.n_tokens() == 0 {
             continue;
         }
-        if let Err(e) = ctx.decode(&mut batch) {
+        let decoded = ctx.decode(&mut batch);
+        if prompt_tokens > 0 {
+            pace.observe(batch.n_tokens() as usize, step_started.elapsed());
+        }
+        if let Err(e) = decoded {
             tracing::error!("decode failed: {e}");
             for (seq, slot) in slots.iter_mut().enumerate() {
                 if let Some(a) = slot.take() {
@@ -392,11 +398,17 @@ fn injected_panic() {
 /// decode did not help on a 2-core machine (SmolLM2, a stream decoding while a 1439-token
 /// prompt arrives, one run each, the machine shared with a benchmark: 512 tokens per step gave
 /// a median inter-token gap of 2.2 s and 13.7 s for the prompt; 128 gave 1.7 s and 31.8 s; 64
-/// gave 5.8 s and 92 s): each step pays a fixed cost, so the full batch size stays.
-fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes, capacity: usize) {
+/// gave 5.8 s and 92 s): each step pays a fixed cost. Prompt tokens are further held to
+/// `prompt_budget`, so a step stays short enough for a departed client to be noticed soon.
+/// Returns the prompt tokens added.
+fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes, capacity: usize, prompt_budget: usize) -> usize {
     batch.clear();
     let mut room = capacity;
+    let mut prompt_added = 0;
     for generating in [true, false] {
+        if !generating {
+            room = room.min(prompt_budget);
+        }
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(a) = slot.as_mut() else { continue };
             if generating {
@@ -428,8 +440,12 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
             }
             a.n_past += take;
             room -= take;
+            if !generating {
+                prompt_added += take;
+            }
         }
     }
+    prompt_added
 }
 
 /// Handles one sampled token; returns why generation ends, if it does.

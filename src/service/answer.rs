@@ -126,7 +126,8 @@ pub struct Record {
 
 /// Forwards the engine's events to the returned receiver and records the answer when it is
 /// complete. The model's lease and the turn's lock are held until then. Dropping the receiver
-/// cancels the generation (the engine sees its channel close).
+/// cancels the generation at once, even while nothing is sent (queued, or reading the prompt):
+/// the engine's channel is dropped with it, so the worker drops the request at its next step.
 pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> UnboundedReceiver<Event> {
     let (tx, rx) = unbounded_channel();
     let task = async move {
@@ -135,18 +136,27 @@ pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> Unbounde
         let mut answer = String::new();
         let mut first_token = None;
         loop {
-            let event = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, engine.recv()).await {
-                    Ok(e) => e,
-                    Err(_) => {
-                        let limit = record.timeout.unwrap_or_default();
-                        record.metrics.record_error("timeout");
-                        tracing::warn!(model = %record.model, "generation stopped: past the request timeout of {limit:?}");
-                        let _ = tx.send(Event::Failed(EngineError::TimedOut(limit)));
-                        return;
-                    }
-                },
-                None => engine.recv().await,
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, engine.recv()).await.ok(),
+                    None => Some(engine.recv().await),
+                }
+            };
+            let event = tokio::select! {
+                biased;
+                () = tx.closed() => {
+                    record.metrics.record_error("client_left");
+                    tracing::debug!(model = %record.model, "the client left; generation cancelled");
+                    return;
+                }
+                next = next => next,
+            };
+            let Some(event) = event else {
+                let limit = record.timeout.unwrap_or_default();
+                record.metrics.record_error("timeout");
+                tracing::warn!(model = %record.model, "generation stopped: past the request timeout of {limit:?}");
+                let _ = tx.send(Event::Failed(EngineError::TimedOut(limit)));
+                return;
             };
             match event {
                 Some(Event::Text(t)) => {

@@ -14,7 +14,7 @@ pub(super) async fn chat_completions(State(app): State<AppState>, Key(account): 
     let created = unix_now();
     let model = plan.model.clone();
     if plan.stream {
-        let mut resp = chat_stream(generations, id, created, model.clone(), tools, plan.include_usage);
+        let mut resp = chat_stream(&app, generations, id, created, model.clone(), tools, plan.include_usage);
         crate::api::mark(&mut resp, &model, Some(&info));
         return Ok(resp);
     }
@@ -66,7 +66,7 @@ pub(super) struct UsageTally {
     pub(super) completion: u32,
 }
 
-pub(super) fn chat_stream(generations: Vec<Generation>, id: String, created: u64, model: String, tools: Option<ToolRequest>, include_usage: bool) -> Response {
+pub(super) fn chat_stream(app: &AppState, generations: Vec<Generation>, id: String, created: u64, model: String, tools: Option<ToolRequest>, include_usage: bool) -> Response {
     let tally = Arc::new(Mutex::new(UsageTally::default()));
     let chunk = {
         let (id, model) = (id.clone(), model.clone());
@@ -115,7 +115,7 @@ pub(super) fn chat_stream(generations: Vec<Generation>, id: String, created: u64
         json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": fingerprint(), "choices": [], "usage": usage })
     };
-    sse_response(merged.chain(usage_tail(tally, include_usage, usage_chunk)))
+    sse_response(app, merged.chain(usage_tail(tally, include_usage, usage_chunk)))
 }
 
 /// The last chunk of a stream that asked for `stream_options.include_usage`: the tokens of

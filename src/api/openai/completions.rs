@@ -83,7 +83,7 @@ pub(super) async fn completions(State(app): State<AppState>, Key(account): Key, 
             json!({ "id": id, "object": "text_completion", "created": created, "model": model,
                     "system_fingerprint": fingerprint(), "choices": [], "usage": usage })
         };
-        let mut resp = sse_response(merged.chain(usage_tail(tally, plan.include_usage, usage_chunk)));
+        let mut resp = sse_response(&app, merged.chain(usage_tail(tally, plan.include_usage, usage_chunk)));
         crate::api::mark(&mut resp, &plan.model, Some(&info));
         return Ok(resp);
     }

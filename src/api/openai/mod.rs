@@ -207,8 +207,12 @@ pub(super) fn tool_call_json(name: &str, args: &Value) -> Value {
     json!({ "id": new_id("call"), "type": "function", "function": { "name": name, "arguments": args.to_string() } })
 }
 
-pub(super) fn sse_response(events: impl Stream<Item = Value> + Send + 'static) -> Response {
-    let data = events
+/// Server-sent events, ending with `[DONE]`; cut at shutdown with an error event.
+pub(super) fn sse_response(app: &AppState, events: impl Stream<Item = Value> + Send + 'static) -> Response {
+    let cut = OpenAiError::from(ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: "the server is shutting down; this answer is incomplete".into(), retry_after: None }).body();
+    let data = app
+        .lifecycle
+        .until_shutdown(events, cut)
         .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
         .chain(futures::stream::once(async { Ok(SseEvent::default().data("[DONE]")) }));
     Sse::new(data).into_response()

@@ -134,6 +134,9 @@ pub struct ServerFile {
     pub request_timeout: Option<Duration>,
     pub log_format: Option<LogFormat>,
     pub log_prompts: Option<bool>,
+    /// Connections served at once; one more gets 503. Default 512.
+    #[serde(default, deserialize_with = "scalar::count")]
+    pub max_connections: Option<usize>,
     /// Browser origins allowed besides the loopback and app ones (`https://app.example`,
     /// `https://*.corp.example`, `http://host:*`, or `*` for all). Each has a scheme.
     pub origins: Option<Vec<String>>,
