@@ -10,6 +10,7 @@ mod security;
 mod service;
 mod store;
 mod gguf_validation;
+mod hostile;
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -29,3 +29,21 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
+
+/// A path parameter (`/api/conversations/{id}`); a malformed one (invalid UTF-8 after
+/// percent-decoding) is a 400 in the API's shape, not axum's plain text.
+pub struct PathParam<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for PathParam<T> {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(PathParam(v)),
+            Err(e) => {
+                let message: String = format!("invalid path: {}", e.body_text()).chars().take(200).collect();
+                Err(super::in_shape_for(parts.uri.path(), ApiError { status: e.status(), message, retry_after: None }))
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::auth::Key;
 use super::error::ApiError;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, PathParam};
 use super::AppState;
 use crate::conversations::ConversationStore;
 use crate::metrics::Snapshot;
@@ -204,7 +204,7 @@ async fn list_conversations(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn get_conversation(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+async fn get_conversation(State(app): State<AppState>, PathParam(id): PathParam<String>) -> Response {
     let store = match conversations(&app) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -219,7 +219,7 @@ async fn get_conversation(State(app): State<AppState>, Path(id): Path<String>) -
     }
 }
 
-async fn delete_conversation(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+async fn delete_conversation(State(app): State<AppState>, PathParam(id): PathParam<String>) -> Response {
     let store = match conversations(&app) {
         Ok(s) => s,
         Err(e) => return e.into_response(),

@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::error::ApiError;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, PathParam};
 use super::AppState;
 use crate::store::modelfile::{self, CreateSpec};
 use crate::store::pull::{self, Progress};
@@ -265,7 +265,7 @@ pub(super) async fn delete(State(app): State<AppState>, JsonBody(req): JsonBody<
     }
 }
 
-pub async fn head_blob(State(app): State<AppState>, Path(digest): Path<String>) -> Response {
+pub async fn head_blob(State(app): State<AppState>, PathParam(digest): PathParam<String>) -> Response {
     match app.manager.store().has_blob(&digest) {
         Ok(true) => StatusCode::OK.into_response(),
         Ok(false) => StatusCode::NOT_FOUND.into_response(),
@@ -273,7 +273,7 @@ pub async fn head_blob(State(app): State<AppState>, Path(digest): Path<String>) 
     }
 }
 
-pub async fn post_blob(State(app): State<AppState>, Path(digest): Path<String>, headers: axum::http::HeaderMap, body: Body) -> Response {
+pub async fn post_blob(State(app): State<AppState>, PathParam(digest): PathParam<String>, headers: axum::http::HeaderMap, body: Body) -> Response {
     match upload(&app, &digest, &headers, body).await {
         Ok(()) => StatusCode::CREATED.into_response(),
         Err(e) => ApiError::from(e).into_response(),

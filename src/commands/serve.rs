@@ -95,10 +95,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(Arc::clone(&lifecycle)));
+    let drain = file.server.drain.unwrap_or(DRAIN);
     let mut rx = stop_rx.clone();
     let shutdown = async move {
         let _ = rx.wait_for(|s| *s).await;
-        tracing::info!("shutting down: no new connections; open responses get {DRAIN:?} to finish");
+        tracing::info!("shutting down: no new connections; open responses get {drain:?} to finish");
     };
     let max_connections = file.server.max_connections.filter(|n| *n > 0).unwrap_or(api::listen::DEFAULT_MAX_CONNECTIONS);
     let server = api::serve(listener, state, max_connections, shutdown);
@@ -107,8 +108,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut rx = stop_rx;
     let deadline = async move {
         let _ = rx.wait_for(|s| *s).await;
-        tokio::time::sleep(DRAIN).await;
-        tracing::warn!("answers still streaming after {DRAIN:?}: ending them with an error");
+        tokio::time::sleep(drain).await;
+        tracing::warn!("answers still streaming after {drain:?}: ending them with an error");
         lifecycle.end_streams();
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
@@ -209,7 +210,7 @@ async fn reload_on_sighup(lifecycle: Arc<Lifecycle>) {
 /// output from a large model on a slow CPU, short enough that nothing runs for nobody forever.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// How long open responses may run after a shutdown signal.
+/// How long open responses may run after a shutdown signal, unless `server.drain` says.
 const DRAIN: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {

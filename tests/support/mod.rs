@@ -208,6 +208,26 @@ impl Server {
             .collect()
     }
 
+    /// Waits up to `limit` for the server to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The value of the first sample of a Prometheus metric whose line contains `labels`.
+    pub fn metric(&self, name: &str, labels: &str) -> Option<f64> {
+        let text = self.get("/metrics").text().expect("metrics");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+    }
+
     pub fn alive(&self) -> bool {
         self.get("/api/version").status() == 200
     }

@@ -25,7 +25,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +37,7 @@ use serde_json::{json, Map, Value};
 
 use super::auth::Key;
 use super::error::ApiError;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, PathParam};
 use super::ollama::logprob_request;
 use super::tools::{format_grammar, parse_tools, tool_choice};
 use super::AppState;

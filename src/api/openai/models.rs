@@ -16,7 +16,7 @@ pub(super) async fn list_models(State(app): State<AppState>) -> Response {
     }
 }
 
-pub(super) async fn get_model(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn get_model(State(app): State<AppState>, PathParam(id): PathParam<String>) -> Response {
     let store = app.manager.store().clone();
     let result = tokio::task::spawn_blocking(move || store.resolve(&id)).await;
     match result {

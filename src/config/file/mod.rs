@@ -134,6 +134,9 @@ pub struct ServerFile {
     pub request_timeout: Option<Duration>,
     pub log_format: Option<LogFormat>,
     pub log_prompts: Option<bool>,
+    /// How long answers may go on streaming after SIGTERM before they are ended. Default 10s.
+    #[serde(default, deserialize_with = "scalar::duration")]
+    pub drain: Option<Duration>,
     /// Connections served at once; one more gets 503. Default 512.
     #[serde(default, deserialize_with = "scalar::count")]
     pub max_connections: Option<usize>,
