@@ -134,3 +134,41 @@ fn wild_numbers_are_refused_naming_the_field() {
     assert!(resp.json::<Value>().is_ok(), "a malformed path answers JSON");
     assert!(s.loaded().is_empty(), "nothing refused loaded a model");
 }
+
+/// A server on 127.0.0.2 that redirects every request to `target`.
+fn redirector(target: String) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(conn, "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    addr
+}
+
+#[test]
+fn pulls_asked_over_the_network_reach_only_allowed_addresses() {
+    let files = crate::support::file_server::FileServer::start(crate::support::model_path(SMOL));
+    let dir = crate::support::temp_dir("reach");
+    let config = dir.join("hearth.yaml");
+    // 127.0.0.2 stands for an allowed host; 127.0.0.1 (the file server) is not allowed.
+    std::fs::write(&config, "pull:\n  allow: [127.0.0.2]\n").expect("write config");
+    let models = dir.join("models");
+    let s = Server::start_with(&["--config", config.to_str().expect("utf8"), "--models", models.to_str().expect("utf8")]);
+    let direct = files.url("x.gguf");
+    let by_name = direct.replace("127.0.0.1", "localhost");
+    let via_redirect = format!("http://{}/x.gguf", redirector(direct.clone()));
+    for (url, says) in [(direct.as_str(), "loopback"), (by_name.as_str(), "loopback"), (via_redirect.as_str(), "loopback"), ("http://169.254.169.254/latest/meta-data", "link-local"), ("http://[::ffff:10.0.0.1]/x.gguf", "private")] {
+        let resp = s.post("/api/pull", &json!({"model": url, "as": "stolen", "stream": false}));
+        assert!(resp.status().is_client_error() || resp.status().is_server_error(), "{url}: {}", resp.status());
+        let v: Value = resp.json().expect("json");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(says) && e.contains("pull.allow")), "{url}: {v}");
+    }
+    assert_eq!(files.sent.load(std::sync::atomic::Ordering::SeqCst), 0, "no byte came from the file server");
+    let tags: Value = s.get("/api/tags").json().expect("tags");
+    assert_eq!(tags["models"].as_array().map(Vec::len), Some(0), "{tags}");
+}

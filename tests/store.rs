@@ -133,11 +133,19 @@ fn pulling_something_that_is_not_gguf_leaves_nothing_behind() {
     std::fs::remove_dir_all(dir).expect("cleanup");
 }
 
+/// A config that lets `/api/pull` reach the loopback file server.
+fn loopback_pulls(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.with_extension("yaml");
+    std::fs::write(&config, "pull:\n  allow: [127.0.0.1]\n").expect("write config");
+    config
+}
+
 #[test]
 fn api_pull_streams_ollama_progress() {
     let dir = fresh_store("apipull");
     let files = FileServer::start(support::model_path(SMOL));
-    let s = Server::start_with(&["--models", dir.to_str().expect("utf8")]);
+    let config = loopback_pulls(&dir);
+    let s = Server::start_with(&["--models", dir.to_str().expect("utf8"), "--config", config.to_str().expect("utf8")]);
     let lines = s.ndjson("/api/pull", &json!({ "model": files.url("y.gguf"), "as": "viaapi" }));
     let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
     assert_eq!(statuses.first(), Some(&"pulling manifest"));
@@ -437,7 +445,8 @@ fn an_adapter_from_a_modelfile_changes_the_answer() {
 fn official_ollama_python_client_manages_models() {
     let dir = fresh_store("pyclient");
     let files = FileServer::start(support::model_path(SMOL));
-    let s = Server::start_with(&["--models", dir.to_str().expect("utf8")]);
+    let config = loopback_pulls(&dir);
+    let s = Server::start_with(&["--models", dir.to_str().expect("utf8"), "--config", config.to_str().expect("utf8")]);
     let model = support::model_path(SMOL);
     support::run_python(
         "ollama_store_client.py",

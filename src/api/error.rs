@@ -68,6 +68,7 @@ impl From<StoreError> for ApiError {
         let status = match &e {
             StoreError::NotFound(_) | StoreError::BlobNotFound(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidName { .. }
+            | StoreError::TooLarge { .. }
             | StoreError::InvalidDigest(_)
             | StoreError::DigestMismatch { .. }
             | StoreError::Gguf { .. }
@@ -79,11 +80,19 @@ impl From<StoreError> for ApiError {
             StoreError::Download(_) => StatusCode::BAD_GATEWAY,
             StoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError {
-            status,
-            message: e.to_string(),
-            retry_after: None,
-        }
+        // The machine's directories stay in the log, out of answers.
+        let message = match &e {
+            StoreError::NoSpace { needed, available, .. } => {
+                tracing::warn!("{e}");
+                format!("not enough disk space in the models directory: {needed} bytes needed, {available} available")
+            }
+            StoreError::Io { source, .. } => {
+                tracing::error!("{e}");
+                format!("the model store could not read or write a file: {source}")
+            }
+            _ => e.to_string(),
+        };
+        ApiError { status, message, retry_after: None }
     }
 }
 

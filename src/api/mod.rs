@@ -56,6 +56,8 @@ pub struct AppState {
     pub guard: Arc<guard::Guard>,
     /// The API keys; empty means nothing asks for one.
     pub keys: Arc<auth::Keys>,
+    /// What `/api/pull` may reach and download.
+    pub pull: Arc<crate::store::pull::PullLimits>,
 }
 
 pub use self::lifecycle::{Lifecycle, Reloader};
@@ -70,6 +72,7 @@ impl AppState {
             lifecycle: Arc::new(Lifecycle::new(None)),
             guard: Default::default(),
             keys: Default::default(),
+            pull: Arc::new(crate::config::file::default_pull_limits()),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! in the URL.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -71,6 +72,7 @@ pub(super) async fn pull(State(app): State<AppState>, JsonBody(req): JsonBody<Pu
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let manager = app.manager.clone();
+    let limits = Arc::clone(&app.pull);
     let stream = req.stream.unwrap_or(true);
     // The pull runs in its own task and stops when the client goes away: the partial file
     // stays, and the next pull resumes it.
@@ -83,7 +85,7 @@ pub(super) async fn pull(State(app): State<AppState>, JsonBody(req): JsonBody<Pu
             let need = crate::engine::estimate::estimate(info, &settings).total();
             (need > budget).then(|| format!("model needs about {} MiB of RAM, more than the budget of {} MiB", need >> 20, budget >> 20))
         };
-        let work = pull::pull(&store, &plan, |p| drop(progress_tx.send(progress_json(&p))), check);
+        let work = pull::pull(&store, &plan, &limits, |p| drop(progress_tx.send(progress_json(&p))), check);
         let result = tokio::select! {
             r = work => r,
             () = tx.closed() => return,

@@ -56,7 +56,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
             )
         })
     };
-    let pulled = pull::pull(&store, &plan, report, check).await;
+    let pulled = pull::pull(&store, &plan, &pull::PullLimits::local(), report, check).await;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

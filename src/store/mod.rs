@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod modelfile;
 pub mod ollama;
 pub mod pull;
+pub mod reach;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -56,6 +57,8 @@ pub enum StoreError {
     NoSpace { needed: u64, available: u64, dir: String },
     #[error("download failed: {0}")]
     Download(String),
+    #[error("the file is {size} bytes, more than the limit of {limit} bytes for a pull (pull.max_bytes)")]
+    TooLarge { size: u64, limit: u64 },
     #[error("{dir}: {source}")]
     Io { dir: String, source: std::io::Error },
 }

@@ -28,9 +28,11 @@ pub struct CatalogEntry {
     pub license: &'static str,
 }
 
-/// Friendly names for common small GGUF models on Hugging Face. The catalog can't be reached
-/// from the machine this was written on, so the digests of these files are not recorded yet:
-/// a pull records the digest it computed in the manifest.
+/// Friendly names for common small GGUF models on Hugging Face, with the SHA-256 a pull must
+/// match. Hugging Face can't be reached from the machine this was written on: each digest is
+/// the value several public sources state for that exact repository and file (and the same
+/// size). SmolLM2-135M's official file has no such record yet; its pull records the digest it
+/// computed in the manifest.
 pub const CATALOG: &[CatalogEntry] = &[
     CatalogEntry {
         name: "smollm2:135m",
@@ -41,46 +43,60 @@ pub const CATALOG: &[CatalogEntry] = &[
     CatalogEntry {
         name: "smollm2:360m",
         url: "https://huggingface.co/HuggingFaceTB/SmolLM2-360M-Instruct-GGUF/resolve/main/smollm2-360m-instruct-q8_0.gguf",
-        sha256: None,
+        sha256: Some("sha256:48ab3034d0dd401fbc721eb1df3217902fee7dab9078992d66431f09b7750201"),
         license: "Apache-2.0",
     },
     CatalogEntry {
         name: "qwen2.5:0.5b",
         url: "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF/resolve/main/qwen2.5-0.5b-instruct-q4_k_m.gguf",
-        sha256: None,
+        sha256: Some("sha256:74a4da8c9fdbcd15bd1f6d01d621410d31c6fc00986f5eb687824e7b93d7a9db"),
         license: "Apache-2.0",
     },
     CatalogEntry {
         name: "qwen2.5:1.5b",
         url: "https://huggingface.co/Qwen/Qwen2.5-1.5B-Instruct-GGUF/resolve/main/qwen2.5-1.5b-instruct-q4_k_m.gguf",
-        sha256: None,
+        sha256: Some("sha256:6a1a2eb6d15622bf3c96857206351ba97e1af16c30d7a74ee38970e434e9407e"),
         license: "Apache-2.0",
     },
     CatalogEntry {
         name: "llama3.2:1b",
         url: "https://huggingface.co/bartowski/Llama-3.2-1B-Instruct-GGUF/resolve/main/Llama-3.2-1B-Instruct-Q4_K_M.gguf",
-        sha256: None,
+        sha256: Some("sha256:6f85a640a97cf2bf5b8e764087b1e83da0fdb51d7c9fab7d0fece9385611df83"),
         license: "Llama 3.2 Community License",
     },
     CatalogEntry {
         name: "llama3.2:3b",
         url: "https://huggingface.co/bartowski/Llama-3.2-3B-Instruct-GGUF/resolve/main/Llama-3.2-3B-Instruct-Q4_K_M.gguf",
-        sha256: None,
+        sha256: Some("sha256:6c1a2b41161032677be168d354123594c0e6e67d2b9227c84f296ad037c728ff"),
         license: "Llama 3.2 Community License",
     },
     CatalogEntry {
         name: "gemma3:1b",
         url: "https://huggingface.co/ggml-org/gemma-3-1b-it-GGUF/resolve/main/gemma-3-1b-it-Q4_K_M.gguf",
-        sha256: None,
+        sha256: Some("sha256:8ccc5cd1f1b3602548715ae25a66ed73fd5dc68a210412eea643eb20eb75a135"),
         license: "Gemma Terms of Use",
     },
     CatalogEntry {
         name: "mistral:7b",
         url: "https://huggingface.co/bartowski/Mistral-7B-Instruct-v0.3-GGUF/resolve/main/Mistral-7B-Instruct-v0.3-Q4_K_M.gguf",
-        sha256: None,
+        sha256: Some("sha256:1270d22c0fbb3d092fb725d4d96c457b7b687a5f5a715abe1e818da303e562b6"),
         license: "Apache-2.0",
     },
 ];
+
+/// What a pull may reach and how much it may download.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PullLimits {
+    pub reach: super::reach::Reach,
+    pub max_bytes: Option<u64>,
+}
+
+impl PullLimits {
+    /// The command line's: the local user may pull anything from anywhere.
+    pub fn local() -> PullLimits {
+        PullLimits { reach: super::reach::Reach::anywhere(), max_bytes: None }
+    }
+}
 
 /// What to download and under which name.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,10 +200,11 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 pub async fn pull(
     store: &ModelStore,
     plan: &PullPlan,
+    limits: &PullLimits,
     report: impl FnMut(Progress),
     check: impl FnOnce(&GgufInfo) -> Option<String>,
 ) -> Result<Pulled, StoreError> {
-    let result = download(store, plan, report, check).await;
+    let result = download(store, plan, limits, report, check).await;
     if result.is_err() {
         // A failure before any byte arrived leaves no empty partial file behind.
         let path = partial_path(store, plan);
@@ -206,6 +223,7 @@ fn partial_path(store: &ModelStore, plan: &PullPlan) -> std::path::PathBuf {
 async fn download(
     store: &ModelStore,
     plan: &PullPlan,
+    limits: &PullLimits,
     mut report: impl FnMut(Progress),
     check: impl FnOnce(&GgufInfo) -> Option<String>,
 ) -> Result<Pulled, StoreError> {
@@ -213,6 +231,8 @@ async fn download(
         dir: store.partial_dir().display().to_string(),
         source,
     };
+    let url = reqwest::Url::parse(&plan.url).map_err(|e| StoreError::Invalid(format!("invalid URL: {e}")))?;
+    limits.reach.check_url(&url).map_err(StoreError::Invalid)?;
     report(Progress::status("pulling manifest"));
     let partial_path = partial_path(store, plan);
     // Opening, locking and hashing what an earlier attempt kept (the digest covers the whole
@@ -237,13 +257,16 @@ async fn download(
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(60))
         .user_agent(concat!("hearth/", env!("CARGO_PKG_VERSION")))
+        // Every address is checked when connecting, redirects included.
+        .dns_resolver(limits.reach.resolver())
+        .redirect(limits.reach.redirects())
         .build()
         .map_err(|e| StoreError::Download(e.to_string()))?;
     let mut request = client.get(&plan.url);
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let resp = request.send().await.map_err(|e| StoreError::Download(format!("{}: {e}", plan.url)))?;
+    let resp = request.send().await.map_err(|e| StoreError::Download(format!("{}: {}", plan.url, error_chain(&e))))?;
     let status = resp.status();
     let total = if status == reqwest::StatusCode::PARTIAL_CONTENT && have > 0 {
         let (start, total) = content_range(&resp).ok_or_else(|| StoreError::Download("server sent a partial response without a usable Content-Range".into()))?;
@@ -267,6 +290,10 @@ async fn download(
         return Err(StoreError::Download(format!("{} answered {status}", plan.url)));
     };
 
+    let too_large = |size: u64| limits.max_bytes.filter(|limit| size > *limit).map(|limit| StoreError::TooLarge { size, limit });
+    if let Some(e) = total.and_then(too_large) {
+        return Err(e);
+    }
     if let (Some(total), Some(free)) = (total, store.free_space()) {
         let needed = total.saturating_sub(have);
         if needed > free {
@@ -301,6 +328,10 @@ async fn download(
             file.write_all(&chunk).map_err(io)?;
             hasher.update(&chunk);
             have += chunk.len() as u64;
+            // A server that sent no length, or lied about it.
+            if let Some(e) = too_large(have) {
+                return Err(e);
+            }
             if last.elapsed() >= PROGRESS_EVERY {
                 report(progress(have));
                 last = Instant::now();
@@ -359,6 +390,19 @@ async fn download(
         downloaded: have - started_at,
         info,
     })
+}
+
+/// An error with its causes: reqwest's top message alone hides why a connect failed (such as
+/// the resolver refusing a private address).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Feeds the whole of `file` to `hasher`; returns its length.

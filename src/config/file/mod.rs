@@ -184,6 +184,8 @@ pub struct FileConfig {
     pub personas: BTreeMap<String, Persona>,
     /// The builtin templates with the file's added or replacing them.
     pub templates: BTreeMap<String, PromptTemplate>,
+    /// What `/api/pull` may reach (public addresses and `pull.allow`) and download.
+    pub pull: crate::store::pull::PullLimits,
     /// API keys (`auth.keys` and `auth.keys_file`); empty means nothing asks for a key.
     pub keys: Vec<crate::service::accounts::KeySpec>,
     /// The file read, if any.
@@ -199,6 +201,7 @@ impl Default for FileConfig {
             pricing: Pricing::default(),
             personas: BTreeMap::new(),
             templates: prompts::builtin(),
+            pull: default_pull_limits(),
             keys: Vec::new(),
             source: None,
         }
@@ -262,6 +265,23 @@ struct RawFile {
     personas: Option<BTreeMap<String, RawPersona>>,
     templates: Option<BTreeMap<String, RawTemplate>>,
     auth: Option<auth::RawAuth>,
+    pull: Option<RawPull>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPull {
+    allow: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "scalar::size")]
+    max_bytes: Option<u64>,
+}
+
+/// The largest file `/api/pull` downloads unless `pull.max_bytes` says otherwise.
+pub const DEFAULT_PULL_MAX_BYTES: u64 = 256 << 30;
+
+/// Public addresses only, at most [`DEFAULT_PULL_MAX_BYTES`].
+pub fn default_pull_limits() -> crate::store::pull::PullLimits {
+    crate::store::pull::PullLimits { reach: crate::store::reach::Reach::public_and(Vec::new()), max_bytes: Some(DEFAULT_PULL_MAX_BYTES) }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -403,6 +423,18 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
     }
 
     let keys = auth::keys(raw.auth, text, origin, base)?;
+    let raw_pull = raw.pull.unwrap_or_default();
+    let allow = raw_pull
+        .allow
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.parse::<crate::store::reach::IpRange>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| at(&["pull", "allow"], e))?;
+    let pull = crate::store::pull::PullLimits {
+        reach: crate::store::reach::Reach::public_and(allow),
+        max_bytes: Some(raw_pull.max_bytes.unwrap_or(DEFAULT_PULL_MAX_BYTES)),
+    };
 
     Ok(FileConfig {
         server,
@@ -411,6 +443,7 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
         pricing,
         personas,
         templates,
+        pull,
         keys,
         source: None,
     })

@@ -54,6 +54,7 @@ fn shipped_config_shows_every_key() {
         (vec!["cache"], "cache:\n  zz_probe: 1\n"),
         (vec!["pricing"], "pricing:\n  zz_probe: 1\n"),
         (vec!["auth"], "auth:\n  zz_probe: 1\n"),
+        (vec!["pull"], "pull:\n  zz_probe: 1\n"),
         (vec!["personas", "pirate"], "personas:\n  p:\n    zz_probe: 1\n"),
     ];
     for (path, probe) in sections {
