@@ -12,6 +12,9 @@ use crate::resources::ResourceError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
 
+/// The longest error message answered.
+pub const MAX_MESSAGE_CHARS: usize = 600;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -46,7 +49,16 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "error": self.message })
+        serde_json::json!({ "error": self.shown() })
+    }
+
+    /// The message as answered: at most [`MAX_MESSAGE_CHARS`], so no input a client sent is
+    /// echoed back whole, however long (the parts that quote input cut it shorter still).
+    pub fn shown(&self) -> std::borrow::Cow<'_, str> {
+        match self.message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            Some((cut, _)) => format!("{}...", &self.message[..cut]).into(),
+            None => self.message.as_str().into(),
+        }
     }
 }
 

@@ -413,3 +413,19 @@ async fn a_keys_tokens_are_counted_and_its_rate_limit_answers_429() {
     assert!(text.contains("hearth_key_tokens_total{key=\"gen\",kind=\"completion\"} 6"), "{text}");
     assert!(text.contains("hearth_key_requests_total{key=\"gen\",result=\"limited\"} 1"), "{text}");
 }
+
+#[tokio::test]
+async fn a_huge_input_is_never_echoed_whole() {
+    let f = fixture();
+    let huge = "x".repeat(1 << 20);
+    for (path, body) in [
+        ("/api/generate", json!({"model": huge, "prompt": "hi"})),
+        ("/api/chat", json!({"model": "a", "persona": huge, "messages": []})),
+        ("/v1/chat/completions", json!({"model": huge, "messages": [{"role": "user", "content": "hi"}]})),
+        ("/api/generate", json!({"model": "a", "prompt": "hi", "keep_alive": huge})),
+    ] {
+        let (status, _, text) = send(&f.app, "POST", path, Some(body)).await;
+        assert!(status.is_client_error(), "{path}: {status}");
+        assert!(text.len() < 1000, "{path} echoed {} bytes", text.len());
+    }
+}

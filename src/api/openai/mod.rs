@@ -93,7 +93,7 @@ impl OpenAiError {
             StatusCode::INSUFFICIENT_STORAGE => ("server_error", Some("insufficient_memory")),
             _ => ("server_error", None),
         };
-        json!({ "error": { "message": self.error.message, "type": kind, "param": self.param, "code": code } })
+        json!({ "error": { "message": self.error.shown(), "type": kind, "param": self.param, "code": code } })
     }
 }
 
