@@ -13,14 +13,17 @@
 //!                `models` (tags/show/ps objects), `store` (pull/create/copy/delete/blobs),
 //!                `layer` (health, metrics, cache, templates, conversations, reload), `seed`
 //!                (the seeds' routes), `observe` (request ids, request logs and metrics),
-//!                `guard` (browser origins, CORS, loopback host names), `error` (the one
-//!                error -> status table).
+//!                `guard` (browser origins, CORS, loopback host names), `auth` (API keys,
+//!                scopes, rate limits), `listen` (the accept loop: header timeout, connection
+//!                cap, graceful shutdown), `lifecycle` (reload, and ending streams at
+//!                shutdown), `error` (the one error -> status table).
 //! - `service`    the shared request path (`Service::start`, `Service::embed`): persona, prompt
 //!                template and conversation history (`history`, `catalog`), response-cache
 //!                lookup, admission, resolve, lease, generate; `answer` forwards the backend's
 //!                events (or replays a cached answer) and records the finished answer; `reply`
 //!                reads them once for every front end (text, a tool call held back, done or
-//!                failed); `score` is /validate-model's decode measurement.
+//!                failed); `score` is /validate-model's decode measurement; `accounts` is
+//!                an API key's scopes, limits and usage.
 //! - `cache`      the response cache: bytes under hashed keys, in memory or in Redis.
 //! - `conversations` server-side conversations in SQLite (WAL), one turn at a time per id.
 //! - `metrics`    the Prometheus registry and its JSON view with percentiles.
@@ -34,12 +37,14 @@
 //!                behind it (render, trim history, tokenize, submit); `fake` is a deterministic
 //!                stand-in for the tests of the layers above (`cfg(test)`).
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
-//!                with continuous batching and embeddings (`worker`, `embed`), sampling with
+//!                with continuous batching and embeddings (`worker`, `embed`), prompt chunks
+//!                sized for quick cancellation (`pace`), sampling with
 //!                grammars and logprobs (`sampler`), JSON schemas and tool calls as grammars
 //!                (`grammar`), streamed-text handling (`text`), RAM estimates from GGUF metadata
 //!                (`estimate`).
 //! - `store`      model names -> manifests over content-addressed blobs, drop-in `NAME.gguf`
-//!                files and Ollama's store (read-only); `pull` (resumable downloads),
+//!                files and Ollama's store (read-only); `pull` (resumable downloads) and
+//!                `reach` (which addresses a network-asked pull may connect to),
 //!                `modelfile` (create), `gguf` (the validator every file passes first).
 //! - `spec`       what a generation asks for, as values: Ollama's options as typed patches
 //!                (`OptionPatch`: model < persona < request, resolved once to
@@ -76,6 +81,11 @@
 //!   host on a loopback bind, reaches a handler.
 //! - No model is loaded unless its estimate fits the RAM budget next to what is loaded or still
 //!   being freed.
+//! - Once keys are configured, no request but `/health` reaches a handler without a valid key
+//!   holding the route's scope; no key is stored or logged, only its SHA-256.
+//! - No pull asked over the network connects to a loopback, private, link-local or reserved
+//!   address outside `pull.allow`.
+//! - No answer keeps working for a client that left: the engine drops it at its next step.
 
 // The code map above aligns its descriptions in a column.
 #![allow(clippy::doc_overindented_list_items)]
