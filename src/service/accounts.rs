@@ -190,6 +190,13 @@ impl Account {
         Ok(())
     }
 
+    /// Counts a finished answer's tokens on `model`: in the key's metrics (which price them)
+    /// and in its limits and usage.
+    pub fn charge(&self, metrics: &crate::metrics::Metrics, model: &str, prompt_tokens: u64, completion_tokens: u64) {
+        let cost = metrics.record_key_usage(&self.name, model, prompt_tokens, completion_tokens);
+        self.record(prompt_tokens, completion_tokens, cost, Instant::now());
+    }
+
     /// Counts a finished answer's tokens and cost.
     pub fn record(&self, prompt_tokens: u64, completion_tokens: u64, cost: f64, now: Instant) {
         let mut guard = self.lock();

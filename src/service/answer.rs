@@ -255,8 +255,7 @@ async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Durat
     let total = started.elapsed();
     metrics.record_generation(&model, u64::from(c.prompt_tokens), u64::from(c.eval_tokens), ttft, total);
     if let Some(a) = &account {
-        let cost = metrics.record_key_usage(&a.name, &model, u64::from(c.prompt_tokens), u64::from(c.eval_tokens));
-        a.record(u64::from(c.prompt_tokens), u64::from(c.eval_tokens), cost, Instant::now());
+        a.charge(&metrics, &model, u64::from(c.prompt_tokens), u64::from(c.eval_tokens));
     }
     let cache = if hit { "hit" } else { "miss" };
     let persona = persona.as_deref().unwrap_or("");

@@ -496,8 +496,7 @@ impl Service {
         if let Ok(r) = &result {
             self.metrics.record_embedding(&model, r.prompt_tokens as u64);
             if let Some(a) = &account {
-                let cost = self.metrics.record_key_usage(&a.name, &model, r.prompt_tokens as u64, 0);
-                a.record(r.prompt_tokens as u64, 0, cost, Instant::now());
+                a.charge(&self.metrics, &model, r.prompt_tokens as u64, 0);
             }
             tracing::info!(model = %model, prompt_tokens = r.prompt_tokens, inputs = r.embeddings.len(), duration_ms = r.total_duration.as_millis() as u64, "embedding done");
         }
