@@ -102,6 +102,7 @@ pub(crate) mod engine;
 pub(crate) mod metrics;
 pub(crate) mod prompts;
 pub(crate) mod resources;
+pub(crate) mod routing;
 pub mod service;
 pub(crate) mod spec;
 pub mod store;

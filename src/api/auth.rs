@@ -104,7 +104,9 @@ pub fn required_scope(method: &Method, path: &str) -> Need {
         p if p.starts_with("/v1/models/") => ModelsRead,
         "/api/pull" | "/api/create" | "/api/copy" | "/api/delete" => ModelsWrite,
         p if p.starts_with("/api/blobs/") => ModelsWrite,
-        "/metrics" | "/api/metrics" => Metrics,
+        "/metrics" | "/api/metrics" | "/api/routes" => Metrics,
+        // Feedback on an answer comes from whoever asked for it.
+        "/api/feedback" => Generate,
         _ => Admin,
     };
     // A preflight carries no key; the CORS layer outside this one answers it.
@@ -114,14 +116,19 @@ pub fn required_scope(method: &Method, path: &str) -> Need {
     Need::Scope(scope)
 }
 
-/// Who is asking, for handlers: the key's account, or `None` on a server without keys.
+/// The header that keeps a client on one variant of a split route (a session, a user).
+pub const STICKY_HEADER: &str = "x-hearth-sticky";
+
+/// Who is asking, for handlers: the key's account (`None` on a server without keys), and the
+/// client's sticky key for split routes (`X-Hearth-Sticky`), if it sent one.
 #[derive(Clone, Default)]
-pub struct Key(pub Option<Arc<Account>>);
+pub struct Key(pub Option<Arc<Account>>, pub Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Key {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Key, Self::Rejection> {
-        Ok(Key(parts.extensions.get::<Arc<Account>>().cloned()))
+        let sticky = parts.headers.get(STICKY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).map(|v| v.chars().take(256).collect());
+        Ok(Key(parts.extensions.get::<Arc<Account>>().cloned(), sticky))
     }
 }
 

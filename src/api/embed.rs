@@ -104,7 +104,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 /// `POST /api/embed`.
-pub async fn embed(State(app): State<AppState>, Key(account): Key, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn embed(State(app): State<AppState>, Key(account, _): Key, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
     let mut req = req.validate()?;
     req.account = account;
@@ -120,7 +120,7 @@ pub async fn embed(State(app): State<AppState>, Key(account): Key, JsonBody(req)
 }
 
 /// `POST /api/embeddings` (legacy): `{"embedding": [...]}`, empty for an empty prompt.
-pub async fn embeddings(State(app): State<AppState>, Key(account): Key, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn embeddings(State(app): State<AppState>, Key(account, _): Key, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Json<Value>, ApiError> {
     let mut req = req.validate()?;
     req.account = account;
     let r = app.service.embed(req, Caller::Network).await?;

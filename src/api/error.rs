@@ -121,6 +121,8 @@ impl From<EngineError> for ApiError {
             // unknown architecture, an adapter for another model): the model is at fault.
             EngineError::Load { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+            EngineError::Unsupported(_) => StatusCode::BAD_REQUEST,
+            EngineError::Upstream { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
             EngineError::Backend(_)
             | EngineError::WorkerGone
             | EngineError::Task(_)
@@ -173,6 +175,7 @@ impl From<ServiceError> for ApiError {
                 message: e.to_string(),
                 retry_after: Some(1),
             },
+            e @ ServiceError::NoTarget { .. } => ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string(), retry_after: Some(5) },
             ServiceError::Internal(msg) => ApiError::internal(msg),
         }
     }

@@ -38,7 +38,7 @@ pub fn routes() -> Router<AppState> {
 
 /// `GET /api/usage`: what each key used since the server started, its limits and what is left
 /// of them. A key sees its own line; an `admin` key sees every key.
-async fn usage(State(app): State<AppState>, Key(caller): Key) -> Json<Value> {
+async fn usage(State(app): State<AppState>, Key(caller, _): Key) -> Json<Value> {
     let now = std::time::Instant::now();
     let accounts = match &caller {
         Some(a) if !a.allows(Scope::Admin) => vec![std::sync::Arc::clone(a)],

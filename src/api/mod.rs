@@ -1,6 +1,6 @@
 //! HTTP: the axum router for Ollama's API, OpenAI's (`openai`), the service layer's own routes
-//! (`layer`: health, metrics, cache, templates, conversations, reload) and the seeds' routes
-//! (`seed`). Handlers parse the wire format, call the shared request path (`service`), and
+//! (`layer`: health, metrics, cache, templates, conversations, reload), the routing layer's
+//! (`routing`: routes' state, feedback) and the seeds' routes (`seed`). Handlers parse the wire format, call the shared request path (`service`), and
 //! write NDJSON, SSE or JSON back. `observe` gives every request an id, a log line and its
 //! metrics. The only place with routes.
 
@@ -16,6 +16,7 @@ pub mod models;
 pub mod observe;
 pub mod ollama;
 pub mod openai;
+pub mod routing;
 pub mod seed;
 pub mod store;
 pub mod tools;
@@ -80,6 +81,12 @@ impl AppState {
 /// The header that says whether the response cache answered.
 pub const CACHE_HEADER: &str = "x-hearth-cache";
 
+/// The header naming the target that answered (a route's, or a provider's model).
+pub const TARGET_HEADER: &str = "x-hearth-target";
+
+/// The header naming the route that chose the target.
+pub const ROUTE_HEADER: &str = "x-hearth-route";
+
 /// The metrics' model label of a request refused as the client's fault: its model name may be
 /// anything (a scanner's junk names must not grow `/metrics`).
 pub const UNKNOWN_MODEL: &str = "unknown";
@@ -89,6 +96,19 @@ pub const UNKNOWN_MODEL: &str = "unknown";
 pub fn mark(resp: &mut Response, model: &str, info: Option<&ResponseInfo>) {
     if let Some(info) = info {
         resp.headers_mut().insert(CACHE_HEADER, header::HeaderValue::from_static(info.cache.as_str()));
+        if let Some(served) = &info.served {
+            if let Ok(v) = header::HeaderValue::from_str(&served.target) {
+                resp.headers_mut().insert(TARGET_HEADER, v);
+            }
+            if let Some(a) = &served.attribution {
+                if let Ok(v) = header::HeaderValue::from_str(&a.route) {
+                    resp.headers_mut().insert(ROUTE_HEADER, v);
+                }
+                // Feedback finds the answer by its request id, known to `observe`.
+                let served = served.clone();
+                resp.extensions_mut().insert(observe::OnRequestId(Arc::new(move |id: &str| served.remember(id))));
+            }
+        }
     }
     let label = if resp.status().is_client_error() { UNKNOWN_MODEL } else { model };
     resp.extensions_mut().insert(observe::ModelLabel(label.to_string()));
@@ -113,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/delete", delete(store::delete))
         .merge(openai::routes())
         .merge(layer::routes())
+        .merge(routing::routes())
         .merge(seed::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -162,17 +183,19 @@ pub fn in_shape_for(path: &str, error: ApiError) -> Response {
     }
 }
 
-async fn generate(State(app): State<AppState>, Key(account): Key, JsonBody(req): JsonBody<GenerateRequest>) -> Result<Response, ApiError> {
+async fn generate(State(app): State<AppState>, Key(account, sticky): Key, JsonBody(req): JsonBody<GenerateRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut req = req.validate()?;
     req.service.account = account;
+    req.service.sticky = sticky.or(req.service.sticky);
     Ok(respond(&app, req, Kind::Generate, started).await)
 }
 
-async fn chat(State(app): State<AppState>, Key(account): Key, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
+async fn chat(State(app): State<AppState>, Key(account, sticky): Key, JsonBody(req): JsonBody<ChatRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut req = req.validate()?;
     req.service.account = account;
+    req.service.sticky = sticky.or(req.service.sticky);
     Ok(respond(&app, req, Kind::Chat, started).await)
 }
 
@@ -217,7 +240,12 @@ pub fn shutdown_line() -> Bytes {
 async fn tags(State(app): State<AppState>) -> Response {
     let store = app.manager.store().clone();
     match tokio::task::spawn_blocking(move || models::tags(&store)).await {
-        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Ok(mut v)) => {
+            if let Some(list) = v["models"].as_array_mut() {
+                list.extend(models::routed_tags(&app.service.router.table()));
+            }
+            Json(v).into_response()
+        }
         Ok(Err(e)) => e.into_response(),
         Err(e) => ApiError::internal(format!("listing failed: {e}")).into_response(),
     }

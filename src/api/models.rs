@@ -48,6 +48,22 @@ pub fn tag(store: &ModelStore, entry: &ModelEntry) -> Result<Value, ApiError> {
     }))
 }
 
+/// `/api/tags` entries for providers' models and routes: no file, so no size or digest.
+pub fn routed_tags(table: &crate::routing::Table) -> Vec<Value> {
+    let now = timestamp(std::time::SystemTime::now());
+    table
+        .listed()
+        .into_iter()
+        .map(|(name, origin)| {
+            json!({
+                "name": name, "model": name, "modified_at": now, "size": 0, "digest": "",
+                "details": { "parent_model": "", "format": "", "family": "", "families": [], "parameter_size": "", "quantization_level": "" },
+                "origin": origin,
+            })
+        })
+        .collect()
+}
+
 pub fn tags(store: &ModelStore) -> Result<Value, ApiError> {
     let models = store
         .list()?

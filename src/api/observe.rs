@@ -46,6 +46,11 @@ pub struct ModelLabel(pub String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorKind(pub &'static str);
 
+/// Something a handler wants done with the request's id once it is known (a route's answer
+/// remembered for feedback), set in the response's extensions.
+#[derive(Clone)]
+pub struct OnRequestId(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
 /// The middleware; see the module documentation for how to install it.
 pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -72,6 +77,9 @@ pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Nex
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
+    }
+    if let Some(OnRequestId(f)) = resp.extensions_mut().remove::<OnRequestId>() {
+        f(&id);
     }
 
     // One access line per request: at info for errors, at debug for the rest (a generation

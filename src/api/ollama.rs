@@ -74,6 +74,7 @@ impl ServiceFields {
             }
         };
         Ok(crate::service::ServiceOptions {
+            sticky: None,
             persona: non_empty("persona", self.persona)?,
             use_cache: self.use_cache,
             conversation_id: non_empty("conversation_id", self.conversation_id)?,
@@ -143,6 +144,8 @@ pub struct Common {
     pub keep_alive: Option<KeepAlive>,
     /// Set by `generation_common`: the grammar from `format`, and `logprobs`.
     pub grammar: Option<String>,
+    /// The format the grammar came from, for a provider's model.
+    pub format: Option<crate::backend::OutputFormat>,
     pub logprobs: Option<u8>,
 }
 
@@ -163,7 +166,7 @@ pub fn common(model: Option<String>, options: Option<&Value>, keep_alive: Option
         .map(KeepAlive::from_json)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    Ok(Common { model, options, keep_alive, grammar: None, logprobs: None })
+    Ok(Common { model, options, keep_alive, grammar: None, format: None, logprobs: None })
 }
 
 /// `common` plus what generation adds: `format` (a grammar), `logprobs`, and `think`.
@@ -177,6 +180,7 @@ fn generation_common(
 ) -> Result<Common, ApiError> {
     let mut c = common(model, options, keep_alive)?;
     c.grammar = super::tools::format_grammar(format)?;
+    c.format = super::tools::output_format(format);
     c.logprobs = logprob_request(logprobs.0, logprobs.1)?;
     if matches!(think, Some(Value::Bool(true)) | Some(Value::String(_))) {
         return Err(ApiError::bad_request(format!("\"{}\" does not support thinking", c.model)));
@@ -203,7 +207,7 @@ impl GenerateRequest {
             None => (self.template, None),
         };
         let service = self.service.validate(prompt_template)?;
-        let Common { model, options, keep_alive, grammar, logprobs } = generation_common(
+        let Common { model, options, keep_alive, grammar, format, logprobs } = generation_common(
             self.model.or_else(|| service.persona.clone()),
             self.options.as_ref(),
             self.keep_alive.as_ref(),
@@ -239,6 +243,7 @@ impl GenerateRequest {
             tools: None,
             options,
             grammar,
+            format,
             logprobs,
             keep_alive,
             stream: self.stream.unwrap_or(true),
@@ -250,7 +255,7 @@ impl GenerateRequest {
 impl ChatRequest {
     pub fn validate(self) -> Result<ValidRequest, ApiError> {
         let service = self.service.validate(self.template)?;
-        let Common { model, options, keep_alive, mut grammar, logprobs } = generation_common(
+        let Common { model, options, keep_alive, mut grammar, format, logprobs } = generation_common(
             self.model.or_else(|| service.persona.clone()),
             self.options.as_ref(),
             self.keep_alive.as_ref(),
@@ -305,6 +310,7 @@ impl ChatRequest {
             tools,
             options,
             grammar,
+            format,
             logprobs,
             keep_alive,
             stream: self.stream.unwrap_or(true),
@@ -420,6 +426,16 @@ pub fn annotate(v: &mut Value, info: &ResponseInfo) {
     if let Some(id) = &info.conversation_id {
         v["conversation_id"] = json!(id);
         v["dropped_messages"] = json!(info.dropped_messages);
+    }
+    if let Some(s) = &info.served {
+        v["target"] = json!(s.target);
+        if let Some(a) = &s.attribution {
+            v["route"] = json!(a.route);
+            if let Some(variant) = &a.variant {
+                v["variant"] = json!(variant);
+            }
+            v["tried"] = json!(s.tried);
+        }
     }
 }
 

@@ -61,6 +61,7 @@ struct SeedRequest {
     conversation_id: Option<String>,
     use_cache: Option<bool>,
     account: Option<std::sync::Arc<crate::service::accounts::Account>>,
+    sticky: Option<String>,
 }
 
 /// What a seed route answers with.
@@ -92,10 +93,11 @@ async fn run(app: &AppState, r: SeedRequest) -> Result<SeedAnswer, ApiError> {
         tools: None,
         options,
         grammar: None,
+        format: None,
         logprobs: None,
         keep_alive: None,
         stream: false,
-        service: ServiceOptions { persona: r.persona, use_cache: r.use_cache, conversation_id: r.conversation_id, template: None, account: r.account },
+        service: ServiceOptions { persona: r.persona, use_cache: r.use_cache, conversation_id: r.conversation_id, template: None, account: r.account, sticky: r.sticky },
     };
     let Outcome::Generating(g) = app.service.start(req, Caller::Network, started).await? else {
         return Err(ApiError::bad_request("prompt is required"));
@@ -134,7 +136,7 @@ struct GenerateBody {
 
 /// `POST /generate`: `{prompt, character_name, settings, conversation_id, use_cache}` ->
 /// `{response, model, generation_time, cache_hit, metadata}`.
-async fn generate(State(app): State<AppState>, Key(account): Key, JsonBody(b): JsonBody<GenerateBody>) -> Response {
+async fn generate(State(app): State<AppState>, Key(account, sticky): Key, JsonBody(b): JsonBody<GenerateBody>) -> Response {
     let options = match options_from_settings(b.settings.as_ref()) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
@@ -148,6 +150,7 @@ async fn generate(State(app): State<AppState>, Key(account): Key, JsonBody(b): J
         conversation_id: b.conversation_id.filter(|c| !c.is_empty()),
         use_cache: b.use_cache,
         account,
+        sticky,
     };
     match run(&app, r).await {
         Ok(a) => {
@@ -261,7 +264,7 @@ struct LlmGenerateBody {
 
 /// `POST /llm/generate`: `{prompt, scenario, max_tokens, temperature, session_id}` ->
 /// `{text, model, scenario, usage, generation_time, cache_hit}`.
-async fn llm_generate(State(app): State<AppState>, Key(account): Key, JsonBody(b): JsonBody<LlmGenerateBody>) -> Response {
+async fn llm_generate(State(app): State<AppState>, Key(account, sticky): Key, JsonBody(b): JsonBody<LlmGenerateBody>) -> Response {
     let mut options = match options_from_settings(b.settings.as_ref()) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
@@ -282,6 +285,7 @@ async fn llm_generate(State(app): State<AppState>, Key(account): Key, JsonBody(b
         conversation_id: b.conversation_id.or(b.session_id).filter(|c| !c.is_empty()),
         use_cache: b.use_cache,
         account,
+        sticky,
     };
     match run(&app, r).await {
         Ok(a) => {

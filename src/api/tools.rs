@@ -81,6 +81,15 @@ pub fn format_grammar(format: Option<&Value>) -> Result<Option<String>, ApiError
 }
 
 /// Ollama's `message.tool_calls` entry.
+/// The output format as asked (after `format_grammar` accepted it), for a provider's model.
+pub fn output_format(format: Option<&Value>) -> Option<crate::backend::OutputFormat> {
+    match format {
+        Some(Value::String(s)) if s == "json" => Some(crate::backend::OutputFormat::Json),
+        Some(schema @ Value::Object(_)) => Some(crate::backend::OutputFormat::Schema(schema.clone())),
+        _ => None,
+    }
+}
+
 pub fn ollama_call(name: &str, args: &Value) -> Value {
     json!({ "function": { "name": name, "arguments": args } })
 }

@@ -6,8 +6,9 @@
 //! and trimming history to the context happen behind the seam, because only the backend knows
 //! its template and tokenizer: a backend that is another server takes the messages as they are.
 //!
-//! Implementations: `llama` (the llama.cpp engine, hearth's own) and `fake` (deterministic,
-//! for the tests of the layers above; only under `cfg(test)`).
+//! Implementations: `llama` (the llama.cpp engine, hearth's own), `remote` (a model on another
+//! server: Ollama's API, OpenAI's, Anthropic's) and `fake` (deterministic, for the tests of
+//! the layers above; only under `cfg(test)`).
 //! The resource manager holds instances only through this trait, so nothing above it knows
 //! which one it has.
 //!
@@ -16,6 +17,7 @@
 #[cfg(test)]
 pub mod fake;
 pub mod llama;
+pub mod remote;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -25,7 +27,8 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub use crate::engine::{Completion, EngineError, Event, LoadSettings, TokenLogprob};
-use crate::spec::options::SamplingOptions;
+use crate::engine::grammar::ToolRequest;
+use crate::spec::options::{OptionPatch, SamplingOptions};
 use crate::spec::template::TemplateMessage;
 use crate::store::ModelEntry;
 
@@ -56,6 +59,17 @@ impl PromptSpec {
     }
 }
 
+/// The shape an answer must take, as the request asked for it. The local engine follows
+/// `SamplingOptions::grammar` (made from this at the edge); a backend that is another server
+/// passes this on in its own API's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFormat {
+    /// Any JSON object.
+    Json,
+    /// JSON following this schema.
+    Schema(serde_json::Value),
+}
+
 /// One generation, ready for a model: the prompt as the service assembled it, and the options
 /// merged and validated.
 #[derive(Debug, Clone)]
@@ -68,6 +82,13 @@ pub struct GenerateJob {
     /// The model's own system prompt and template (a Modelfile's SYSTEM and TEMPLATE).
     pub model_system: Option<String>,
     pub model_template: Option<String>,
+    /// For a backend that is another server: the options as asked (model < persona <
+    /// request, before hearth's defaults), so only what someone set is sent on.
+    pub asked: OptionPatch,
+    /// The tools offered and the choice (the local engine reads `options.grammar`).
+    pub tools: Option<ToolRequest>,
+    /// The output format asked for (the local engine reads `options.grammar`).
+    pub format: Option<OutputFormat>,
 }
 
 /// A generation the model accepted: its events, in order, ending in `Done` or `Failed`.

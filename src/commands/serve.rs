@@ -17,6 +17,7 @@ use crate::config::file::{self, FileConfig};
 use crate::config::serve::ServeConfig;
 use crate::conversations::ConversationStore;
 use crate::metrics::Metrics;
+use crate::routing::{Router, Table};
 use crate::service::catalog::{profiles_path, Catalog};
 use crate::service::{Service, ServiceSettings};
 
@@ -35,6 +36,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cache = ResponseCache::new(&file.cache).context("cache")?;
     let conversations = ConversationStore::open(&data_dir)?;
     let metrics = Metrics::new(file.pricing.clone());
+    let threads = f64::from(engine.load.threads.max(1));
+    let router = Router::new(Table::build(&file.routing, threads, &file::process_env).map_err(anyhow::Error::msg)?);
+    if !file.routing.providers.is_empty() || !file.routing.routes.is_empty() {
+        tracing::info!(providers = file.routing.providers.len(), routes = file.routing.routes.len(), "routing configured");
+    }
     let service = Service::new(
         manager.clone(),
         cache,
@@ -44,7 +50,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings(&file, log_prompts),
     )
     .with_profiles(profiles_path(&data_dir))
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?
+    .with_router(router.clone());
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -65,7 +72,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let current = std::sync::Mutex::new(file.clone());
         Box::new(move || {
             let mut current = current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let report = reload(&service, &keys, (local, insecure_no_auth), &path, &current, log_prompts)?;
+            let report = reload(&service, &keys, (local, insecure_no_auth), &path, &current, (log_prompts, threads))?;
             *current = report.0;
             Ok(report.1)
         }) as api::Reloader
@@ -85,6 +92,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(manager.clone().run_reaper(Duration::from_secs(1), reaper_stop));
+    {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(crate::routing::upkeep(router, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
     {
         let lifecycle = Arc::clone(&lifecycle);
         tokio::spawn(async move {
@@ -139,15 +152,21 @@ fn settings(file: &FileConfig, log_prompts: bool) -> ServiceSettings {
 }
 
 /// Re-reads the config file and applies what can change while serving: personas, prompt
-/// templates, prices, limits and logging of prompts. What needs a restart (addresses, the
+/// templates, prices, limits, logging of prompts, providers and routes (swapped whole:
+/// requests in flight finish where they started). What needs a restart (addresses, the
 /// engine, the cache backend, directories) is listed, not applied. A file that doesn't pass
 /// is refused and the running config stays, as is one that would leave a non-loopback server
 /// without keys. API keys are replaced (usage kept for unchanged keys).
-fn reload(service: &Service, keys: &Keys, (addr, insecure_no_auth): (std::net::SocketAddr, bool), path: &std::path::Path, old: &FileConfig, log_prompts: bool) -> Result<(FileConfig, serde_json::Value), String> {
+fn reload(service: &Service, keys: &Keys, (addr, insecure_no_auth): (std::net::SocketAddr, bool), path: &std::path::Path, old: &FileConfig, (log_prompts, threads): (bool, f64)) -> Result<(FileConfig, serde_json::Value), String> {
     let new = file::load(Some(path), &file::process_env).map_err(|e| e.to_string())?;
     if let Some(message) = crate::config::serve::exposure(addr, &new, insecure_no_auth) {
         return Err(message);
     }
+    let table = Table::build(&new.routing, threads, &file::process_env)?;
+    // Local models new to the routes are loaded before traffic moves to them, where the RAM
+    // budget has room now (nothing is unloaded for them while busy).
+    let preloaded = tokio::runtime::Handle::current().block_on(preload(service, &old.routing, &new.routing));
+    service.router.set_table(table);
     keys.replace(&new.keys);
     let profiles = service.catalog().profiles.clone();
     service.set_catalog(catalog(&new, profiles));
@@ -177,6 +196,9 @@ fn reload(service: &Service, keys: &Keys, (addr, insecure_no_auth): (std::net::S
         "personas": new.personas.keys().collect::<Vec<_>>(),
         "templates": new.templates.keys().collect::<Vec<_>>(),
         "keys": new.keys.len(),
+        "providers": new.routing.providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        "routes": new.routing.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        "preloaded": preloaded,
         "restart_required": restart,
     });
     tracing::info!(personas = new.personas.len(), templates = new.templates.len(), "config reloaded from {}", path.display());
@@ -184,6 +206,36 @@ fn reload(service: &Service, keys: &Keys, (addr, insecure_no_auth): (std::net::S
         tracing::warn!("these settings changed but apply only after a restart: {}", restart.join(", "));
     }
     Ok((new, report))
+}
+
+/// Loads the local models that the new routes name and the old ones did not, each only if
+/// it fits now; returns those loaded.
+async fn preload(service: &Service, old: &crate::routing::RoutingConfig, new: &crate::routing::RoutingConfig) -> Vec<String> {
+    let local = |c: &crate::routing::RoutingConfig| -> std::collections::BTreeSet<String> {
+        let routes: std::collections::BTreeSet<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+        let providers: std::collections::BTreeSet<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        c.routes
+            .iter()
+            .flat_map(|r| r.targets.iter())
+            .filter(|t| t.adapter.is_none() && !routes.contains(t.model.as_str()) && !t.model.split_once('/').is_some_and(|(p, _)| providers.contains(p)))
+            .map(|t| t.model.clone())
+            .collect()
+    };
+    let before = local(old);
+    let mut loaded = Vec::new();
+    for model in local(new).difference(&before) {
+        let store = std::sync::Arc::clone(service.manager.store());
+        let name = model.clone();
+        let Ok(Ok(entry)) = tokio::task::spawn_blocking(move || store.resolve(&name)).await else {
+            tracing::warn!(model = %model, "a route names a model that is not in the store");
+            continue;
+        };
+        match service.manager.acquire_within(entry, None, None, Duration::ZERO).await {
+            Ok(_lease) => loaded.push(model.clone()),
+            Err(e) => tracing::warn!(model = %model, "not loaded ahead of its route's traffic: {e}"),
+        }
+    }
+    loaded
 }
 
 #[cfg(unix)]

@@ -76,6 +76,27 @@ pub enum EngineError {
     Sampling(String),
     #[error("the request ran past its time limit of {0:?} (request_timeout, REQUEST_TIMEOUT)")]
     TimedOut(std::time::Duration),
+    /// Another server (a provider) refused or failed the request. `status` is what hearth
+    /// answers: the upstream's own 4xx, 429 when it is at its limit, 502 when it could not be
+    /// reached or failed, 504 when it did not answer in time.
+    #[error("{target}: {message}")]
+    Upstream { target: String, status: u16, message: String },
+    /// The request asks for something the provider's API cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl EngineError {
+    /// Whether another target may succeed where this one failed: the target could not be
+    /// reached, failed, was too slow to start, or was at its limit; not when the request
+    /// itself is at fault.
+    pub fn is_target_failure(&self) -> bool {
+        match self {
+            EngineError::Upstream { status, .. } => *status >= 500 || *status == 429,
+            EngineError::Backend(_) | EngineError::WorkerGone | EngineError::Task(_) | EngineError::Decode(_) | EngineError::Load { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Why a generation ended, with Ollama's names.

@@ -92,6 +92,13 @@ struct Inner {
     key_requests: IntCounterVec,
     key_tokens: IntCounterVec,
     key_cost: CounterVec,
+    // Per route and target; both come from the config, so the label sets are bounded.
+    route_requests: IntCounterVec,
+    route_fallbacks: IntCounterVec,
+    route_latency: HistogramVec,
+    route_ttft: HistogramVec,
+    route_tokens: IntCounterVec,
+    route_cost: CounterVec,
 }
 
 impl Metrics {
@@ -151,6 +158,33 @@ impl Metrics {
         let cost = inner.pricing.read().unwrap_or_else(PoisonError::into_inner).cost(model, prompt_tokens.saturating_add(completion_tokens));
         inner.key_cost.with_label_values(&[key]).inc_by(cost);
         cost
+    }
+
+    /// An attempt on a route's target that did not answer: `result` is "skipped" or the
+    /// failure's kind.
+    pub fn record_route(&self, route: &str, target: &str, result: &str) {
+        self.inner.route_requests.with_label_values(&[route, target, result]).inc();
+    }
+
+    /// A route moved on from `target` to its next one.
+    pub fn record_fallback(&self, route: &str, target: &str) {
+        self.inner.route_fallbacks.with_label_values(&[route, target]).inc();
+    }
+
+    /// An answer a route's target finished.
+    pub fn record_route_answer(&self, route: &str, target: &str, s: &crate::routing::stats::Served) {
+        let inner = &self.inner;
+        let labels = [route, target];
+        inner.route_requests.with_label_values(&[route, target, "ok"]).inc();
+        inner.route_latency.with_label_values(&labels).observe(s.latency.as_secs_f64());
+        if let Some(t) = s.ttft {
+            inner.route_ttft.with_label_values(&labels).observe(t.as_secs_f64());
+        }
+        inner.route_tokens.with_label_values(&[route, target, "input"]).inc_by(s.input_tokens);
+        inner.route_tokens.with_label_values(&[route, target, "output"]).inc_by(s.output_tokens);
+        if s.cost.is_finite() && s.cost > 0.0 {
+            inner.route_cost.with_label_values(&labels).inc_by(s.cost);
+        }
     }
 
     /// One cache lookup; `result` is "hit", "miss" or "unavailable".
@@ -313,6 +347,24 @@ impl Inner {
             key_tokens: counter("hearth_key_tokens_total", "Tokens used by API key (prompt, completion).", &["key", "kind"])?,
             key_cost: {
                 let c = CounterVec::new(Opts::new("hearth_key_cost_total", "Estimated cost by API key, from the configured prices."), &["key"])?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            route_requests: counter("hearth_route_requests_total", "Attempts on a route's targets, by result (ok, skipped, or the failure's kind).", &["route", "target", "result"])?,
+            route_fallbacks: counter("hearth_route_fallbacks_total", "Failures after which a route tried its next target.", &["route", "target"])?,
+            route_latency: {
+                let h = HistogramVec::new(HistogramOpts::new("hearth_route_latency_seconds", "Time from a target's attempt to its answer's end.").buckets(GENERATION_BUCKETS.to_vec()), &["route", "target"])?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            route_ttft: {
+                let h = HistogramVec::new(HistogramOpts::new("hearth_route_ttft_seconds", "Time from a target's attempt to its first token.").buckets(GENERATION_BUCKETS.to_vec()), &["route", "target"])?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            route_tokens: counter("hearth_route_tokens_total", "Tokens through a route's targets (input, output).", &["route", "target", "kind"])?,
+            route_cost: {
+                let c = CounterVec::new(Opts::new("hearth_route_cost_total", "Cost of a route's answers: providers' token prices, CPU time for local models."), &["route", "target"])?;
                 registry.register(Box::new(c.clone()))?;
                 c
             },

@@ -263,6 +263,12 @@ impl ModelManager {
     /// instance's loads a new instance (requests on the old one finish there); smaller or equal
     /// is served by the loaded instance, so differing `num_ctx` values never thrash.
     pub async fn acquire(&self, entry: ModelEntry, num_ctx: Option<u32>, keep_alive: Option<KeepAlive>) -> Result<ModelLease, ResourceError> {
+        self.acquire_within(entry, num_ctx, keep_alive, self.inner.limits.load_wait).await
+    }
+
+    /// `acquire`, waiting at most `load_wait` for busy models to make room (zero: a route
+    /// with another target moves on at once).
+    pub async fn acquire_within(&self, entry: ModelEntry, num_ctx: Option<u32>, keep_alive: Option<KeepAlive>, load_wait: Duration) -> Result<ModelLease, ResourceError> {
         let keep_alive = keep_alive.unwrap_or(self.inner.default_keep_alive);
         let wanted_ctx = num_ctx.unwrap_or(self.inner.defaults.num_ctx);
         if let Some(lease) = self.try_lease(&entry, wanted_ctx, keep_alive)? {
@@ -289,7 +295,7 @@ impl ModelManager {
                 budget,
             });
         }
-        let reservation = self.make_room(&entry.name, need).await?;
+        let reservation = self.make_room(&entry.name, need, load_wait).await?;
 
         let started = Instant::now();
         let backend = Arc::clone(&self.inner.backend);
@@ -331,9 +337,9 @@ impl ModelManager {
     /// for busy ones to finish when unloading the idle ones is not enough, at most
     /// `Limits::load_wait`. An older instance of `name` itself is retired: it finishes its
     /// requests and is then freed. The bytes are reserved for `name` until the reservation goes.
-    async fn make_room(&self, name: &str, need: u64) -> Result<Reservation, ResourceError> {
+    async fn make_room(&self, name: &str, need: u64, load_wait: Duration) -> Result<Reservation, ResourceError> {
         let started = Instant::now();
-        let deadline = started + self.inner.limits.load_wait;
+        let deadline = started + load_wait;
         let mut blocked_by_busy;
         loop {
             // Register interest before looking, so a change between the look and the wait

@@ -28,27 +28,27 @@ const FORMAT: &[u8] = b"hearth-answer-v1";
 /// The key of an answer: everything the rendered prompt and the sampling depend on. The model's
 /// file (digest, or path, size and time) and its Modelfile settings are part of it, so a
 /// changed model never hits an old answer.
-pub fn cache_key(entry: &ModelEntry, weights: crate::engine::convert::Weights, persona: Option<&str>, prompt: &PromptSpec, tools: Option<&ToolRequest>, options: &SamplingOptions) -> CacheKey {
-    let model = match &entry.digest {
-        Some(d) => format!("{} {d}", entry.name),
-        None => format!("{} {} {} {:?}", entry.name, entry.path.display(), entry.size, entry.modified),
-    };
-    let defaults = format!("{:?}", entry.defaults);
+pub fn cache_key(model: &str, persona: Option<&str>, prompt: &PromptSpec, tools: Option<&ToolRequest>, options: &SamplingOptions) -> CacheKey {
     let prompt = format!("{prompt:?}");
     let tools = format!("{tools:?}");
     let options = format!("{options:?}");
-    CacheKey::of(&[
-        FORMAT,
-        crate::VERSION.as_bytes(),
-        model.as_bytes(),
-        // Converted weights answer slightly differently from the file's.
-        weights.as_str().as_bytes(),
-        defaults.as_bytes(),
-        persona.unwrap_or("").as_bytes(),
-        prompt.as_bytes(),
-        tools.as_bytes(),
-        options.as_bytes(),
-    ])
+    CacheKey::of(&[FORMAT, crate::VERSION.as_bytes(), model.as_bytes(), persona.unwrap_or("").as_bytes(), prompt.as_bytes(), tools.as_bytes(), options.as_bytes()])
+}
+
+/// What identifies a local model's answers: its file (digest, or path, size and time), the
+/// weights it was converted to (converted weights answer slightly differently), and its
+/// Modelfile settings.
+pub fn local_identity(entry: &ModelEntry, weights: crate::engine::convert::Weights) -> String {
+    let file = match &entry.digest {
+        Some(d) => format!("{} {d}", entry.name),
+        None => format!("{} {} {} {:?}", entry.name, entry.path.display(), entry.size, entry.modified),
+    };
+    format!("local {file} {} {:?}", weights.as_str(), entry.defaults)
+}
+
+/// What identifies a provider model's answers: the server and the model's name there.
+pub fn remote_identity(url: &str, model: &str) -> String {
+    format!("remote {url} {model}")
 }
 
 /// A finished answer as the cache keeps it.

@@ -83,9 +83,13 @@ pub fn with_stop(mut options: OptionPatch, stop: Vec<String>) -> OptionPatch {
 /// Renders a named prompt template into the prompt: the generate prompt, or a new last user
 /// message of a chat. The variant for the model's architecture is used when the template has
 /// one.
-pub fn apply_template(catalog: &Catalog, store: &ModelStore, entry: &ModelEntry, t: &TemplateUse, prompt: PromptSpec) -> Result<PromptSpec, ServiceError> {
+/// `entry` is `None` for a provider's model: its family is unknown, so the base template.
+pub fn apply_template(catalog: &Catalog, store: &ModelStore, entry: Option<&ModelEntry>, t: &TemplateUse, prompt: PromptSpec) -> Result<PromptSpec, ServiceError> {
     let template = catalog.templates.get(&t.name).ok_or_else(|| ServiceError::UnknownTemplate(t.name.clone()))?;
-    let family = if template.families.is_empty() { None } else { architecture(store, &entry.path) };
+    let family = match entry {
+        Some(e) if !template.families.is_empty() => architecture(store, &e.path),
+        _ => None,
+    };
     let text = template.render(family.as_deref(), &t.variables)?;
     Ok(match prompt {
         PromptSpec::Generate { prompt, system, template: None, raw: false, context } if prompt.is_empty() => {

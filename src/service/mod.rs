@@ -10,8 +10,11 @@
 pub mod accounts;
 mod answer;
 pub mod catalog;
+mod embed;
+pub use embed::{EmbedResult, ValidEmbedRequest};
 mod history;
 pub mod reply;
+mod route;
 pub mod score;
 #[cfg(test)]
 mod tests;
@@ -24,7 +27,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::cache::{Lookup, ResponseCache};
 use crate::conversations::ConversationStore;
-use crate::backend::{EmbedJob, EngineError, Event, GenerateJob};
+use crate::backend::{EngineError, Event, GenerateJob};
 use crate::spec::options::{OptionPatch, SamplingOptions};
 use crate::spec::template::TemplateMessage;
 use crate::resources::{KeepAlive, ModelManager, ResourceError};
@@ -45,6 +48,8 @@ pub struct ValidRequest {
     /// What the API decided beyond Ollama's options: the grammar the answer must follow
     /// (structured output, tool calls), and log-probabilities (`Some(n)`: with n alternatives).
     pub grammar: Option<String>,
+    /// The output format the grammar came from, for a provider's model.
+    pub format: Option<crate::backend::OutputFormat>,
     pub logprobs: Option<u8>,
     pub keep_alive: Option<KeepAlive>,
     pub stream: bool,
@@ -67,6 +72,9 @@ pub struct ServiceOptions {
     pub template: Option<TemplateUse>,
     /// The API key's account the answer's tokens and cost are counted on.
     pub account: Option<Arc<accounts::Account>>,
+    /// What keeps a split route on one variant (a header, OpenAI's `user`); the
+    /// conversation id when there is one.
+    pub sticky: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +103,8 @@ pub enum ServiceError {
     Invalid(String),
     #[error("server busy: {limit} requests are already running (max_concurrent_requests); retry later")]
     Busy { limit: usize },
+    #[error("route '{route}' has no target that can answer now (tried or passed over: {}); their breakers are open or they failed", tried.join(", "))]
+    NoTarget { route: String, tried: Vec<String> },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -119,20 +129,28 @@ async fn resolve(manager: &ModelManager, model: &str, caller: Caller) -> Result<
     .map_err(ServiceError::from)
 }
 
-/// The request's options over the persona's over the model's parameters, resolved once; and
-/// whether any of them set `num_ctx` (which then picks the loaded instance).
+/// The request's options over the persona's over the model's parameters (a provider's model
+/// has none here), as a patch.
+fn merged_options(entry: Option<&crate::store::ModelEntry>, persona: Option<&catalog::Persona>, request: &OptionPatch) -> Result<OptionPatch, ServiceError> {
+    let mut patch = match entry {
+        Some(e) => e.defaults.options.as_ref().map_err(|err| ServiceError::ModelDefaults { model: e.name.clone(), reason: err.to_string() })?.clone(),
+        None => OptionPatch::default(),
+    };
+    if let Some(p) = persona {
+        patch = patch.over(&p.options);
+    }
+    Ok(patch.over(request))
+}
+
+/// The merged options resolved once; and whether any of them set `num_ctx` (which then picks
+/// the loaded instance).
 fn resolve_options(
     manager: &ModelManager,
     entry: &crate::store::ModelEntry,
     persona: Option<&catalog::Persona>,
     request: &OptionPatch,
 ) -> Result<(SamplingOptions, bool), ServiceError> {
-    let model = entry.defaults.options.as_ref().map_err(|e| ServiceError::ModelDefaults { model: entry.name.clone(), reason: e.to_string() })?;
-    let mut patch = model.clone();
-    if let Some(p) = persona {
-        patch = patch.over(&p.options);
-    }
-    let patch = patch.over(request);
+    let patch = merged_options(Some(entry), persona, request)?;
     Ok((patch.resolve(manager.defaults().num_ctx), patch.num_ctx.is_some()))
 }
 
@@ -160,6 +178,8 @@ pub struct ResponseInfo {
     pub conversation_id: Option<String>,
     /// Oldest conversation messages left out so the history fits the context.
     pub dropped_messages: usize,
+    /// Which target answered, when a route or a provider did.
+    pub served: Option<route::ServedBy>,
 }
 
 /// Whether the answer came from the response cache.
@@ -202,6 +222,8 @@ pub struct Service {
     profiles_file: Option<std::path::PathBuf>,
     /// One profile write at a time.
     profiles_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Providers and routes.
+    pub router: crate::routing::Router,
 }
 
 /// Request limits and logging choices of the service layer.
@@ -243,7 +265,14 @@ impl Service {
             running: Arc::default(),
             profiles_file: None,
             profiles_lock: Arc::default(),
+            router: crate::routing::Router::default(),
         }
+    }
+
+    /// Serves providers' models and routes through `router`.
+    pub fn with_router(mut self, router: crate::routing::Router) -> Service {
+        self.router = router;
+        self
     }
 
     /// Keeps profiles in `path` (loaded now, written on every change).
@@ -305,11 +334,30 @@ impl Service {
         Ok(guard)
     }
 
-    /// Starts a request: a cached answer replayed, or a generation on the engine.
+    /// Starts a request: through a route when the model names one, else on the model (local,
+    /// or a provider's); a cached answer replayed, or a generation.
     pub async fn start(&self, req: ValidRequest, caller: Caller, started: Instant) -> Result<Outcome, ServiceError> {
+        let table = self.router.table();
+        match route::find(&table, &req.model) {
+            Some(r) => route::start(self, &table, r, req, caller, started).await,
+            None => {
+                let remote = table.remote(&req.model).is_some();
+                let name = req.model.clone();
+                let mut outcome = self.start_on(req, caller, started, &table, &route::Attempt::default()).await?;
+                if let (true, Outcome::Generating(g)) = (remote, &mut outcome) {
+                    g.info.served = Some(route::ServedBy { target: name, tried: Vec::new(), attribution: None, router: self.router.clone() });
+                }
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Starts a request on one model: a local one (resolved in the store, leased from the
+    /// resource manager) or a provider's (`provider/model`).
+    async fn start_on(&self, req: ValidRequest, caller: Caller, started: Instant, table: &crate::routing::Table, attempt: &route::Attempt) -> Result<Outcome, ServiceError> {
         let catalog = self.catalog();
         let settings = self.settings();
-        let ValidRequest { mut model, prompt, tools, options, grammar, logprobs, keep_alive, stream: _, service } = req;
+        let ValidRequest { mut model, prompt, tools, options, grammar, format, logprobs, keep_alive, stream: _, service } = req;
         // A persona by the `persona` field, or by its name used as the model.
         let by_model = catalog.persona(&model).cloned();
         let persona = match &service.persona {
@@ -319,31 +367,47 @@ impl Service {
         if let Some(p) = by_model {
             model = p.model.clone();
         }
-        let mut entry = resolve(&self.manager, &model, caller).await?;
-        // A persona with a LoRA adapter is its own loaded instance: the base model plus the
-        // adapter, under the persona's name.
-        if let Some((p, adapter)) = persona.as_ref().and_then(|p| p.adapter.as_ref().map(|a| (p, a))) {
-            entry.defaults.adapters = vec![adapter.clone()];
-            entry.name = p.name.clone();
+        let remote = table.remote(&model);
+        let mut entry = match &remote {
+            Some(_) => None,
+            None => Some(resolve(&self.manager, &model, caller).await?),
+        };
+        // A persona or a route's target with a LoRA adapter is its own loaded instance: the
+        // base model plus the adapter, under its own name.
+        let adapter = attempt.adapter.as_ref().map(|a| (format!("{model}+{}", a.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()), a));
+        let adapter = adapter.or_else(|| persona.as_ref().and_then(|p| p.adapter.as_ref().map(|a| (p.name.clone(), a))));
+        if let (Some(e), Some((name, adapter))) = (entry.as_mut(), adapter) {
+            e.defaults.adapters = vec![adapter.clone()];
+            e.name = name;
         }
+        if remote.is_some() && (persona.as_ref().is_some_and(|p| p.adapter.is_some()) || attempt.adapter.is_some()) {
+            return Err(ServiceError::Invalid(format!("{model} is a provider's model: a LoRA adapter can't be applied to it")));
+        }
+        let served_name = entry.as_ref().map_or_else(|| model.clone(), |e| e.name.clone());
+        let patch = merged_options(entry.as_ref(), persona.as_ref(), &options)?;
+        let explicit_num_ctx = patch.num_ctx.is_some();
         // An empty request only loads or unloads; a prompt template fills an empty prompt.
         if prompt.is_empty() && service.template.is_none() {
+            let Some(entry) = entry else {
+                // A provider's model is always ready here.
+                return Ok(Outcome::Loaded { unloaded: keep_alive == Some(KeepAlive::For(Duration::ZERO)), load_duration: Duration::ZERO });
+            };
             if keep_alive == Some(KeepAlive::For(Duration::ZERO)) {
                 self.manager.unload(&entry.name);
                 return Ok(Outcome::Loaded { unloaded: true, load_duration: Duration::ZERO });
             }
-            let (options, explicit_num_ctx) = resolve_options(&self.manager, &entry, persona.as_ref(), &options)?;
-            let lease = self.manager.acquire(entry, explicit_num_ctx.then_some(options.num_ctx), keep_alive).await?;
+            let num_ctx = patch.resolve(self.manager.defaults().num_ctx).num_ctx;
+            let lease = self.manager.acquire(entry, explicit_num_ctx.then_some(num_ctx), keep_alive).await?;
             return Ok(Outcome::Loaded { unloaded: false, load_duration: lease.load_duration });
         }
-        let (mut options, explicit_num_ctx) = resolve_options(&self.manager, &entry, persona.as_ref(), &options)?;
+        let mut options = patch.resolve(self.manager.defaults().num_ctx);
         options.grammar = grammar;
         options.logprobs = logprobs;
         let mut prompt = prompt;
         if let Some(t) = &service.template {
             // It may read the model file's header (the template's variant for its family).
             let (c, s, e, t) = (Arc::clone(&catalog), Arc::clone(self.manager.store()), entry.clone(), t.clone());
-            prompt = tokio::task::spawn_blocking(move || catalog::apply_template(&c, &s, &e, &t, prompt))
+            prompt = tokio::task::spawn_blocking(move || catalog::apply_template(&c, &s, e.as_ref(), &t, prompt))
                 .await
                 .map_err(|e| ServiceError::Internal(format!("prompt template task failed: {e}")))??;
         }
@@ -369,6 +433,7 @@ impl Service {
             persona: persona.as_ref().map(|p| p.name.clone()),
             conversation_id: service.conversation_id.clone(),
             dropped_messages: 0,
+            served: None,
         };
         let record = answer::Record {
             cache: None,
@@ -376,11 +441,11 @@ impl Service {
                 store: self.conversations.clone(),
                 id,
                 guard,
-                model: entry.name.clone(),
+                model: served_name.clone(),
                 new_messages: assembled.new_messages.clone(),
             }),
             metrics: self.metrics.clone(),
-            model: entry.name.clone(),
+            model: served_name.clone(),
             persona: info.persona.clone(),
             started,
             timeout: settings.request_timeout,
@@ -390,11 +455,17 @@ impl Service {
             account: service.account.clone(),
         };
 
-        // The response cache: deterministic requests by default, others when asked.
+        // The response cache: deterministic requests by default, others when asked. The
+        // model's identity is part of the key, so each target has its own answers.
         let cacheable = service.use_cache.unwrap_or(options.temperature == 0.0 || options.seed.is_some());
         let mut record = record;
         if cacheable && self.cache.backend() != "disabled" {
-            let key = answer::cache_key(&entry, self.manager.defaults().weights, info.persona.as_deref(), &assembled.prompt, tools.as_ref(), &options);
+            let identity = match (&entry, &remote) {
+                (Some(e), _) => answer::local_identity(e, self.manager.defaults().weights),
+                (None, Some(r)) => answer::remote_identity(&r.provider().spec.url, &model),
+                (None, None) => return Err(ServiceError::Internal("a model is neither local nor remote".into())),
+            };
+            let key = answer::cache_key(&identity, info.persona.as_deref(), &assembled.prompt, tools.as_ref(), &options);
             match self.cache.get(&key).await {
                 Lookup::Hit(bytes) => match answer::CachedAnswer::decode(&bytes) {
                     Some(cached) => {
@@ -414,21 +485,35 @@ impl Service {
         }
 
         record.running = Some(self.admit(settings.max_concurrent_requests)?);
-        let num_ctx = explicit_num_ctx.then_some(options.num_ctx);
-        let lease = self.manager.acquire(entry, num_ctx, keep_alive).await?;
-        let load_duration = lease.load_duration;
-        let job = GenerateJob {
+        let mut job = GenerateJob {
             prompt: assembled.prompt,
             droppable: assembled.droppable,
             options,
-            model_system: lease.entry.defaults.system.clone(),
-            model_template: lease.entry.defaults.template.clone(),
+            model_system: None,
+            model_template: None,
+            asked: patch,
+            tools,
+            format,
         };
-        let submitted = Arc::clone(&lease.model).generate(job).await?;
+        let (submitted, load_duration) = match (entry, remote) {
+            (Some(entry), _) => {
+                let num_ctx = explicit_num_ctx.then_some(job.options.num_ctx);
+                let lease = match attempt.load_wait {
+                    Some(wait) => self.manager.acquire_within(entry, num_ctx, keep_alive, wait).await?,
+                    None => self.manager.acquire(entry, num_ctx, keep_alive).await?,
+                };
+                job.model_system = lease.entry.defaults.system.clone();
+                job.model_template = lease.entry.defaults.template.clone();
+                let submitted = Arc::clone(&lease.model).generate(job).await?;
+                let load_duration = lease.load_duration;
+                record.lease = Some(lease);
+                (submitted, load_duration)
+            }
+            (None, Some(remote)) => (crate::backend::ModelInstance::generate(remote, job).await?, Duration::ZERO),
+            (None, None) => return Err(ServiceError::Internal("a model is neither local nor remote".into())),
+        };
         info.dropped_messages = submitted.dropped_messages;
-        let events = submitted.events;
-        record.lease = Some(lease);
-        let events = answer::forward(events, record);
+        let events = answer::forward(submitted.events, record);
         Ok(Outcome::Generating(Generation { events, load_duration, started, info }))
     }
 }
@@ -436,109 +521,4 @@ impl Service {
 /// Starts a request without the service layer's state (tests, tools): see `Service::start`.
 pub async fn start(manager: &ModelManager, req: ValidRequest, caller: Caller, started: Instant) -> Result<Outcome, ServiceError> {
     Service::local(manager.clone()).start(req, caller, started).await
-}
-
-
-// ---------------------------------------------------------------- embeddings
-
-/// An embedding request that passed validation at the edge.
-#[derive(Debug, Clone)]
-pub struct ValidEmbedRequest {
-    pub model: String,
-    /// No inputs only loads the model, as in Ollama.
-    pub inputs: Vec<EmbedInput>,
-    /// Cut an input longer than the context to fit (Ollama's default) instead of refusing it.
-    pub truncate: bool,
-    /// Keep only the first N dimensions, normalized again; checked against the model's width.
-    pub dimensions: Option<usize>,
-    /// Scale each vector to unit length (`/api/embed`, `/v1/embeddings`); the legacy
-    /// `/api/embeddings` returns the pooled vector as it is, like Ollama's.
-    pub normalize: bool,
-    /// Only `num_ctx` matters here (it picks the instance and the limit).
-    pub options: OptionPatch,
-    pub keep_alive: Option<KeepAlive>,
-    /// The API key's account the tokens are counted on.
-    pub account: Option<Arc<accounts::Account>>,
-}
-
-/// The vectors, one per input in order, with Ollama's accounting.
-#[derive(Debug, Clone)]
-pub struct EmbedResult {
-    pub embeddings: Vec<Vec<f32>>,
-    /// Tokens embedded, after truncation.
-    pub prompt_tokens: usize,
-    pub load_duration: std::time::Duration,
-    pub total_duration: std::time::Duration,
-}
-
-impl Service {
-    /// Embeds every input with the model's pooled embeddings (one loaded instance serves
-    /// generation and embeddings). Counted, bounded and timed like a generation:
-    /// `max_concurrent_requests` admits it, `request_timeout` stops it, the metrics count it.
-    pub async fn embed(&self, req: ValidEmbedRequest, caller: Caller) -> Result<EmbedResult, ServiceError> {
-        let settings = self.settings();
-        let _running = self.admit(settings.max_concurrent_requests)?;
-        let model = req.model.clone();
-        let account = req.account.clone();
-        let started = Instant::now();
-        let work = embed(&self.manager, req, caller, started);
-        let result = match settings.request_timeout {
-            Some(limit) => match tokio::time::timeout_at(tokio::time::Instant::from_std(started) + limit, work).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.metrics.record_error("timeout");
-                    tracing::warn!(model = %model, "embedding stopped: past the request timeout of {limit:?}");
-                    return Err(EngineError::TimedOut(limit).into());
-                }
-            },
-            None => work.await,
-        };
-        if let Ok(r) = &result {
-            self.metrics.record_embedding(&model, r.prompt_tokens as u64);
-            if let Some(a) = &account {
-                a.charge(&self.metrics, &model, r.prompt_tokens as u64, 0);
-            }
-            tracing::info!(model = %model, prompt_tokens = r.prompt_tokens, inputs = r.embeddings.len(), duration_ms = r.total_duration.as_millis() as u64, "embedding done");
-        }
-        result
-    }
-}
-
-async fn embed(manager: &ModelManager, req: ValidEmbedRequest, caller: Caller, started: Instant) -> Result<EmbedResult, ServiceError> {
-    let entry = resolve(manager, &req.model, caller).await?;
-    let (options, explicit_num_ctx) = resolve_options(manager, &entry, None, &req.options)?;
-    let num_ctx = options.num_ctx;
-    let lease = manager.acquire(entry, explicit_num_ctx.then_some(num_ctx), req.keep_alive).await?;
-    let load_duration = lease.load_duration;
-    let done = |embeddings: Vec<Vec<f32>>, prompt_tokens: usize| EmbedResult {
-        embeddings,
-        prompt_tokens,
-        load_duration,
-        total_duration: started.elapsed(),
-    };
-    if req.inputs.is_empty() {
-        return Ok(done(Vec::new(), 0));
-    }
-    let n_embd = lease.model.n_embd();
-    if let Some(requested) = req.dimensions.filter(|d| !(1..=n_embd).contains(d)) {
-        return Err(EngineError::Dimensions { requested, n_embd }.into());
-    }
-    // Ollama's limit: the request's context, within what the instance holds.
-    let limit = num_ctx.min(lease.model.n_ctx_slot());
-    let job = EmbedJob { inputs: req.inputs, truncate: req.truncate, limit };
-    let embedded = Arc::clone(&lease.model).embed(job).await?;
-    let embeddings = embedded
-        .vectors
-        .into_iter()
-        .map(|mut v| match req.dimensions {
-            Some(dims) => crate::engine::embed::shorten(v, dims),
-            None => {
-                if req.normalize {
-                    crate::engine::embed::normalize(&mut v);
-                }
-                v
-            }
-        })
-        .collect();
-    Ok(done(embeddings, embedded.prompt_tokens))
 }

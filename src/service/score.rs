@@ -34,6 +34,7 @@ fn raw_request(model: &str, prompt: &str, num_predict: u32) -> Result<ValidReque
         tools: None,
         options,
         grammar: None,
+        format: None,
         logprobs: None,
         keep_alive: None,
         stream: true,

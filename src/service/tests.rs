@@ -42,6 +42,7 @@ fn generate(prompt: &str, opts: serde_json::Value) -> ValidRequest {
         tools: None,
         options: options(opts),
         grammar: None,
+        format: None,
         logprobs: None,
         keep_alive: None,
         stream: true,
@@ -311,4 +312,95 @@ fn options_are_model_under_persona_under_request() {
     entry.defaults.set_parameters(serde_json::json!({"num_gqa": 8}).as_object().expect("map").clone());
     let err = resolve_options(&f.service.manager, &entry, None, &request).expect_err("bad parameters");
     assert!(matches!(&err, ServiceError::ModelDefaults { model, .. } if model == "a:latest"), "{err}");
+}
+
+// ---------------------------------------------------------------- routes
+
+fn target(model: &str, weight: u32) -> crate::routing::TargetSpec {
+    crate::routing::TargetSpec { name: model.into(), model: model.into(), weight, options: OptionPatch::default(), persona: None, adapter: None }
+}
+
+/// A provider on a loopback port nothing listens on: every attempt fails to connect.
+fn dead_provider() -> crate::backend::remote::ProviderSpec {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    crate::backend::remote::ProviderSpec {
+        name: "gone".into(),
+        kind: crate::backend::remote::ProviderKind::Ollama,
+        url: format!("http://127.0.0.1:{port}"),
+        api_key_env: None,
+        timeouts: Default::default(),
+        max_concurrent: 4,
+        input_per_1k: 0.0,
+        output_per_1k: 0.0,
+        models: Some(vec!["m".into()]),
+        refresh: Duration::from_secs(300),
+        health_check: None,
+        max_tokens: 16,
+    }
+}
+
+fn routed(f: Fixture, routes: Vec<crate::routing::RouteSpec>) -> Fixture {
+    use crate::routing::{breaker::BreakerSettings, Router, RoutingConfig, Table};
+    let config = RoutingConfig { providers: vec![dead_provider()], routes, breaker: BreakerSettings { failures: 2, cooldown: Duration::from_secs(600) }, cpu_hour_price: 0.0 };
+    let table = Table::build(&config, 1.0, &|_| None).expect("table");
+    Fixture { service: f.service.with_router(Router::new(table)), ..f }
+}
+
+#[tokio::test]
+async fn a_fallback_route_moves_past_a_dead_provider_and_its_breaker_opens() {
+    use crate::routing::{RouteSpec, Strategy};
+    let route = RouteSpec { name: "chat".into(), strategy: Strategy::Fallback, targets: vec![target("gone/m", 1), target("a:latest", 1)] };
+    let f = routed(fixture(false, ServiceSettings::default()), vec![route]);
+    for round in 0..4 {
+        let mut req = generate("why", serde_json::json!({"num_predict": 2}));
+        req.model = "chat".into();
+        let a = run(&f.service, req).await.expect("a fallback answers");
+        let served = a.info.served.expect("served by a route");
+        assert_eq!(served.target, "a:latest");
+        assert_eq!(served.tried, ["gone/m"], "round {round}");
+        assert!(a.done.is_some());
+    }
+    let view = f.service.router.view();
+    let targets = &view["routes"][0]["targets"];
+    assert_eq!(targets[0]["breaker"], "open");
+    // Two failures opened it; after that it was passed over.
+    assert_eq!((targets[0]["errors"].as_u64(), targets[0]["skipped"].as_u64(), targets[0]["fallbacks"].as_u64()), (Some(2), Some(2), Some(2)));
+    assert_eq!((targets[1]["requests"].as_u64(), targets[1]["errors"].as_u64(), targets[1]["tokens"]["output"].as_u64()), (Some(4), Some(0), Some(8)));
+}
+
+#[tokio::test]
+async fn a_route_with_only_a_dead_provider_fails_with_the_providers_error_then_503() {
+    use crate::routing::{RouteSpec, Strategy};
+    let route = RouteSpec { name: "only".into(), strategy: Strategy::Fallback, targets: vec![target("gone/m", 1)] };
+    let f = routed(fixture(false, ServiceSettings::default()), vec![route]);
+    let mut req = generate("why", serde_json::json!({}));
+    req.model = "only".into();
+    for _ in 0..2 {
+        let e = run(&f.service, req.clone()).await.err().expect("fails");
+        assert!(matches!(e, ServiceError::Engine(EngineError::Upstream { status: 502, .. })), "{e}");
+    }
+    let e = run(&f.service, req).await.err().expect("breaker open");
+    assert!(matches!(e, ServiceError::NoTarget { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_split_keeps_a_conversation_on_one_variant_and_counts_each() {
+    use crate::routing::{RouteSpec, Strategy};
+    let route = RouteSpec { name: "ab".into(), strategy: Strategy::Split, targets: vec![target("a:latest", 70), target("b:latest", 30)] };
+    let f = routed(fixture(false, ServiceSettings::default()), vec![route]);
+    let mut seen = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..40 {
+        let mut req = generate("hi", serde_json::json!({"num_predict": 1}));
+        req.model = "ab".into();
+        req.service.sticky = Some(format!("user-{}", i % 8));
+        let a = run(&f.service, req).await.expect("answers");
+        let s = a.info.served.expect("served");
+        *seen.entry(format!("{} {}", i % 8, s.target)).or_default() += 1;
+    }
+    // Eight users, five requests each, each always on one variant.
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 5));
+    let view = f.service.router.view();
+    let total: u64 = view["routes"][0]["targets"].as_array().expect("targets").iter().map(|t| t["requests"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(total, 40);
 }

@@ -3,10 +3,11 @@
 
 use super::*;
 
-pub(super) async fn chat_completions(State(app): State<AppState>, Key(account): Key, OpenAiJson(req): OpenAiJson<ChatCompletionRequest>) -> OaiResult<Response> {
+pub(super) async fn chat_completions(State(app): State<AppState>, Key(account, sticky): Key, OpenAiJson(req): OpenAiJson<ChatCompletionRequest>) -> OaiResult<Response> {
     let started = Instant::now();
     let (plan, mut req) = req.validate()?;
     req.service.account = account;
+    req.service.sticky = sticky.or(req.service.sticky);
     let tools = req.tools.clone();
     let generations = start_choices(&app, req, plan.n, started).await?;
     let info = combined_info(&generations);

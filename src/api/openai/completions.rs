@@ -2,10 +2,11 @@
 
 use super::*;
 
-pub(super) async fn completions(State(app): State<AppState>, Key(account): Key, OpenAiJson(req): OpenAiJson<CompletionRequest>) -> OaiResult<Response> {
+pub(super) async fn completions(State(app): State<AppState>, Key(account, sticky): Key, OpenAiJson(req): OpenAiJson<CompletionRequest>) -> OaiResult<Response> {
     let started = Instant::now();
     let mut plan = req.sampling.plan()?;
     plan.service.account = account;
+    plan.service.sticky = sticky.or(plan.service.sticky);
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(invalid("suffix", "suffix (insertion) is not supported"));
     }
@@ -32,6 +33,7 @@ pub(super) async fn completions(State(app): State<AppState>, Key(account): Key, 
             tools: None,
             options: plan.options.clone(),
             grammar: plan.grammar.clone(),
+            format: None,
             logprobs: plan.logprobs,
             keep_alive: plan.keep_alive,
             stream: plan.stream,

@@ -17,7 +17,7 @@ pub(super) struct EmbeddingsRequest {
 /// Most inputs one embeddings request may carry.
 pub(super) const MAX_EMBED_INPUTS: usize = 2048;
 
-pub(super) async fn embeddings(State(app): State<AppState>, Key(account): Key, OpenAiJson(req): OpenAiJson<EmbeddingsRequest>) -> OaiResult<Response> {
+pub(super) async fn embeddings(State(app): State<AppState>, Key(account, _): Key, OpenAiJson(req): OpenAiJson<EmbeddingsRequest>) -> OaiResult<Response> {
     let model = req.model.filter(|m| !m.is_empty()).ok_or_else(|| invalid("model", "model is required"))?;
     let bad_input = || invalid("input", "input must be a string, a list of strings, a list of token ids, or a list of such lists");
     let token_ids = |items: &[Value]| -> Option<Vec<i32>> { items.iter().map(|t| t.as_i64().and_then(|t| i32::try_from(t).ok())).collect() };

@@ -24,7 +24,7 @@ pub(super) struct Sampling {
     pub(super) stream: Option<bool>,
     pub(super) stream_options: Option<StreamOptions>,
     pub(super) logit_bias: Option<Value>,
-    #[allow(dead_code)] // accepted, as OpenAI's API does; hearth keeps no per-user state.
+    /// Keeps one user on one variant of a split route.
     pub(super) user: Option<String>,
     // Extras: what Ollama and llama-server users send.
     pub(super) num_ctx: Option<i64>,
@@ -86,7 +86,9 @@ pub(super) struct Plan {
 
 impl Sampling {
     pub(super) fn plan(&self) -> OaiResult<Plan> {
-        let service = self.service.clone().validate(self.template.clone()).map_err(|e| OpenAiError { error: e, param: None })?;
+        let mut service = self.service.clone().validate(self.template.clone()).map_err(|e| OpenAiError { error: e, param: None })?;
+        // OpenAI's `user` keeps a user on one variant of a split route.
+        service.sticky = self.user.clone().filter(|u| !u.trim().is_empty());
         let model = self
             .model
             .clone()
@@ -244,6 +246,7 @@ impl ChatCompletionRequest {
             tools,
             options: plan.options.clone(),
             grammar: plan.grammar.clone(),
+            format: super::super::tools::output_format(format.as_ref()),
             logprobs: plan.logprobs,
             keep_alive: plan.keep_alive,
             stream: plan.stream,

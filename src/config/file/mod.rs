@@ -16,6 +16,7 @@
 
 pub mod auth;
 mod locate;
+mod routing;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -188,6 +189,8 @@ pub struct FileConfig {
     pub pull: crate::store::pull::PullLimits,
     /// API keys (`auth.keys` and `auth.keys_file`); empty means nothing asks for a key.
     pub keys: Vec<crate::service::accounts::KeySpec>,
+    /// Providers, routes, breakers and the price of local CPU time.
+    pub routing: crate::routing::RoutingConfig,
     /// The file read, if any.
     pub source: Option<PathBuf>,
 }
@@ -203,6 +206,7 @@ impl Default for FileConfig {
             templates: prompts::builtin(),
             pull: default_pull_limits(),
             keys: Vec::new(),
+            routing: Default::default(),
             source: None,
         }
     }
@@ -266,6 +270,9 @@ struct RawFile {
     templates: Option<BTreeMap<String, RawTemplate>>,
     auth: Option<auth::RawAuth>,
     pull: Option<RawPull>,
+    providers: Option<BTreeMap<String, routing::RawProvider>>,
+    routes: Option<BTreeMap<String, routing::RawRoute>>,
+    routing: Option<routing::RawRouting>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -436,6 +443,8 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
         max_bytes: Some(raw_pull.max_bytes.unwrap_or(DEFAULT_PULL_MAX_BYTES)),
     };
 
+    let routing = routing::routing(raw.providers, raw.routes, raw.routing, &personas, base, &at)?;
+
     Ok(FileConfig {
         server,
         engine,
@@ -445,6 +454,7 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
         templates,
         pull,
         keys,
+        routing,
         source: None,
     })
 }
@@ -505,19 +515,7 @@ fn persona(
             "is empty; leave it out for no system prompt".to_string(),
         ));
     }
-    let options = raw.options.unwrap_or_default();
-    // One option at a time first, so a type error names its option.
-    for (option, value) in &options {
-        if let Err(e) = OptionPatch::from_map(&serde_json::Map::from_iter([(option.clone(), value.clone())])) {
-            let message = if e.reason.starts_with("unknown field") {
-                format!("unknown Ollama option `{option}`")
-            } else {
-                e.reason
-            };
-            return Err(at(&["personas", key, "options", option], message));
-        }
-    }
-    let options = OptionPatch::from_map(&options).map_err(|e| at(&["personas", key, "options", &e.field], e.reason))?;
+    let options = option_patch(&raw.options.unwrap_or_default(), &["personas", key, "options"], at)?;
     let stop = raw.stop.unwrap_or_default();
     if stop.iter().any(String::is_empty) {
         return Err(at(&["personas", key, "stop"], "a stop sequence may not be empty".to_string()));
@@ -547,6 +545,23 @@ fn persona(
         adapter,
         description: raw.description,
     })
+}
+
+/// Ollama's `options` object at `path`, as a patch; an error names its option.
+fn option_patch(options: &serde_json::Map<String, Value>, path: &[&str], at: &dyn Fn(&[&str], String) -> ConfigError) -> Result<OptionPatch, ConfigError> {
+    let at_option = |option: &str, message: String| at(&[path, &[option]].concat(), message);
+    // One option at a time first, so a type error names its option.
+    for (option, value) in options {
+        if let Err(e) = OptionPatch::from_map(&serde_json::Map::from_iter([(option.clone(), value.clone())])) {
+            let message = if e.reason.starts_with("unknown field") {
+                format!("unknown Ollama option `{option}`")
+            } else {
+                e.reason
+            };
+            return Err(at_option(option, message));
+        }
+    }
+    OptionPatch::from_map(options).map_err(|e| at_option(&e.field, e.reason))
 }
 
 /// Each origin pattern is `*` or has a scheme (`https://app.example`, `app://*`).

@@ -56,9 +56,15 @@ fn shipped_config_shows_every_key() {
         (vec!["auth"], "auth:\n  zz_probe: 1\n"),
         (vec!["pull"], "pull:\n  zz_probe: 1\n"),
         (vec!["personas", "pirate"], "personas:\n  p:\n    zz_probe: 1\n"),
+        (vec!["providers", "lan"], "providers:\n  p:\n    zz_probe: 1\n"),
+        (vec!["providers", "lan", "timeouts"], "providers:\n  p:\n    kind: ollama\n    url: http://x\n    timeouts:\n      zz_probe: 1\n"),
+        (vec!["providers", "lan", "price"], "providers:\n  p:\n    kind: ollama\n    url: http://x\n    price:\n      zz_probe: 1\n"),
+        (vec!["routes", "ab", "targets", "1"], "routes:\n  r:\n    strategy: split\n    targets:\n      - zz_probe: 1\n"),
+        (vec!["routing"], "routing:\n  zz_probe: 1\n"),
+        (vec!["routing", "breaker"], "routing:\n  breaker:\n    zz_probe: 1\n"),
     ];
     for (path, probe) in sections {
-        let section = path.iter().fold(&shipped, |v, k| &v[*k]);
+        let section = path.iter().fold(&shipped, |v, k| match k.parse::<usize>() { Ok(i) => &v[i], Err(_) => &v[*k] });
         for field in fields_of(probe) {
             assert!(section.get(field.as_str()).is_some(), "config/hearth.yaml lacks {path:?}.{field}");
         }
