@@ -15,6 +15,11 @@ if ! command -v redis-server >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
 fi
 
+# llama.cpp's own server is a real upstream for the provider tests (OpenAI's and Anthropic's
+# APIs); built once into ~/.cache/hearth/peer.
+HEARTH_TEST_LLAMA_SERVER="$(bash scripts/build-peer.sh llama-server)/llama-server"
+export HEARTH_TEST_LLAMA_SERVER
+
 venv=target/test-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"

@@ -6,6 +6,7 @@ mod convert;
 mod embed;
 mod openai;
 mod prefix;
+mod routing;
 mod security;
 mod service;
 mod store;

@@ -104,6 +104,8 @@ impl Guard {
                 header::HeaderName::from_static(super::CACHE_HEADER),
                 header::HeaderName::from_static("x-request-id"),
                 header::HeaderName::from_static("x-hearth-dropped-messages"),
+                header::HeaderName::from_static(super::TARGET_HEADER),
+                header::HeaderName::from_static(super::ROUTE_HEADER),
             ])
             .max_age(Duration::from_secs(3600))
     }

@@ -373,6 +373,9 @@ impl Router {
     }
 }
 
+/// How soon a provider whose listing failed is asked again.
+const LISTING_RETRY: Duration = Duration::from_secs(5);
+
 /// Keeps providers' model lists fresh and runs their active health checks, each on its own
 /// period, until `shutdown`. A reloaded table's providers are picked up at the next tick; a
 /// provider is listed at once when it first appears.
@@ -389,7 +392,9 @@ pub async fn upkeep(router: Router, shutdown: impl std::future::Future<Output = 
         let now = Instant::now();
         for p in router.table().providers.values() {
             let key = format!("{} {}", p.name(), p.spec.url);
-            if p.spec.models.is_none() && listed.get(&key).is_none_or(|at| now.duration_since(*at) >= p.spec.refresh) {
+            // A failed listing is tried again soon: the provider may just be starting.
+            let due = |at: &Instant| now.duration_since(*at) >= p.spec.refresh || (p.listing_error().is_some() && now.duration_since(*at) >= LISTING_RETRY);
+            if p.spec.models.is_none() && listed.get(&key).is_none_or(due) {
                 listed.insert(key.clone(), now);
                 let p = Arc::clone(p);
                 tokio::spawn(async move {

@@ -106,7 +106,10 @@ impl Server {
             None => temp_dir("data"),
         };
         cmd.env("HEARTH_DATA", &data).envs(env.iter().copied());
-        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
+        cmd.args(["serve", "--host", "127.0.0.1"]);
+        if !extra.contains(&"--port") {
+            cmd.args(["--port", "0"]);
+        }
         if !extra.contains(&"--context-length") {
             cmd.args(["--context-length", "2048"]);
         }
@@ -148,6 +151,16 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Ends the server at once with SIGKILL (its own child handle), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
     }
 
     /// Resident memory of the server process, in bytes.

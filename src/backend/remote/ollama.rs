@@ -1,7 +1,7 @@
 //! Ollama's API as a provider's (Ollama itself, another hearth): `/api/chat`, `/api/generate`
 //! and `/api/embed`, streamed as NDJSON. Options go as Ollama's `options` object, as asked.
-//! Ollama has no `tool_choice`: a call that must happen is asked for as structured output
-//! (the call's JSON schema as `format`), which reads back as a call.
+//! Tools go as Ollama's `tools`, with `tool_choice` in OpenAI's values beside them: hearth's
+//! own extension, which another hearth follows and Ollama ignores.
 
 use std::time::Duration;
 
@@ -9,12 +9,12 @@ use serde_json::{json, Value};
 
 use super::{call_text, done, failed, refuse_local_only, turns, Decoder, ProviderKind, Turn};
 use crate::backend::{EmbedInput, EmbedJob, Embedded, EngineError, Event, GenerateJob, OutputFormat, PromptSpec};
-use crate::engine::grammar::{tool_call_schema, ToolChoice};
+use crate::engine::grammar::ToolChoice;
 
 pub(super) fn request(model: &str, job: &GenerateJob) -> Result<(&'static str, Value, Box<dyn Decoder>), EngineError> {
     refuse_local_only(job, ProviderKind::Ollama)?;
     let mut body = json!({ "model": model, "stream": true, "options": job.asked });
-    let mut format = job.format.as_ref().map(|f| match f {
+    let format = job.format.as_ref().map(|f| match f {
         OutputFormat::Json => json!("json"),
         OutputFormat::Schema(s) => s.clone(),
     });
@@ -45,16 +45,13 @@ pub(super) fn request(model: &str, job: &GenerateJob) -> Result<(&'static str, V
                 })
                 .collect();
             body["messages"] = json!(messages);
-            if let Some(tools) = &job.tools {
-                match &tools.choice {
-                    ToolChoice::None => {}
-                    ToolChoice::Auto => body["tools"] = json!(tools.offered()),
-                    ToolChoice::Required => format = Some(tool_call_schema(&tools.tools)),
-                    ToolChoice::Named(name) => {
-                        let one: Vec<_> = tools.tools.iter().filter(|t| t.name == *name).cloned().collect();
-                        format = Some(tool_call_schema(&one));
-                    }
-                }
+            if let Some(tools) = job.tools.as_ref().filter(|t| t.choice != ToolChoice::None) {
+                body["tools"] = json!(tools.offered());
+                body["tool_choice"] = match &tools.choice {
+                    ToolChoice::Named(name) => json!({ "type": "function", "function": { "name": name } }),
+                    ToolChoice::Required => json!("required"),
+                    _ => json!("auto"),
+                };
             }
             "/api/chat"
         }

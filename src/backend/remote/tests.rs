@@ -3,9 +3,7 @@ use crate::engine::grammar::{ToolChoice, ToolRequest, ToolSpec};
 use crate::spec::options::OptionPatch;
 
 fn job(prompt: PromptSpecArg) -> GenerateJob {
-    let mut asked = OptionPatch::default();
-    asked.temperature = Some(0.0);
-    asked.num_predict = Some(16);
+    let asked = OptionPatch { temperature: Some(0.0), num_predict: Some(16), ..OptionPatch::default() };
     GenerateJob {
         prompt: match prompt {
             PromptSpecArg::Chat(m) => crate::backend::PromptSpec::Chat { messages: m, tools: Vec::new() },
@@ -73,11 +71,11 @@ fn each_api_gets_the_options_that_were_asked_for_in_its_own_names() {
 }
 
 #[test]
-fn a_required_tool_call_is_structured_output_on_ollama_and_a_choice_elsewhere() {
+fn a_required_tool_call_goes_as_each_apis_choice() {
     let mut j = job(PromptSpecArg::Chat(vec![msg("user", "weather?")]));
     j.tools = Some(weather());
     let (_, body, _) = ollama::request("m", &j).expect("ok");
-    assert!(body.get("tools").is_none() && body["format"]["properties"]["name"].is_object(), "{body}");
+    assert_eq!((body["tools"][0]["function"]["name"].as_str(), body["tool_choice"].as_str()), (Some("weather"), Some("required")), "{body}");
     let (_, body, _) = openai::request("m", &j).expect("ok");
     assert_eq!(body["tool_choice"], "required");
     let (_, body, _) = anthropic::request("m", &j, 10).expect("ok");
