@@ -81,6 +81,22 @@ fn a_second_hearth_serves_as_an_ollama_and_an_openai_provider() {
     let resp = s.post("/api/chat", &json!({"model": "up/no-such-model", "messages": [{"role": "user", "content": "x"}], "stream": false}));
     assert_eq!(resp.status(), 404, "{:?}", resp.text());
 
+    // The command line reaches providers through the config file too: `run` and `stdio`.
+    let out = crate::support::hearth().env("HEARTH_CONFIG", &config).args(["run", "up/smollm2:135m", "Say hi.", "--num-predict", "4"]).output().expect("run");
+    assert!(out.status.success() && !out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut stdio = crate::support::hearth()
+        .env("HEARTH_CONFIG", &config)
+        .args(["stdio", "upo/smollm2:135m"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("stdio");
+    std::io::Write::write_all(&mut stdio.stdin.take().expect("stdin"), b"{\"prompt\": \"Say hi.\", \"options\": {\"num_predict\": 4}}\n").expect("write");
+    let out = stdio.wait_with_output().expect("stdio output");
+    let line: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().expect("a line")).expect("json line");
+    assert_eq!((line["done"].as_bool(), line["target"].as_str()), (Some(true), Some("upo/smollm2:135m")), "{line}");
+
     run_python("provider_clients.py", &[("HEARTH_URL", &format!("http://{}", s.addr)), ("OLLAMA_MODEL", "up/smollm2:135m"), ("OPENAI_MODEL", "upo/smollm2:135m")]);
     // Every generation above ran upstream; the front holds no model still.
     assert!(s.loaded().is_empty());
@@ -101,8 +117,21 @@ fn a_fallback_route_keeps_answering_when_its_first_target_is_killed() {
         let resp = ollama(&s);
         assert_eq!((resp.status().as_u16(), target_of(&resp)), (200, "up/smollm2:135m".to_string()));
     }
+    // A conversation's first turn, answered upstream.
+    let turn = |s: &Server, text: &str| s.post("/api/chat", &json!({"model": "chat", "conversation_id": "trip", "messages": [{"role": "user", "content": text}], "stream": false, "options": {"num_predict": 3}}));
+    assert_eq!(target_of(&turn(&s, "Hello.")), "up/smollm2:135m");
 
+    // An answer already streaming when its target dies is not retried: it ends with an error
+    // line.
+    let resp = s.client.post(s.url("/api/chat")).json(&json!({"model": "chat", "messages": [{"role": "user", "content": "Tell a long story."}], "options": {"num_predict": 400, "temperature": 1}})).send().expect("stream");
+    assert_eq!(target_of(&resp), "up/smollm2:135m");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(resp));
+    let first: Value = serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json");
+    assert_eq!(first["done"], false);
     upstream.kill();
+    let last: Value = serde_json::from_str(&lines.map_while(Result::ok).last().expect("a last line")).expect("json");
+    assert!(last["error"].as_str().is_some_and(|e| e.contains("up")), "{last}");
+
     // Every request after the kill is answered, by the local model.
     for i in 0..6 {
         let resp = if i % 2 == 0 { ollama(&s) } else { openai(&s) };
@@ -114,15 +143,21 @@ fn a_fallback_route_keeps_answering_when_its_first_target_is_killed() {
             assert_eq!(v["tried"], json!(["up/smollm2:135m"]), "{v}");
         }
     }
+    // The conversation goes on with whichever target answers.
+    assert_eq!(target_of(&turn(&s, "Still there?")), SMOL);
+    let c: Value = s.get("/api/conversations/trip").json().expect("conversation");
+    let roles: Vec<&str> = c["messages"].as_array().expect("messages").iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"], "{c}");
     let routes: Value = s.get("/api/routes").json().expect("routes");
     let up = route_target(&routes, "chat", "up/smollm2:135m");
-    assert!(up["errors"].as_u64() >= Some(2) && up["fallbacks"] == up["errors"], "{up}");
+    // The stream that broke counts as an error but not as a fallback.
+    assert!(up["errors"].as_u64() >= Some(2) && up["errors_by_kind"]["stream"] == 1 && up["fallbacks"].as_u64() == up["errors"].as_u64().map(|e| e - 1), "{up}");
     assert_eq!(up["breaker_trips"], 1, "{up}");
     let local = route_target(&routes, "chat", SMOL);
-    assert_eq!((local["requests"].as_u64(), local["errors"].as_u64()), (Some(6), Some(0)), "{local}");
+    assert_eq!((local["requests"].as_u64(), local["errors"].as_u64()), (Some(7), Some(0)), "{local}");
     // The metrics agree with the route's own counts.
     assert_eq!(s.metric("hearth_route_fallbacks_total", "target=\"up/smollm2:135m\""), up["fallbacks"].as_f64());
-    assert_eq!(s.metric("hearth_route_requests_total", &format!("result=\"ok\",route=\"chat\",target=\"{SMOL}\"")), Some(6.0));
+    assert_eq!(s.metric("hearth_route_requests_total", &format!("result=\"ok\",route=\"chat\",target=\"{SMOL}\"")), Some(7.0));
 
     // The upstream comes back on its port: after the cooldown a probe goes to it, and traffic
     // returns.

@@ -41,6 +41,15 @@ pub fn manager_with(store: ModelStore, engine: &EngineConfig) -> ModelManager {
     ModelManager::new(Arc::new(store), Arc::new(crate::backend::llama::LlamaCpp), engine.load.clone(), engine.keep_alive, engine.limits)
 }
 
+/// Providers and routes from the config file (`HEARTH_CONFIG`, else the default path when
+/// it exists), so `run` and `stdio` reach the same models as the server does.
+pub(crate) fn router() -> anyhow::Result<crate::routing::Router> {
+    let path = std::env::var_os("HEARTH_CONFIG").filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    let file = config::file::load(path.as_deref(), &config::file::process_env)?;
+    let table = crate::routing::Table::build(&file.routing, 1.0, &config::file::process_env).map_err(anyhow::Error::msg)?;
+    Ok(crate::routing::Router::new(table))
+}
+
 /// Where hearth keeps its own data (conversations, profiles) when no config file is read:
 /// `HEARTH_DATA`, else the per-user data directory.
 pub fn default_data_dir() -> std::path::PathBuf {

@@ -51,6 +51,7 @@ pub fn options_from_flags(g: &GenerationArgs) -> anyhow::Result<Map<String, Valu
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = options_from_flags(&args.generation)?;
     let manager = super::manager(super::open_store(&args.store), &args.engine)?;
+    let service = service::Service::local(manager.clone()).with_router(super::router()?);
     let mut prompt = args.prompt.join(" ");
     let interactive_stdin = std::io::stdin().is_terminal();
     if !interactive_stdin {
@@ -65,19 +66,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Validate the options before spending time on a load.
     let probe: GenerateRequest = serde_json::from_value(json!({"model": args.model, "options": options}))?;
     probe.validate().map_err(|e| anyhow::anyhow!(e.message))?;
-    let lease = preload(&manager, &args.model, num_ctx).await?;
+    // A provider's model or a route has nothing to load here.
+    let table = service.router.table();
+    let lease = match table.remote(&args.model).is_some() || table.routes.contains_key(&args.model) {
+        true => None,
+        false => Some(preload(&manager, &args.model, num_ctx).await?),
+    };
 
     if prompt.is_empty() {
-        return interactive(&manager, &args.model, options, &lease).await;
+        return interactive(&service, &args.model, options).await;
     }
     let req: GenerateRequest = serde_json::from_value(json!({
         "model": args.model, "prompt": prompt, "options": options, "stream": true,
     }))?;
     let req = req.validate().map_err(|e| anyhow::anyhow!(e.message))?;
-    let (_, done) = stream_to_stdout(&manager, req).await?;
+    let (_, done) = stream_to_stdout(&service, req).await?;
     if args.verbose {
         if let Some(c) = done {
-            print_stats(&c, lease.load_duration);
+            print_stats(&c, lease.map_or(Duration::ZERO, |l| l.load_duration));
         }
     }
     Ok(())
@@ -102,8 +108,8 @@ async fn preload(manager: &ModelManager, model: &str, num_ctx: Option<i64>) -> a
 
 /// Streams one request's text to stdout; returns the text and the final accounting.
 /// Ctrl-C stops the generation (the engine drops it) and returns what was produced.
-async fn stream_to_stdout(manager: &ModelManager, req: ValidRequest) -> anyhow::Result<(String, Option<Completion>)> {
-    let Outcome::Generating(Generation { events, .. }) = service::start(manager, req, Caller::Local, Instant::now()).await? else {
+async fn stream_to_stdout(service: &service::Service, req: ValidRequest) -> anyhow::Result<(String, Option<Completion>)> {
+    let Outcome::Generating(Generation { events, .. }) = service.start(req, Caller::Local, Instant::now()).await? else {
         return Ok((String::new(), None));
     };
     let pieces = reply::pieces(events, None);
@@ -152,7 +158,7 @@ const HELP: &str = "Available commands:
 Use \"\"\" to begin and end a multi-line message.";
 
 /// The interactive chat: keeps the history and sends it with each turn.
-async fn interactive(manager: &ModelManager, model: &str, mut options: Map<String, Value>, _lease: &ModelLease) -> anyhow::Result<()> {
+async fn interactive(service: &service::Service, model: &str, mut options: Map<String, Value>) -> anyhow::Result<()> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut history: Vec<Value> = Vec::new();
     loop {
@@ -225,7 +231,7 @@ async fn interactive(manager: &ModelManager, model: &str, mut options: Map<Strin
                 continue;
             }
         };
-        match stream_to_stdout(manager, req).await {
+        match stream_to_stdout(service, req).await {
             Ok((text, _)) => history.push(json!({"role": "assistant", "content": text})),
             Err(e) => {
                 history.pop();

@@ -25,9 +25,14 @@ use crate::service::{Caller, Service};
 
 pub async fn run(args: StdioArgs) -> anyhow::Result<()> {
     let manager = super::manager(super::open_store(&args.store), &args.engine)?;
-    // Load up front so the first request doesn't pay for it and a bad model fails at once.
-    let entry = manager.store().resolve_name_or_path(&args.model)?;
-    let _lease = manager.acquire(entry, None, None).await?;
+    let router = super::router()?;
+    // Load up front so the first request doesn't pay for it and a bad model fails at once (a
+    // provider's model or a route has nothing to load here).
+    let table = router.table();
+    let _lease = match table.remote(&args.model).is_some() || table.routes.contains_key(&args.model) {
+        true => None,
+        false => Some(manager.acquire(manager.store().resolve_name_or_path(&args.model)?, None, None).await?),
+    };
     // Scripts continue conversations by `conversation_id`, as HTTP clients do.
     let conversations = match ConversationStore::open(&super::default_data_dir()) {
         Ok(c) => Some(c),
@@ -43,7 +48,8 @@ pub async fn run(args: StdioArgs) -> anyhow::Result<()> {
         Metrics::new(Default::default()),
         Default::default(),
         Default::default(),
-    );
+    )
+    .with_router(router);
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {

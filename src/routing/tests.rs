@@ -77,3 +77,14 @@ fn local_cost_is_cpu_time_and_remote_cost_is_tokens() {
     // 10 s on 2 threads at $3.60 per CPU-hour: 20 CPU-seconds = $0.02.
     assert!((router.cost("x:latest", 100, 100, Duration::from_secs(10)) - 0.02).abs() < 1e-9);
 }
+
+#[test]
+fn a_failed_health_check_opens_the_providers_breakers_only() {
+    let router = Router::new(Table::default());
+    assert!(router.allow("lan/x") && router.allow("wan/y"));
+    router.provider_health("lan", Err("could not connect".into()));
+    assert!(!router.allow("lan/x"), "lan's model is passed over");
+    assert!(router.allow("wan/y"), "another provider's is not");
+    router.provider_health("lan", Ok(()));
+    assert!(!router.allow("lan/x"), "a good check doesn't close it: a probe does, after the cooldown");
+}
