@@ -268,9 +268,13 @@ impl Router {
     /// A provider's active health check: down opens the breakers of its models that have one.
     pub fn provider_health(&self, provider: &str, result: Result<(), String>) {
         let now = Instant::now();
+        let listed: Vec<String> = self.table().providers.get(provider).map(|p| p.models()).unwrap_or_default();
         let mut state = self.state();
         let prefix = format!("{provider}/");
         if result.is_err() {
+            for m in listed {
+                state.breakers.entry(format!("{prefix}{m}")).or_default();
+            }
             for (model, b) in state.breakers.iter_mut() {
                 if model.starts_with(&prefix) {
                     b.trip(now);

@@ -337,7 +337,12 @@ impl ModelInstance for RemoteModel {
                 let _permit = permit;
                 let finished = send(&tx, first);
                 if !finished {
-                    pump(reader, &tx, total.map(|t| tokio::time::Instant::from_std(started) + t), &name).await;
+                    pump(&mut reader, &tx, total.map(|t| tokio::time::Instant::from_std(started) + t), &name).await;
+                }
+                // Read the body to its end, so the connection goes back to the pool for the
+                // next request instead of being closed.
+                if !tx.is_closed() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = reader.body.next().await {} }).await;
                 }
             });
             Ok(Submitted { events, dropped_messages: 0 })
@@ -386,7 +391,7 @@ fn send(tx: &UnboundedSender<Event>, events: Vec<Event>) -> bool {
 
 /// Streams the rest of the answer; the response (and with it the upstream's work) is dropped
 /// as soon as the client is gone.
-async fn pump(mut reader: Reader, tx: &UnboundedSender<Event>, deadline: Option<tokio::time::Instant>, name: &str) {
+async fn pump(reader: &mut Reader, tx: &UnboundedSender<Event>, deadline: Option<tokio::time::Instant>, name: &str) {
     loop {
         let next = tokio::select! {
             biased;
