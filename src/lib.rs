@@ -11,8 +11,8 @@
 //!                `openai` (the /v1 routes and OpenAI's error shape), `tools` (tool definitions,
 //!                formats, reading calls back), `embed` (Ollama's embedding routes),
 //!                `models` (tags/show/ps objects), `store` (pull/create/copy/delete/blobs),
-//!                `layer` (health, metrics, cache, templates, conversations, reload), `seed`
-//!                (the seeds' routes), `observe` (request ids, request logs and metrics),
+//!                `layer` (health, metrics, cache, templates, conversations, reload),
+//!                `routing` (routes' state, feedback), `seed` (the seeds' routes), `observe` (request ids, request logs and metrics),
 //!                `guard` (browser origins, CORS, loopback host names), `auth` (API keys,
 //!                scopes, rate limits), `listen` (the accept loop: header timeout, connection
 //!                cap, graceful shutdown), `lifecycle` (reload, and ending streams at
@@ -22,8 +22,13 @@
 //!                lookup, admission, resolve, lease, generate; `answer` forwards the backend's
 //!                events (or replays a cached answer) and records the finished answer; `reply`
 //!                reads them once for every front end (text, a tool call held back, done or
-//!                failed); `score` is /validate-model's decode measurement; `accounts` is
+//!                failed); `route` tries a route's targets one after another and watches
+//!                the answer for the target's breaker and counts; `embed` is the embedding
+//!                path; `score` is /validate-model's decode measurement; `accounts` is
 //!                an API key's scopes, limits and usage.
+//! - `routing`    providers and routes: the table (swapped whole on reload), which backend a
+//!                name means (`provider/model`), a route's plan (fallback order, a split's
+//!                sticky pick), breakers, counts, cost and feedback, the providers' upkeep.
 //! - `cache`      the response cache: bytes under hashed keys, in memory or in Redis.
 //! - `conversations` server-side conversations in SQLite (WAL), one turn at a time per id.
 //! - `metrics`    the Prometheus registry and its JSON view with percentiles.
@@ -34,8 +39,10 @@
 //!                dead instances dropped. Holds models only as `backend::ModelInstance`.
 //! - `backend`    the seam: `Backend` (estimate, load) and `ModelInstance` (generate from an
 //!                assembled prompt, embed), with typed `Event`s back. `llama` is llama.cpp
-//!                behind it (render, trim history, tokenize, submit); `fake` is a deterministic
-//!                stand-in for the tests of the layers above (`cfg(test)`).
+//!                behind it (render, trim history, tokenize, submit); `remote` is another
+//!                server behind it (a provider: Ollama's, OpenAI's or Anthropic's API);
+//!                `fake` is a deterministic stand-in for the tests of the layers above
+//!                (`cfg(test)`).
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
 //!                with continuous batching and embeddings (`worker`, `embed`), prompt chunks
 //!                sized for quick cancellation (`pace`), sampling with
@@ -50,7 +57,8 @@
 //!                (`OptionPatch`: model < persona < request, resolved once to
 //!                `SamplingOptions`), chat and request templates. No llama.cpp, no I/O.
 //!
-//! Layers point down: api -> service -> resources -> backend -> engine -> store -> spec. A layer
+//! Layers point down: api -> service -> (routing, resources) -> backend -> engine -> store ->
+//! spec. A layer
 //! may use any layer below it (the API builds `engine::grammar` values, the service reads
 //! `store` entries), never one above. `cache`, `conversations`, `metrics` and `prompts` are
 //! leaves the service uses; `config` and `api` are edges that turn outside input into the
@@ -64,7 +72,9 @@
 //! - Nothing outside `engine` imports `llama_cpp_2`, and no async task ever runs a decode.
 //! - Nothing above `backend` knows which backend produced a token: `resources` and `service`
 //!   hold `dyn ModelInstance`, and the tests run them on the fake.
-//! - Nothing outside `api` defines a wire struct; the core takes only validated types. The one
+//! - Nothing outside `api` defines a wire struct, and nothing outside `api` and
+//!   `backend::remote` (which speaks other servers' APIs, as `serde_json::Value`s) knows a wire
+//!   format; the core takes only validated types. The one
 //!   shared parser is `spec::options`'s private shape of Ollama's `options` object, which the
 //!   API, the config file, stored profiles and Modelfiles all turn into an `OptionPatch`.
 //! - No `serde_json::Value` travels between the API and the backend except JSON that is data:
@@ -85,7 +95,11 @@
 //!   holding the route's scope; no key is stored or logged, only its SHA-256.
 //! - No pull asked over the network connects to a loopback, private, link-local or reserved
 //!   address outside `pull.allow`.
-//! - No answer keeps working for a client that left: the engine drops it at its next step.
+//! - No answer keeps working for a client that left: the engine drops it at its next step,
+//!   and a provider's request is dropped with it.
+//! - No provider's API key is written in the config file, logged or shown: it is read from the
+//!   environment variable the file names and only sent in its request header.
+//! - No request is retried on another target once its answer has started reaching the client.
 
 // The code map above aligns its descriptions in a column.
 #![allow(clippy::doc_overindented_list_items)]
