@@ -122,13 +122,15 @@ pub struct Record {
     pub running: Option<super::RunningGuard>,
     pub lease: Option<ModelLease>,
     pub account: Option<std::sync::Arc<super::accounts::Account>>,
+    /// A route's target: told how the answer ended, for its breaker and counts.
+    pub watch: Option<super::route::Watch>,
 }
 
 /// Forwards the engine's events to the returned receiver and records the answer when it is
 /// complete. The model's lease and the turn's lock are held until then. Dropping the receiver
 /// cancels the generation at once, even while nothing is sent (queued, or reading the prompt):
 /// the engine's channel is dropped with it, so the worker drops the request at its next step.
-pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> UnboundedReceiver<Event> {
+pub fn forward(mut engine: UnboundedReceiver<Event>, mut record: Record) -> UnboundedReceiver<Event> {
     let (tx, rx) = unbounded_channel();
     let task = async move {
         let deadline = record.timeout.map(|t| tokio::time::Instant::from_std(record.started) + t);
@@ -153,6 +155,9 @@ pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> Unbounde
             };
             let Some(event) = event else {
                 let limit = record.timeout.unwrap_or_default();
+                if let Some(w) = record.watch.take() {
+                    w.failed("timeout");
+                }
                 record.metrics.record_error("timeout");
                 tracing::warn!(model = %record.model, "generation stopped: past the request timeout of {limit:?}");
                 let _ = tx.send(Event::Failed(EngineError::TimedOut(limit)));
@@ -181,17 +186,26 @@ pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> Unbounde
                     if let Some((cache, key)) = &record.cache {
                         cache.put(key, CachedAnswer::new(pieces, &c).encode()).await;
                     }
+                    if let Some(w) = record.watch.take() {
+                        w.done(&c, first_token);
+                    }
                     let ttft = first_token.map(|t| t.duration_since(record.started));
                     finish(record, &answer, &c, ttft, false).await;
                     let _ = tx.send(Event::Done(c));
                     return;
                 }
                 Some(Event::Failed(e)) => {
+                    if let Some(w) = record.watch.take() {
+                        w.failed("stream");
+                    }
                     let _ = tx.send(Event::Failed(e));
                     return;
                 }
                 // The engine dropped the request without a last word: its worker died.
                 None => {
+                    if let Some(w) = record.watch.take() {
+                        w.failed("stream");
+                    }
                     record.metrics.record_error("worker");
                     tracing::error!(model = %record.model, "generation lost: the model's worker stopped");
                     let _ = tx.send(Event::Failed(EngineError::WorkerGone));
@@ -205,7 +219,7 @@ pub fn forward(mut engine: UnboundedReceiver<Event>, record: Record) -> Unbounde
 }
 
 /// Replays a cached answer as events, and records the turn like a fresh answer.
-pub async fn replay(cached: CachedAnswer, record: Record) -> UnboundedReceiver<Event> {
+pub async fn replay(cached: CachedAnswer, mut record: Record) -> UnboundedReceiver<Event> {
     // Everything is at hand: queue the whole answer now, in this task (no task to spawn and
     // wake per hit), and finish the record before the final event, as a generation does.
     let (tx, rx) = unbounded_channel();
@@ -233,6 +247,9 @@ pub async fn replay(cached: CachedAnswer, record: Record) -> UnboundedReceiver<E
         eval: took,
         context: cached.context,
     };
+    if let Some(w) = record.watch.take() {
+        w.done(&c, Some(replay_started));
+    }
     finish(record, &answer, &c, ttft, true).await;
     let _ = tx.send(Event::Done(c));
     rx

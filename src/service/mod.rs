@@ -453,6 +453,7 @@ impl Service {
             running: None,
             lease: None,
             account: service.account.clone(),
+            watch: attempt.watch.clone(),
         };
 
         // The response cache: deterministic requests by default, others when asked. The

@@ -11,22 +11,22 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-
 use super::{Caller, Outcome, Service, ServiceError, ValidRequest};
-use crate::backend::{EngineError, Event};
+use crate::backend::EngineError;
 use crate::resources::ResourceError;
 use crate::routing::stats::Served;
 use crate::routing::{self, Attribution, RouteSpec, Router, Table};
 use crate::store::StoreError;
 
 /// How one attempt may differ from a plain request on its model.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct Attempt {
     /// A LoRA adapter for this target.
     pub adapter: Option<std::path::PathBuf>,
     /// How long a local model may wait for room (`None`: the manager's `load_wait`).
     pub load_wait: Option<Duration>,
+    /// Told how the answer ends (a route's target).
+    pub watch: Option<Watch>,
 }
 
 /// Which target answered a request, for its header, its final object and its feedback.
@@ -106,14 +106,12 @@ pub(super) async fn start(service: &Service, table: &Table, route: std::sync::Ar
             attempt_req.service.persona.clone_from(&target.persona);
         }
         // Another target remains: a local model that can't get room at once is passed over.
-        let attempt = Attempt { adapter: target.adapter.clone(), load_wait: (!last).then_some(Duration::ZERO) };
-        let attempt_started = Instant::now();
+        let watch = Watch { router: router.clone(), metrics: service.metrics.clone(), route: route.name.clone(), variant: plan.variant.clone(), target_route: target_route.clone(), target: target.name.clone(), model: target.model.clone(), started: Instant::now() };
+        let attempt = Attempt { adapter: target.adapter.clone(), load_wait: (!last).then_some(Duration::ZERO), watch: Some(watch) };
         match service.start_on(attempt_req, caller, started, table, &attempt).await {
             Ok(Outcome::Generating(mut g)) => {
                 let attribution = Attribution { route: route.name.clone(), variant: plan.variant.clone(), target: target.name.clone(), target_route: target_route.clone() };
                 g.info.served = Some(ServedBy { target: target.model.clone(), tried, attribution: Some(attribution), router: router.clone() });
-                let watch = Watch { router: router.clone(), metrics: service.metrics.clone(), route: route.name.clone(), variant: plan.variant.clone(), target_route: target_route.clone(), target: target.name.clone(), model: target.model.clone(), started: attempt_started };
-                g.events = watch.events(g.events);
                 return Ok(Outcome::Generating(g));
             }
             Ok(loaded) => return Ok(loaded),
@@ -140,9 +138,10 @@ pub(super) async fn start(service: &Service, table: &Table, route: std::sync::Ar
     Err(last_error.unwrap_or_else(|| ServiceError::NoTarget { route: route.name.clone(), tried }))
 }
 
-/// Watches an answer from a route's target to its end: its breaker and counts hear how it
-/// went.
-struct Watch {
+/// An answer from a route's target, watched to its end (by `answer::forward` or `replay`):
+/// its breaker and counts hear how it went. A client that leaves reports nothing.
+#[derive(Clone)]
+pub struct Watch {
     router: Router,
     metrics: crate::metrics::Metrics,
     route: String,
@@ -150,63 +149,33 @@ struct Watch {
     target_route: String,
     target: String,
     model: String,
+    /// When the attempt started.
     started: Instant,
 }
 
 impl Watch {
-    fn events(self, mut inner: UnboundedReceiver<Event>) -> UnboundedReceiver<Event> {
-        let (tx, rx) = unbounded_channel();
-        tokio::spawn(async move {
-            let mut first = None;
-            loop {
-                let event = tokio::select! {
-                    biased;
-                    () = tx.closed() => return,
-                    e = inner.recv() => e,
-                };
-                let end = match &event {
-                    Some(Event::Text(_)) => {
-                        first.get_or_insert_with(Instant::now);
-                        None
-                    }
-                    Some(Event::Done(c)) => {
-                        let busy = c.prompt_eval + c.eval;
-                        let (input, output) = (u64::from(c.prompt_tokens), u64::from(c.eval_tokens));
-                        let served = Served { latency: self.started.elapsed(), ttft: first.map(|f| f - self.started), input_tokens: input, output_tokens: output, cost: self.router.cost(&self.model, input, output, busy) };
-                        Some(routing::Outcome::Served(served))
-                    }
-                    Some(Event::Failed(_)) | None => Some(routing::Outcome::Failed { kind: "stream", moved_on: false }),
-                    Some(Event::Logprob(_)) => None,
-                };
-                if let Some(outcome) = end {
-                    self.finish(outcome);
-                }
-                match event {
-                    Some(e) => {
-                        let done = matches!(e, Event::Done(_) | Event::Failed(_));
-                        if tx.send(e).is_err() || done {
-                            return;
-                        }
-                    }
-                    None => {
-                        let _ = tx.send(Event::Failed(EngineError::WorkerGone));
-                        return;
-                    }
-                }
-            }
-        });
-        rx
+    pub fn done(self, c: &crate::backend::Completion, first: Option<Instant>) {
+        let (input, output) = (u64::from(c.prompt_tokens), u64::from(c.eval_tokens));
+        let served = Served {
+            latency: self.started.elapsed(),
+            ttft: first.map(|f| f.saturating_duration_since(self.started)),
+            input_tokens: input,
+            output_tokens: output,
+            cost: self.router.cost(&self.model, input, output, c.prompt_eval + c.eval),
+        };
+        self.metrics.record_route_answer(&self.route, &self.target, &served);
+        self.report(routing::Outcome::Served(served));
     }
 
-    fn finish(&self, outcome: routing::Outcome) {
+    pub fn failed(self, kind: &'static str) {
+        self.metrics.record_route(&self.route, &self.target, kind);
+        self.report(routing::Outcome::Failed { kind, moved_on: false });
+    }
+
+    fn report(&self, outcome: routing::Outcome) {
         self.router.report(&self.target_route, &self.target, Some(&self.model), outcome);
         if let Some(v) = self.variant.as_ref().filter(|_| self.target_route != self.route) {
             self.router.report(&self.route, v, None, outcome);
-        }
-        match outcome {
-            routing::Outcome::Served(s) => self.metrics.record_route_answer(&self.route, &self.target, &s),
-            routing::Outcome::Failed { kind, .. } => self.metrics.record_route(&self.route, &self.target, kind),
-            routing::Outcome::Skipped => {}
         }
     }
 }
