@@ -62,6 +62,8 @@ fn a_second_hearth_serves_as_an_ollama_and_an_openai_provider() {
     let v: Value = resp.json().expect("json");
     assert_eq!((v["target"].as_str(), v["done"].as_bool()), (Some("up/smollm2:135m"), Some(true)));
     assert!((1..=6).contains(&v["eval_count"].as_u64().expect("eval_count")) && v["prompt_eval_count"].as_u64() > Some(0), "{v}");
+    let shown: Value = s.post("/api/show", &json!({"model": "up/smollm2:135m"})).json().expect("show");
+    assert_eq!((shown["remote_model"].as_str(), shown["remote_host"].as_str()), (Some(SMOL), Some(format!("http://{}", upstream.addr).as_str())), "{shown}");
     // The model ran upstream: nothing is loaded in the front.
     assert!(s.loaded().is_empty(), "{:?}", s.loaded());
     assert_eq!(upstream.loaded(), [SMOL]);
@@ -202,6 +204,9 @@ fn a_split_follows_its_weights_sticks_per_client_and_counts_what_clients_saw() {
         assert_eq!(s.metric("hearth_route_requests_total", &format!("result=\"ok\",route=\"ab\",target=\"{variant}\"")), Some(*n as f64));
     }
 
+    let shown: Value = s.post("/api/show", &json!({"model": "ab"})).json().expect("show");
+    assert_eq!((shown["route"]["strategy"].as_str(), shown["route"]["targets"][1]["weight"].as_u64()), (Some("split"), Some(30)), "{shown}");
+
     // Feedback lands on the variant that served the request.
     let (variant, id) = ask("user-feedback");
     let resp = s.post("/api/feedback", &json!({"request_id": id, "score": 0.75, "label": "good"}));
@@ -295,4 +300,22 @@ fn llama_server_serves_as_an_openai_and_an_anthropic_provider() {
     assert_eq!(output, v["eval_count"].as_f64().expect("eval_count"));
     let cost = t["cost"].as_f64().expect("cost");
     assert!((cost - (input * 3.0 + output * 15.0) / 1000.0).abs() < 1e-9, "{t}");
+}
+
+#[test]
+fn config_check_shows_providers_and_routes_and_refuses_an_unset_key_variable() {
+    let text = "providers:\n  cloud:\n    kind: openai\n    url: https://api.example.com\n    api_key_env: HEARTH_TEST_CLOUD_KEY\nroutes:\n  r:\n    strategy: split\n    targets:\n      - { model: cloud/gpt, weight: 1 }\n";
+    let config = config_file(text);
+    let path = config.to_str().expect("path");
+    let out = crate::support::hearth().env_remove("HEARTH_TEST_CLOUD_KEY").args(["config", "check", path]).output().expect("check");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HEARTH_TEST_CLOUD_KEY (api_key_env) is not set"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = crate::support::hearth().env("HEARTH_TEST_CLOUD_KEY", "sk-test-not-shown").args(["config", "check", path]).output().expect("check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("provider cloud: openai https://api.example.com, key from $HEARTH_TEST_CLOUD_KEY") && stdout.contains("route r: split cloud/gpt 1"), "{stdout}");
+    assert!(!stdout.contains("sk-test-not-shown"), "the key is never shown");
+    // serve refuses to start the same way.
+    let out = crate::support::hearth().env_remove("HEARTH_TEST_CLOUD_KEY").args(["serve", "--port", "0", "--config", path]).output().expect("serve");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("HEARTH_TEST_CLOUD_KEY"));
 }

@@ -262,6 +262,9 @@ struct ShowRequest {
 
 async fn show(State(app): State<AppState>, JsonBody(req): JsonBody<ShowRequest>) -> Result<Json<serde_json::Value>, ApiError> {
     let name = req.model.or(req.name).filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("model is required"))?;
+    if let Some(v) = models::show_routed(&app.service.router.table(), &name) {
+        return Ok(Json(v));
+    }
     let manager = app.manager.clone();
     let v = tokio::task::spawn_blocking(move || {
         let entry = manager.store().resolve(&name)?;

@@ -64,6 +64,23 @@ pub fn routed_tags(table: &crate::routing::Table) -> Vec<Value> {
         .collect()
 }
 
+/// `/api/show` for a provider's model (with `remote_model` and `remote_host`, as Ollama shows
+/// its cloud models) or a route (with its strategy and targets); `None` for a local name.
+pub fn show_routed(table: &crate::routing::Table, name: &str) -> Option<Value> {
+    let empty_details = json!({ "parent_model": "", "format": "", "family": "", "families": [], "parameter_size": "", "quantization_level": "" });
+    let mut v = json!({ "modelfile": "", "parameters": "", "template": "", "details": empty_details, "model_info": {}, "capabilities": ["completion", "tools"] });
+    if let Some(r) = table.routes.get(name) {
+        v["route"] = json!({ "strategy": r.strategy.as_str(), "targets": r.targets.iter().map(|t| json!({ "name": t.name, "model": t.model, "weight": t.weight })).collect::<Vec<_>>() });
+        return Some(v);
+    }
+    let remote = table.remote(name)?;
+    let (provider, model) = name.split_once('/')?;
+    v["remote_model"] = json!(model);
+    v["remote_host"] = json!(remote.provider().spec.url);
+    v["provider"] = json!({ "name": provider, "kind": remote.provider().spec.kind.as_str() });
+    Some(v)
+}
+
 pub fn tags(store: &ModelStore) -> Result<Value, ApiError> {
     let models = store
         .list()?

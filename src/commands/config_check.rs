@@ -41,6 +41,24 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!("  personas: {}", if personas.is_empty() { "none".to_string() } else { personas.join(", ") });
     let keys: Vec<_> = config.keys.iter().map(|k| format!("{} [{}]", k.name, k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "))).collect();
     println!("  API keys: {}", if keys.is_empty() { "none (nothing asks for a key; loopback only)".to_string() } else { keys.join(", ") });
+    // What serve does with the providers: their keys' variables must be set.
+    crate::routing::Table::build(&config.routing, 1.0, &file::process_env).map_err(anyhow::Error::msg)?;
+    for p in &config.routing.providers {
+        let models = p.models.as_ref().map_or_else(|| "models asked from the server".to_string(), |m| m.join(", "));
+        let key = p.api_key_env.as_deref().map(|v| format!(", key from ${v}")).unwrap_or_default();
+        println!("  provider {}: {} {}{key} ({models})", p.name, p.kind.as_str(), p.url);
+    }
+    for r in &config.routing.routes {
+        let targets: Vec<_> = r
+            .targets
+            .iter()
+            .map(|t| match r.strategy {
+                crate::routing::Strategy::Split => format!("{} {}", t.name, t.weight),
+                crate::routing::Strategy::Fallback => t.name.clone(),
+            })
+            .collect();
+        println!("  route {}: {} {}", r.name, r.strategy.as_str(), targets.join(", "));
+    }
     let templates: Vec<_> = config.templates.keys().cloned().collect();
     println!("  templates: {}", templates.join(", "));
     let overridden: Vec<_> = file::ENV_VARS.iter().filter(|(name, _)| file::process_env(name).is_some()).map(|(name, _)| *name).collect();
