@@ -167,6 +167,7 @@ async fn generate(State(app): State<AppState>, Key(account, sticky): Key, JsonBo
                     "character_name": a.info.persona,
                     "conversation_id": a.info.conversation_id,
                     "dropped_messages": a.info.dropped_messages,
+                    "target": a.info.served.as_ref().map(|s| s.target.clone()),
                 },
             });
             reply(body, &a.model, Some(&a.info))

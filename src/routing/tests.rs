@@ -1,3 +1,6 @@
+//! The routing table's plans (split weights, stickiness, nested fallbacks), breakers, counts,
+//! feedback and cost, without any server.
+
 use super::*;
 
 fn target(model: &str, weight: u32) -> TargetSpec {

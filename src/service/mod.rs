@@ -179,7 +179,7 @@ pub struct ResponseInfo {
     /// Oldest conversation messages left out so the history fits the context.
     pub dropped_messages: usize,
     /// Which target answered, when a route or a provider did.
-    pub served: Option<route::ServedBy>,
+    pub served: Option<Box<route::ServedBy>>,
 }
 
 /// Whether the answer came from the response cache.
@@ -345,7 +345,7 @@ impl Service {
                 let name = req.model.clone();
                 let mut outcome = self.start_on(req, caller, started, &table, &route::Attempt::default()).await?;
                 if let (true, Outcome::Generating(g)) = (remote, &mut outcome) {
-                    g.info.served = Some(route::ServedBy { target: name, tried: Vec::new(), attribution: None, router: self.router.clone() });
+                    g.info.served = Some(Box::new(route::ServedBy { target: name, tried: Vec::new(), attribution: None, router: self.router.clone() }));
                 }
                 Ok(outcome)
             }

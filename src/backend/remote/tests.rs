@@ -1,3 +1,6 @@
+//! Each provider API's request as built from a job, and its answer's stream read back into
+//! events, from recorded lines: no server.
+
 use super::*;
 use crate::engine::grammar::{ToolChoice, ToolRequest, ToolSpec};
 use crate::spec::options::OptionPatch;
