@@ -233,7 +233,15 @@ pub fn call_or_text(tools: &[ToolSpec]) -> Result<String, GrammarError> {
     if renamed == call {
         return Err(GrammarError::Convert("no root rule in the converted grammar".into()));
     }
-    Ok(format!("root ::= call | text\ntext ::= [^{{ \\t\\n] [^\\x00]*\n{renamed}"))
+    Ok(format!("{CALL_OR_TEXT}text ::= [^{{ \\t\\n] [^\\x00]*\n{renamed}"))
+}
+
+/// How a call-or-text grammar starts.
+const CALL_OR_TEXT: &str = "root ::= call | text\n";
+
+/// Whether a grammar lets the answer be free text (a tool call or text, as the model decides).
+pub fn may_be_text(grammar: &str) -> bool {
+    grammar.starts_with(CALL_OR_TEXT)
 }
 
 /// A JSON object of the tool descriptions, for templates and the fallback prompt.
@@ -293,5 +301,7 @@ mod tests {
         assert!(schema_grammar(&tool_call_schema(&tools)).is_ok());
         let g = call_or_text(&tools).expect("grammar");
         assert!(g.starts_with("root ::= call | text"), "{g}");
+        assert!(may_be_text(&g));
+        assert!(!may_be_text(&schema_grammar(&tool_call_schema(&tools)).expect("grammar")));
     }
 }

@@ -14,6 +14,7 @@ pub mod grammar;
 mod pace;
 pub mod text;
 mod worker;
+mod wrapup;
 
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;

@@ -137,27 +137,6 @@ pub(super) fn wrap_up_bias(model: &LlamaModel) -> WrapUpBias {
     WrapUpBias { in_string, outside }
 }
 
-/// Where a JSON answer is, lexically: inside a string or not (with a pending backslash).
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct JsonLexState {
-    pub in_string: bool,
-    escaped: bool,
-}
-
-impl JsonLexState {
-    pub(super) fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.escaped {
-                self.escaped = false;
-            } else if self.in_string && b == b'\\' {
-                self.escaped = true;
-            } else if b == b'"' {
-                self.in_string = !self.in_string;
-            }
-        }
-    }
-}
-
 /// How many of the most likely tokens the grammar checks before the whole vocabulary.
 const GRAMMAR_SHORTLIST: usize = 256;
 

@@ -41,9 +41,6 @@ pub(super) enum Work {
     Embed(EmbedJob),
 }
 
-/// A structured (grammar) answer starts wrapping up when this few tokens are left.
-const WRAP_UP_TOKENS: usize = 32;
-
 pub(super) struct Job {
     pub prompt: Vec<LlamaToken>,
     pub options: SamplingOptions,
@@ -65,7 +62,7 @@ struct Active {
     cached_tokens: usize,
     generated: u32,
     /// Where a structured answer is, to wrap it up properly near its token limit.
-    json: sampler::JsonLexState,
+    json: super::wrapup::JsonLexState,
     /// Where this sequence's logits are in the current batch.
     logits_idx: Option<i32>,
     utf8: Utf8Stream,
@@ -89,6 +86,7 @@ impl Active {
         let window = if job.options.repeat_last_n < 0 { n_ctx } else { job.options.repeat_last_n as usize };
         let tail = &job.prompt[job.prompt.len().saturating_sub(window)..];
         sampler.accept_many(tail);
+        let may_be_text = job.options.grammar.as_deref().is_some_and(super::grammar::may_be_text);
         Some(Active {
             events: job.events,
             stop: StopMatcher::new(job.options.stop.clone()),
@@ -100,7 +98,7 @@ impl Active {
             n_past: 0,
             n_ctx,
             generated: 0,
-            json: sampler::JsonLexState::default(),
+            json: super::wrapup::JsonLexState::new(may_be_text),
             logits_idx: None,
             utf8: Utf8Stream::default(),
             started: Instant::now(),
@@ -317,7 +315,7 @@ pub(super) fn run(
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(idx) = slot.as_ref().and_then(|a| a.logits_idx) else { continue };
             let Some(mut a) = slot.take() else { continue };
-            let wrap_up = a.sampler.constrained() && a.tokens_left() <= WRAP_UP_TOKENS;
+            let wrap_up = a.sampler.constrained() && a.json.wants_closing(a.tokens_left());
             if wrap_up && closers.is_none() {
                 closers = Some(sampler::wrap_up_bias(model));
             }

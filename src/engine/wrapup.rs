@@ -1,0 +1,134 @@
+//! Wrapping up a structured answer near its token limit, so a JSON answer that runs out of
+//! budget still ends complete: where the answer is (inside a string, how many objects and
+//! arrays are open) and, from that, whether the remaining budget still leaves room for the
+//! model's own ending. Only then does the sampler add its closing bias.
+//!
+//! Must not bias free text: an answer that may be text or a tool call (`tool_choice: auto`)
+//! is followed only once it starts as a call (`{`); a text answer is never pushed toward
+//! brackets. Pure logic: the bias tables themselves are built in `sampler`.
+
+/// Tokens of budget beyond the bare minimum to close everything, before the bias starts: the
+/// model's own ending (a last word, a closing quote) usually fits in them.
+const SLACK: usize = 8;
+
+/// What the answer has turned out to be so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Only whitespace yet, and the grammar allows text as well as JSON.
+    Undecided,
+    Json,
+    Text,
+}
+
+/// Where a JSON answer is, lexically: inside a string or not (with a pending backslash), and
+/// how many objects and arrays are open.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct JsonLexState {
+    pub in_string: bool,
+    escaped: bool,
+    depth: usize,
+    shape: Shape,
+}
+
+impl JsonLexState {
+    /// `may_be_text`: the grammar allows a free-text answer as well as a JSON one (a tool
+    /// call), so the answer counts as JSON only once it starts with `{`.
+    pub(super) fn new(may_be_text: bool) -> JsonLexState {
+        let shape = if may_be_text { Shape::Undecided } else { Shape::Json };
+        JsonLexState { in_string: false, escaped: false, depth: 0, shape }
+    }
+
+    pub(super) fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.shape == Shape::Undecided {
+                if b.is_ascii_whitespace() {
+                    continue;
+                }
+                self.shape = if b == b'{' { Shape::Json } else { Shape::Text };
+            }
+            if self.shape == Shape::Text {
+                return;
+            }
+            if self.escaped {
+                self.escaped = false;
+            } else if self.in_string {
+                match b {
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+            } else {
+                match b {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Tokens the shortest ending needs at least: one to close the string, one per open
+    /// bracket. `None` when nothing is open, or the answer is free text.
+    fn to_close(&self) -> Option<usize> {
+        let needed = self.depth + usize::from(self.in_string);
+        (self.shape == Shape::Json && needed > 0).then_some(needed)
+    }
+
+    /// Whether to favour closing tokens now, with `left` tokens of budget: only inside a
+    /// JSON value that must still be closed, and only once the budget is down to what closing
+    /// needs plus a little slack.
+    pub(super) fn wants_closing(&self, left: usize) -> bool {
+        self.to_close().is_some_and(|needed| left <= needed + SLACK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fed(may_be_text: bool, text: &str) -> JsonLexState {
+        let mut s = JsonLexState::new(may_be_text);
+        s.feed(text.as_bytes());
+        s
+    }
+
+    #[test]
+    fn a_text_answer_is_never_wrapped_up() {
+        // With tools offered and the model answering in words, even at the last token.
+        let s = fed(true, "  The weather in Paris is {sunny} and [warm]");
+        assert!(!s.wants_closing(0));
+        assert!(!s.wants_closing(1));
+        // The same bytes under a pure JSON grammar would be followed (a string is open).
+        assert!(fed(false, "{\"a\": \"x").wants_closing(3));
+    }
+
+    #[test]
+    fn a_call_is_followed_once_it_starts() {
+        let s = fed(true, " {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par");
+        assert!(s.in_string);
+        assert_eq!(s.to_close(), Some(3));
+        assert!(s.wants_closing(11));
+        assert!(!s.wants_closing(12));
+    }
+
+    #[test]
+    fn a_budget_that_can_hold_the_answer_leaves_it_alone() {
+        // At 32 tokens a fresh call is nowhere near needing to close: the string it opens
+        // is not closed at once.
+        let s = fed(false, "{\"city\": \"");
+        assert!(s.in_string);
+        assert!(!s.wants_closing(30));
+        assert!(s.wants_closing(10));
+        // Nothing open: nothing to wrap up.
+        assert!(!fed(false, "{\"a\": [1, \"]\"]}").wants_closing(0));
+        assert!(!fed(false, "").wants_closing(0));
+    }
+
+    #[test]
+    fn escapes_and_brackets_in_strings_are_text() {
+        let s = fed(false, r#"{"a": "say \"}\" ["#);
+        assert!(s.in_string);
+        assert_eq!(s.to_close(), Some(2));
+    }
+}
