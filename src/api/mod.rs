@@ -4,6 +4,7 @@
 //! write NDJSON, SSE or JSON back. `observe` gives every request an id, a log line and its
 //! metrics. The only place with routes.
 
+pub mod anthropic;
 pub mod auth;
 pub mod embed;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod openai;
 pub mod routing;
 pub mod seed;
 pub mod store;
+pub mod tokens;
 pub mod tools;
 #[cfg(test)]
 mod tests;
@@ -135,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .merge(layer::routes())
         .merge(routing::routes())
         .merge(seed::routes())
+        .merge(tokens::routes())
+        .merge(anthropic::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -174,9 +178,12 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     in_shape_for(uri.path(), ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message, retry_after: None })
 }
 
-/// An error in the shape of the API the path belongs to: OpenAI's under `/v1/`, else Ollama's.
+/// An error in the shape of the API the path belongs to: Anthropic's under `/v1/messages`,
+/// OpenAI's elsewhere under `/v1/`, else Ollama's.
 pub fn in_shape_for(path: &str, error: ApiError) -> Response {
-    if path.starts_with("/v1/") {
+    if anthropic::owns(path) {
+        anthropic::AnthropicError(error).into_response()
+    } else if path.starts_with("/v1/") {
         openai::OpenAiError::from(error).into_response()
     } else {
         error.into_response()

@@ -271,6 +271,7 @@ impl ModelInstance for FakeInstance {
                     eval_tokens: count,
                     eval: started.elapsed(),
                     context: Vec::new(),
+                    stop_sequence: None,
                 }));
             });
             Ok(Submitted { events: rx, dropped_messages })

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{Backend, EmbedInput, EmbedJob, Embedded, GenerateJob, ModelInstance, PromptSpec, Submitted};
+use super::{Backend, EmbedInput, EmbedJob, Embedded, GenerateJob, ModelInstance, PromptSpec, Submitted, TextAnswer, TextWork};
 use crate::spec::template::{render_request_template, TemplateMessage};
 use crate::engine::{EngineError, LoadSettings, LoadedModel};
 use crate::store::gguf::{read_gguf_as, GgufKind};
@@ -108,6 +108,38 @@ impl ModelInstance for LlamaInstance {
         }
         .boxed()
     }
+
+    fn text(self: Arc<Self>, work: TextWork) -> BoxFuture<'static, Result<TextAnswer, EngineError>> {
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let model = &self.0;
+                Ok(match work {
+                    TextWork::Tokenize { text, add_special, parse_special } => {
+                        let ids = model.tokenize_with(&text, add_special, parse_special);
+                        TextAnswer::Tokens(ids.into_iter().map(|t| Ok((t, model.piece(t)?))).collect::<Result<_, EngineError>>()?)
+                    }
+                    TextWork::Detokenize(tokens) => {
+                        let mut bytes = Vec::new();
+                        for t in tokens {
+                            bytes.extend(model.piece(t)?);
+                        }
+                        TextAnswer::Text(String::from_utf8_lossy(&bytes).into_owned())
+                    }
+                    TextWork::Render(job) => {
+                        let messages = match &job.prompt {
+                            PromptSpec::Chat { messages, .. } => messages.clone(),
+                            PromptSpec::Generate { .. } => Vec::new(),
+                        };
+                        let (text, context) = self.render(&job, &messages)?;
+                        TextAnswer::Prompt { tokens: context + model.tokenize(&text).len(), text }
+                    }
+                })
+            })
+            .await
+            .map_err(|e| EngineError::Task(format!("tokenizer task failed: {e}")))?
+        }
+        .boxed()
+    }
 }
 
 impl LlamaInstance {
@@ -118,18 +150,27 @@ impl LlamaInstance {
         let model = &self.0;
         let limit = job.options.num_ctx.min(model.n_ctx_slot) as usize;
         let reserve = super::answer_reserve(&job.options, limit);
-        let render = |mut messages: Vec<TemplateMessage>, tools: &[serde_json::Value]| -> Result<String, EngineError> {
-            if let Some(system) = &job.model_system {
-                if !messages.iter().any(|m| m.role == "system") {
-                    messages.insert(0, TemplateMessage { role: "system".into(), content: system.clone() });
-                }
+        Ok(match &job.prompt {
+            PromptSpec::Generate { context, .. } => {
+                let mut tokens = context.clone();
+                tokens.extend(model.tokenize(&self.render(job, &[])?.0));
+                (tokens, 0)
             }
-            match &job.model_template {
-                _ if !tools.is_empty() => model.render_chat_tools(&messages, tools, job.model_template.as_deref()),
-                Some(t) => model.render_chat_with(t, &messages),
-                None => model.render_chat(&messages, true),
+            PromptSpec::Chat { messages, .. } => {
+                let mut messages = messages.clone();
+                let mut tokens = Vec::new();
+                let dropped = super::trim_history(&mut messages, job.droppable.clone(), |m| {
+                    tokens = model.tokenize(&self.render(job, m)?.0);
+                    Ok::<_, EngineError>(tokens.len() + reserve <= limit)
+                })?;
+                (tokens, dropped)
             }
-        };
+        })
+    }
+
+    /// The job's prompt as text, for these chat `messages` (a chat's, less any left out), and
+    /// how many `context` tokens go before it (a generate request's).
+    fn render(&self, job: &GenerateJob, messages: &[TemplateMessage]) -> Result<(String, usize), EngineError> {
         Ok(match &job.prompt {
             PromptSpec::Generate { prompt, system, template, raw, context } => {
                 let text = if *raw {
@@ -142,21 +183,25 @@ impl LlamaInstance {
                         messages.push(TemplateMessage { role: "system".into(), content: s.clone() });
                     }
                     messages.push(TemplateMessage { role: "user".into(), content: prompt.clone() });
-                    render(messages, &[])?
+                    self.render_chat(job, messages, &[])?
                 };
-                let mut tokens = context.clone();
-                tokens.extend(model.tokenize(&text));
-                (tokens, 0)
+                (text, context.len())
             }
-            PromptSpec::Chat { messages, tools } => {
-                let mut messages = messages.clone();
-                let mut tokens = Vec::new();
-                let dropped = super::trim_history(&mut messages, job.droppable.clone(), |m| {
-                    tokens = model.tokenize(&render(m.to_vec(), tools)?);
-                    Ok::<_, EngineError>(tokens.len() + reserve <= limit)
-                })?;
-                (tokens, dropped)
-            }
+            PromptSpec::Chat { tools, .. } => (self.render_chat(job, messages.to_vec(), tools)?, 0),
         })
+    }
+
+    fn render_chat(&self, job: &GenerateJob, mut messages: Vec<TemplateMessage>, tools: &[serde_json::Value]) -> Result<String, EngineError> {
+        let model = &self.0;
+        if let Some(system) = &job.model_system {
+            if !messages.iter().any(|m| m.role == "system") {
+                messages.insert(0, TemplateMessage { role: "system".into(), content: system.clone() });
+            }
+        }
+        match &job.model_template {
+            _ if !tools.is_empty() => model.render_chat_tools(&messages, tools, job.model_template.as_deref()),
+            Some(t) => model.render_chat_with(t, &messages),
+            None => model.render_chat(&messages, true),
+        }
     }
 }

@@ -122,6 +122,28 @@ pub struct Embedded {
     pub prompt_tokens: usize,
 }
 
+/// Work on a model's tokenizer and template, without generating.
+#[derive(Debug, Clone)]
+pub enum TextWork {
+    /// Text to token ids: with the model's BOS and other added tokens or without, with special
+    /// tokens parsed or read as plain text.
+    Tokenize { text: String, add_special: bool, parse_special: bool },
+    /// Token ids back to text.
+    Detokenize(Vec<i32>),
+    /// The prompt a generation would get (its template applied, nothing trimmed), and its
+    /// length in tokens.
+    Render(Box<GenerateJob>),
+}
+
+/// What `TextWork` gives back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextAnswer {
+    /// Token ids with their bytes.
+    Tokens(Vec<(i32, Vec<u8>)>),
+    Text(String),
+    Prompt { text: String, tokens: usize },
+}
+
 /// Tokens kept free for the answer when trimming history: the request's `num_predict` when it
 /// sets one, else a quarter of the context; never more than half of it.
 pub fn answer_reserve(options: &SamplingOptions, limit: usize) -> usize {
@@ -177,6 +199,11 @@ pub trait ModelInstance: Send + Sync + 'static {
     fn generate(self: Arc<Self>, job: GenerateJob) -> BoxFuture<'static, Result<Submitted, EngineError>>;
     /// Embeds the inputs.
     fn embed(self: Arc<Self>, job: EmbedJob) -> BoxFuture<'static, Result<Embedded, EngineError>>;
+    /// Tokenizes, detokenizes or renders a prompt. Only a model whose tokenizer is at hand
+    /// can: another server's model can't.
+    fn text(self: Arc<Self>, _work: TextWork) -> BoxFuture<'static, Result<TextAnswer, EngineError>> {
+        Box::pin(async { Err(EngineError::Unsupported("this model is served by another server: its tokenizer and template are not available here".into())) })
+    }
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub enum EngineError {
     Dimensions { requested: usize, n_embd: usize },
     #[error("{0}")]
     EmbedContext(String),
-    #[error("context holds token id {0}, which is not in this model's vocabulary")]
+    #[error("token id {0} is not in this model's vocabulary")]
     InvalidToken(i32),
     #[error("the model's worker has stopped")]
     WorkerGone,
@@ -128,6 +128,8 @@ pub struct Completion {
     pub eval: Duration,
     /// The whole token sequence (prompt + output), Ollama's `context`.
     pub context: Vec<i32>,
+    /// The stop sequence that ended the answer, when one did (Anthropic's `stop_sequence`).
+    pub stop_sequence: Option<String>,
 }
 
 /// One output token's log-probability, and the most likely alternatives with theirs.
@@ -328,6 +330,20 @@ impl LoadedModel {
             .into_iter()
             .map(|t| t.0)
             .collect()
+    }
+
+    /// Tokenizes text as asked: with or without BOS (and the model's other added tokens), and
+    /// with special tokens parsed or read as plain text.
+    pub fn tokenize_with(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<i32> {
+        self.model.vocab().tokenize(text.as_bytes(), add_special, parse_special).into_iter().map(|t| t.0).collect()
+    }
+
+    /// The bytes of one token, special tokens written out; fails on an id outside the vocabulary.
+    pub fn piece(&self, token: i32) -> Result<Vec<u8>, EngineError> {
+        if token < 0 || token >= self.model.n_vocab() {
+            return Err(EngineError::InvalidToken(token));
+        }
+        Ok(self.model.vocab().token_to_piece(LlamaToken(token), true, None))
     }
 
     /// Queues a generation. Fails at once, before any output, if the prompt can't fit.

@@ -66,6 +66,8 @@ pub enum StopScan {
 pub struct StopMatcher {
     stops: Vec<String>,
     held: String,
+    /// The stop sequence found, once one is.
+    matched: Option<String>,
 }
 
 impl StopMatcher {
@@ -74,6 +76,7 @@ impl StopMatcher {
         StopMatcher {
             stops,
             held: String::new(),
+            matched: None,
         }
     }
 
@@ -83,9 +86,10 @@ impl StopMatcher {
         let earliest = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(at) = earliest {
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = earliest {
+            self.matched = Some(stop.clone());
             let before = self.held[..at].to_string();
             self.held.clear();
             return StopScan::Stopped(before);
@@ -101,6 +105,11 @@ impl StopMatcher {
         let emit = self.held[..cut].to_string();
         self.held.drain(..cut);
         StopScan::Continue(emit)
+    }
+
+    /// The stop sequence that ended the text, if one did.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// Text held back when generation ends without a stop: it was not a stop after all.

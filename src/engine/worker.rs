@@ -159,6 +159,7 @@ impl Active {
             eval_tokens: self.generated,
             eval: now - first,
             context: self.history.iter().map(|t| t.0).collect(),
+            stop_sequence: self.stop.matched().map(str::to_string),
         }));
     }
 

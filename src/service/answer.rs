@@ -59,6 +59,9 @@ pub struct CachedAnswer {
     prompt_tokens: u32,
     eval_tokens: u32,
     context: Vec<i32>,
+    /// The stop sequence that ended it (not in the checksum: older entries have none).
+    #[serde(default)]
+    stop_sequence: Option<String>,
     /// A checksum of the rest, so a corrupted or foreign entry reads as a miss.
     check: String,
 }
@@ -77,6 +80,7 @@ impl CachedAnswer {
             prompt_tokens: c.prompt_tokens,
             eval_tokens: c.eval_tokens,
             context: c.context.clone(),
+            stop_sequence: c.stop_sequence.clone(),
             check: String::new(),
         };
         a.check = a.checksum();
@@ -246,6 +250,7 @@ pub async fn replay(cached: CachedAnswer, mut record: Record) -> UnboundedReceiv
         eval_tokens: cached.eval_tokens,
         eval: took,
         context: cached.context,
+        stop_sequence: cached.stop_sequence,
     };
     if let Some(w) = record.watch.take() {
         w.done(&c, Some(replay_started));
@@ -294,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_cached_answer_round_trips_and_rejects_tampering() {
-        let c = Completion { reason: DoneReason::Stop, prompt_tokens: 3, cached_tokens: 0, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: vec![1, 2, 3] };
+        let c = Completion { reason: DoneReason::Stop, prompt_tokens: 3, cached_tokens: 0, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: vec![1, 2, 3], stop_sequence: None };
         let a = CachedAnswer::new(vec![Piece::Text("Hel".into()), Piece::Text("lo".into())], &c);
         let bytes = a.encode();
         assert_eq!(CachedAnswer::decode(&bytes), Some(a));

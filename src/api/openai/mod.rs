@@ -145,7 +145,7 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// A response id: a prefix and 24 hex digits.
-pub(super) fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));

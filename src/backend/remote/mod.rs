@@ -529,6 +529,7 @@ fn done(length: bool, prompt_tokens: u64, eval_tokens: u64) -> Event {
         eval_tokens: eval_tokens.min(u32::MAX as u64) as u32,
         eval: Duration::ZERO,
         context: Vec::new(),
+        stop_sequence: None,
     })
 }
 
