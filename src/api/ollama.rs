@@ -80,6 +80,7 @@ impl ServiceFields {
             conversation_id: non_empty("conversation_id", self.conversation_id)?,
             template,
             account: None,
+            prior: Vec::new(),
         })
     }
 }

@@ -97,7 +97,7 @@ async fn run(app: &AppState, r: SeedRequest) -> Result<SeedAnswer, ApiError> {
         logprobs: None,
         keep_alive: None,
         stream: false,
-        service: ServiceOptions { persona: r.persona, use_cache: r.use_cache, conversation_id: r.conversation_id, template: None, account: r.account, sticky: r.sticky },
+        service: ServiceOptions { persona: r.persona, use_cache: r.use_cache, conversation_id: r.conversation_id, template: None, prior: Vec::new(), account: r.account, sticky: r.sticky },
     };
     let Outcome::Generating(g) = app.service.start(req, Caller::Network, started).await? else {
         return Err(ApiError::bad_request("prompt is required"));

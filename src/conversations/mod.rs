@@ -5,8 +5,13 @@
 //! conversation from interleaving. It does not render prompts, call the engine or know any wire
 //! format; content is stored exactly as given.
 //!
+//! `responses` keeps the Responses API's stored responses in the same database.
+//!
 //! Limit: a conversation keeps at most [`MAX_MESSAGES`] messages. An append that would go past
 //! it deletes the oldest messages, in the same transaction, so the count stays at the limit.
+
+mod responses;
+pub use responses::TurnMessages;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +31,7 @@ const DB_FILE: &str = "conversations.db";
 
 /// `PRAGMA user_version` of the schema this code writes. Bump it together with a migration in
 /// `migrate`; a database from a newer hearth is refused rather than guessed at.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Long enough to ride out another process's checkpoint, short enough that a stuck lock
 /// surfaces as an error instead of a hung request.
@@ -391,7 +396,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ConversationError> 
         return Ok(());
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-    tx.execute_batch(SCHEMA_V1).map_err(db_err)?;
+    if found < 1 {
+        tx.execute_batch(SCHEMA_V1).map_err(db_err)?;
+    }
+    tx.execute_batch(responses::SCHEMA_V2).map_err(db_err)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_err)?;
     tx.commit().map_err(db_err)
 }

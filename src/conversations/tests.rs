@@ -230,3 +230,35 @@ async fn turn_map_is_pruned_after_guards_drop() {
     let keys: Vec<String> = store.inner.turns.lock().expect("turn map").keys().cloned().collect();
     assert_eq!(keys, ["d"]);
 }
+
+// ---------------------------------------------------------------- stored responses
+
+fn turn(q: &str, a: &str) -> TurnMessages {
+    vec![("user".into(), q.into()), ("assistant".into(), a.into())]
+}
+
+#[tokio::test]
+async fn chains_read_back_oldest_first_and_survive_a_reopen() {
+    let dir = TempDir::new("responses");
+    let store = ConversationStore::open(&dir.0).expect("open");
+    store.put_response("resp_1", None, turn("q1", "a1"), "{\"id\":\"resp_1\"}".into()).await.expect("put");
+    store.put_response("resp_2", Some("resp_1"), turn("q2", "a2"), "{}".into()).await.expect("put");
+    // A branch from the first response.
+    store.put_response("resp_3", Some("resp_1"), turn("q3", "a3"), "{}".into()).await.expect("put");
+    drop(store);
+    let store = ConversationStore::open(&dir.0).expect("reopen");
+    let chain = store.response_chain("resp_2").await.expect("chain").expect("stored");
+    let contents: Vec<&str> = chain.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(contents, ["q1", "a1", "q2", "a2"]);
+    let branch = store.response_chain("resp_3").await.expect("chain").expect("stored");
+    assert_eq!(branch.len(), 4);
+    assert_eq!(branch[2].1, "q3");
+    assert_eq!(store.response("resp_1").await.expect("get").as_deref(), Some("{\"id\":\"resp_1\"}"));
+    assert!(store.response_chain("resp_9").await.expect("chain").is_none());
+    assert!(store.delete_response("resp_1").await.expect("delete"));
+    assert!(!store.delete_response("resp_1").await.expect("delete"));
+    // The chain stops where a response was deleted.
+    let cut = store.response_chain("resp_2").await.expect("chain").expect("stored");
+    assert_eq!(cut.len(), 2);
+    assert!(store.response("bad id!").await.is_err());
+}

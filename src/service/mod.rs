@@ -76,6 +76,9 @@ pub struct ServiceOptions {
     /// What keeps a split route on one variant (a header, OpenAI's `user`); the
     /// conversation id when there is one.
     pub sticky: Option<String>,
+    /// Earlier turns the API keeps itself (a stored response's chain): placed like a
+    /// conversation's history, and the first to go when the context is short.
+    pub prior: Vec<TemplateMessage>,
 }
 
 #[derive(Debug, Clone)]
@@ -424,10 +427,10 @@ impl Service {
             }
             None => None,
         };
-        let history: Vec<TemplateMessage> = turn
-            .as_ref()
-            .map(|(_, _, h)| h.iter().map(|m| TemplateMessage { role: m.role.clone(), content: m.content.clone() }).collect())
-            .unwrap_or_default();
+        let history: Vec<TemplateMessage> = match &turn {
+            Some((_, _, h)) => h.iter().map(|m| TemplateMessage { role: m.role.clone(), content: m.content.clone() }).collect(),
+            None => service.prior.clone(),
+        };
         let assembled = history::assemble(prompt, persona.as_ref(), history, turn.is_some()).map_err(ServiceError::Invalid)?;
         let mut info = ResponseInfo {
             cache: CacheResult::Miss,

@@ -1,5 +1,6 @@
 //! OpenAI's wire format: `/v1/chat/completions`, `/v1/completions`, `/v1/models`,
-//! `/v1/models/{id}` and `/v1/embeddings`, over the same request path as Ollama's API.
+//! `/v1/models/{id}`, `/v1/embeddings` and `/v1/responses` (`responses`: stored responses
+//! continue with `previous_response_id`), over the same request path as Ollama's API.
 //!
 //! Requests become `ValidRequest`s (one per choice: `n` choices run as parallel sequences);
 //! answers are OpenAI's objects, streamed as server-sent events ending in `data: [DONE]`.
@@ -12,6 +13,8 @@ mod completions;
 mod embeddings;
 mod models;
 mod request;
+mod responses;
+mod responses_stream;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +59,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::get_response).delete(responses::delete_response))
 }
 
 /// An error in OpenAI's shape, naming the request field at fault when there is one.
@@ -84,6 +89,8 @@ impl OpenAiError {
     fn body(&self) -> Value {
         let status = self.error.status;
         let (kind, code) = match status {
+            // A stored response that isn't there names its id field, or none (a path).
+            StatusCode::NOT_FOUND if self.param.is_none_or(|p| p.ends_with("response_id")) && self.error.message.contains("response ") => ("invalid_request_error", Some("response_not_found")),
             StatusCode::NOT_FOUND => ("invalid_request_error", Some("model_not_found")),
             StatusCode::UNAUTHORIZED => ("invalid_request_error", Some("invalid_api_key")),
             StatusCode::FORBIDDEN => ("invalid_request_error", Some("insufficient_permissions")),
