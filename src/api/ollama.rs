@@ -33,6 +33,10 @@ pub struct GenerateRequest {
     pub images: Option<Vec<Value>>,
     pub options: Option<Value>,
     pub think: Option<Value>,
+    /// Cut a prompt too long for the context from the front (default: refuse it with a 400).
+    pub truncate: Option<bool>,
+    /// `false`: end the answer when the context fills instead of shifting it.
+    pub shift: Option<bool>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     #[serde(flatten)]
@@ -107,6 +111,10 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     pub keep_alive: Option<Value>,
     pub think: Option<Value>,
+    /// Cut a prompt too long for the context from the front (default: refuse it with a 400).
+    pub truncate: Option<bool>,
+    /// `false`: end the answer when the context fills instead of shifting it.
+    pub shift: Option<bool>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     /// hearth's own: OpenAI's `tool_choice` (`auto` by default).
@@ -208,7 +216,7 @@ impl GenerateRequest {
             None => (self.template, None),
         };
         let service = self.service.validate(prompt_template)?;
-        let Common { model, options, keep_alive, grammar, format, logprobs } = generation_common(
+        let Common { model, mut options, keep_alive, grammar, format, logprobs } = generation_common(
             self.model.or_else(|| service.persona.clone()),
             self.options.as_ref(),
             self.keep_alive.as_ref(),
@@ -216,6 +224,7 @@ impl GenerateRequest {
             self.think.as_ref(),
             (self.logprobs, self.top_logprobs),
         )?;
+        (options.truncate, options.shift) = (self.truncate, self.shift);
         if self.images.is_some_and(|i| !i.is_empty()) {
             return Err(ApiError::bad_request(format!("\"{model}\" does not support images")));
         }
@@ -256,7 +265,7 @@ impl GenerateRequest {
 impl ChatRequest {
     pub fn validate(self) -> Result<ValidRequest, ApiError> {
         let service = self.service.validate(self.template)?;
-        let Common { model, options, keep_alive, mut grammar, format, logprobs } = generation_common(
+        let Common { model, mut options, keep_alive, mut grammar, format, logprobs } = generation_common(
             self.model.or_else(|| service.persona.clone()),
             self.options.as_ref(),
             self.keep_alive.as_ref(),
@@ -264,6 +273,7 @@ impl ChatRequest {
             self.think.as_ref(),
             (self.logprobs, self.top_logprobs),
         )?;
+        (options.truncate, options.shift) = (self.truncate, self.shift);
         let tools = match self.tools.filter(|t| !t.is_empty()) {
             None => None,
             Some(_) if grammar.is_some() => {

@@ -150,7 +150,7 @@ impl LlamaInstance {
         let model = &self.0;
         let limit = job.options.num_ctx.min(model.n_ctx_slot) as usize;
         let reserve = super::answer_reserve(&job.options, limit);
-        Ok(match &job.prompt {
+        let (mut tokens, dropped) = match &job.prompt {
             PromptSpec::Generate { context, .. } => {
                 let mut tokens = context.clone();
                 tokens.extend(model.tokenize(&self.render(job, &[])?.0));
@@ -158,14 +158,26 @@ impl LlamaInstance {
             }
             PromptSpec::Chat { messages, .. } => {
                 let mut messages = messages.clone();
+                // `truncate`: every message but the system prompt and the last may go, oldest
+                // first, not only a conversation's history.
+                let droppable = match job.options.truncate {
+                    true => messages.iter().take_while(|m| m.role == "system").count()..messages.len().saturating_sub(1),
+                    false => job.droppable.clone(),
+                };
                 let mut tokens = Vec::new();
-                let dropped = super::trim_history(&mut messages, job.droppable.clone(), |m| {
+                let dropped = super::trim_history(&mut messages, droppable, |m| {
                     tokens = model.tokenize(&self.render(job, m)?.0);
                     Ok::<_, EngineError>(tokens.len() + reserve <= limit)
                 })?;
                 (tokens, dropped)
             }
-        })
+        };
+        if job.options.truncate && tokens.len() + reserve > limit {
+            // Still too long: cut tokens from the front, after the first (the BOS, usually).
+            let cut = tokens.len() + reserve - limit;
+            tokens.drain(1..=cut.min(tokens.len() - 1));
+        }
+        Ok((tokens, dropped))
     }
 
     /// The job's prompt as text, for these chat `messages` (a chat's, less any left out), and

@@ -53,7 +53,7 @@ pub enum EngineError {
     Backend(String),
     #[error("failed to load model from {path}: {reason}")]
     Load { path: String, reason: String },
-    #[error("prompt is too long: {prompt_tokens} tokens, but the context holds {num_ctx} (raise num_ctx or shorten the prompt)")]
+    #[error("prompt is too long: {prompt_tokens} tokens, but the context holds {num_ctx} (raise num_ctx, shorten the prompt, or send truncate: true)")]
     PromptTooLong { prompt_tokens: usize, num_ctx: u32 },
     #[error("input length exceeds the context length: {tokens} tokens, but the context holds {num_ctx} (raise num_ctx, shorten the input, or set truncate to true)")]
     InputTooLong { tokens: usize, num_ctx: u32 },

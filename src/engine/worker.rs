@@ -167,7 +167,7 @@ impl Active {
     /// older half of what follows the first `num_keep` tokens and re-read the rest. Re-reading
     /// (not shifting the KV cache) works for every architecture, sliding-window ones included.
     fn make_room(&mut self) -> bool {
-        if !matches!(self.options.num_predict, PredictLimit::Tokens(_)) {
+        if !self.options.shift || !matches!(self.options.num_predict, PredictLimit::Tokens(_)) {
             return false;
         }
         let keep = if self.options.num_keep < 0 {

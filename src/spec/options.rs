@@ -114,6 +114,14 @@ pub struct OptionPatch {
     pub stop: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_ctx: Option<u32>,
+    /// Ollama's request-level `truncate` (not an `options` key): cut a prompt too long for the
+    /// context from the front instead of refusing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
+    /// Ollama's request-level `shift`: `false` ends the answer when the context is full
+    /// instead of shifting it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shift: Option<bool>,
 }
 
 /// How many tokens to generate.
@@ -150,6 +158,10 @@ pub struct SamplingOptions {
     pub grammar: Option<String>,
     /// Report each output token's log-probability and this many alternatives (`None`: off).
     pub logprobs: Option<u8>,
+    /// Cut a too-long prompt from the front (off: refuse it).
+    pub truncate: bool,
+    /// Shift the context when it fills during the answer (off: end the answer there).
+    pub shift: bool,
 }
 
 /// Most stop sequences a request may carry, and longest each may be.
@@ -186,7 +198,7 @@ impl OptionPatch {
             ($($f:ident),*) => { $( if top.$f.is_some() { self.$f = top.$f.clone(); } )* };
         }
         take!(num_keep, seed, num_predict, top_k, top_p, min_p, typical_p, repeat_last_n,
-              temperature, repeat_penalty, presence_penalty, frequency_penalty, stop, num_ctx);
+              temperature, repeat_penalty, presence_penalty, frequency_penalty, stop, num_ctx, truncate, shift);
         self
     }
 
@@ -225,6 +237,8 @@ impl OptionPatch {
             num_keep: self.num_keep.unwrap_or(DEFAULT_NUM_KEEP as i64) as i32,
             grammar: None,
             logprobs: None,
+            truncate: self.truncate.unwrap_or(false),
+            shift: self.shift.unwrap_or(true),
         }
     }
 }
@@ -287,6 +301,8 @@ impl RawOptions {
             frequency_penalty,
             stop,
             num_ctx,
+            truncate: None,
+            shift: None,
         })
     }
 }
