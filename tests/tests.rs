@@ -1,6 +1,7 @@
 //! Integration tests: the real `hearth` binary, over HTTP, the command line and stdio, on the
 //! real test models. One test binary (with `support`) keeps link time down.
 
+mod agents;
 mod bench;
 mod convert;
 mod embed;

@@ -114,11 +114,14 @@ impl TokenSampler {
 
 /// Per-token logit biases for wrapping up a JSON answer, one table for inside a string and
 /// one for outside: inside, tokens that close the string (`"`, optionally followed by closing
-/// brackets); outside, tokens made only of `}`, `]` and spaces. The grammar still decides what
+/// brackets); outside, tokens made only of `}`, `]` and spaces, and against tokens that are
+/// only whitespace (layout the budget can't afford). The grammar still decides what
 /// is allowed; this only decides what is preferred.
 pub(super) struct WrapUpBias {
     pub in_string: Vec<f32>,
     pub outside: Vec<f32>,
+    /// Only against layout whitespace.
+    pub compact: Vec<f32>,
 }
 
 const WRAP_UP_BIAS: f32 = 15.0;
@@ -126,15 +129,18 @@ const WRAP_UP_BIAS: f32 = 15.0;
 pub(super) fn wrap_up_bias(model: &LlamaModel) -> WrapUpBias {
     let vocab = model.vocab();
     let closing = |b: &u8| matches!(b, b'}' | b']' | b' ' | b'\n');
-    let (mut in_string, mut outside) = (Vec::new(), Vec::new());
+    let (mut in_string, mut outside, mut compact) = (Vec::new(), Vec::new(), Vec::new());
     for t in 0..model.n_vocab() {
         let piece = vocab.token_to_piece(LlamaToken(t), false, None);
         let closes_string = piece.first() == Some(&b'"') && piece[1..].iter().all(closing);
         let closes_value = !piece.is_empty() && piece.iter().all(closing) && piece.iter().any(|b| matches!(b, b'}' | b']'));
+        // Layout (newlines, indentation) costs tokens a short budget needs for content.
+        let layout = !piece.is_empty() && piece.iter().all(u8::is_ascii_whitespace);
         in_string.push(if closes_string { WRAP_UP_BIAS } else { 0.0 });
-        outside.push(if closes_value { WRAP_UP_BIAS } else { 0.0 });
+        outside.push(if closes_value { WRAP_UP_BIAS } else if layout { -WRAP_UP_BIAS } else { 0.0 });
+        compact.push(if layout { -WRAP_UP_BIAS } else { 0.0 });
     }
-    WrapUpBias { in_string, outside }
+    WrapUpBias { in_string, outside, compact }
 }
 
 /// How many of the most likely tokens the grammar checks before the whole vocabulary.

@@ -33,6 +33,7 @@ use super::embed::{EmbedJob, Embedder, FairShare};
 use crate::spec::options::{PredictLimit, SamplingOptions};
 use super::prefix::{self, PrefixStore};
 use super::text::{StopMatcher, StopScan, Utf8Stream};
+use super::wrapup::WrapUp;
 use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
 
 /// What the worker's channel carries.
@@ -316,14 +317,15 @@ pub(super) fn run(
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(idx) = slot.as_ref().and_then(|a| a.logits_idx) else { continue };
             let Some(mut a) = slot.take() else { continue };
-            let wrap_up = a.sampler.constrained() && a.json.wants_closing(a.tokens_left());
-            if wrap_up && closers.is_none() {
+            let wrap_up = if a.sampler.constrained() { a.json.wrap_up(a.tokens_left()) } else { None };
+            if wrap_up.is_some() && closers.is_none() {
                 closers = Some(sampler::wrap_up_bias(model));
             }
-            let bias = closers
-                .as_ref()
-                .filter(|_| wrap_up)
-                .map(|b| if a.json.in_string { b.in_string.as_slice() } else { b.outside.as_slice() });
+            let bias = closers.as_ref().and_then(|b| match wrap_up? {
+                WrapUp::Close if a.json.in_string => Some(b.in_string.as_slice()),
+                WrapUp::Close => Some(b.outside.as_slice()),
+                WrapUp::Compact => Some(b.compact.as_slice()),
+            });
             let token = match a.sampler.sample(&ctx, idx, bias) {
                 Ok(t) => t,
                 Err(e) => {

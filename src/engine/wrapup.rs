@@ -1,15 +1,28 @@
 //! Wrapping up a structured answer near its token limit, so a JSON answer that runs out of
 //! budget still ends complete: where the answer is (inside a string, how many objects and
 //! arrays are open) and, from that, whether the remaining budget still leaves room for the
-//! model's own ending. Only then does the sampler add its closing bias.
+//! model's own ending. Only then does the sampler add its closing bias. A little earlier, it
+//! only discourages layout (newlines, indentation between values): the value stays the
+//! model's, written more compactly, so a call that would just overrun its budget still fits.
 //!
 //! Must not bias free text: an answer that may be text or a tool call (`tool_choice: auto`)
 //! is followed only once it starts as a call (`{`); a text answer is never pushed toward
 //! brackets. Pure logic: the bias tables themselves are built in `sampler`.
 
-/// Tokens of budget beyond the bare minimum to close everything, before the bias starts: the
-/// model's own ending (a last word, a closing quote) usually fits in them.
+/// Tokens of budget beyond the bare minimum to close everything, before the closing bias
+/// starts: the model's own ending (a last word, a closing quote) usually fits in them.
 const SLACK: usize = 8;
+/// The same for the layout penalty, which changes no value.
+const COMPACT_SLACK: usize = 16;
+
+/// What the sampler should do for a structured answer near its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WrapUp {
+    /// Prefer tokens without layout whitespace (never inside a string: that is content).
+    Compact,
+    /// Prefer tokens that close the open string, objects and arrays.
+    Close,
+}
 
 /// What the answer has turned out to be so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,11 +88,18 @@ impl JsonLexState {
         (self.shape == Shape::Json && needed > 0).then_some(needed)
     }
 
-    /// Whether to favour closing tokens now, with `left` tokens of budget: only inside a
-    /// JSON value that must still be closed, and only once the budget is down to what closing
-    /// needs plus a little slack.
-    pub(super) fn wants_closing(&self, left: usize) -> bool {
-        self.to_close().is_some_and(|needed| left <= needed + SLACK)
+    /// What to do with `left` tokens of budget: close (only inside a JSON value that must
+    /// still be closed, once the budget is down to what closing needs plus a little slack),
+    /// write compactly (a little earlier), or nothing.
+    pub(super) fn wrap_up(&self, left: usize) -> Option<WrapUp> {
+        let needed = self.to_close()?;
+        if left <= needed + SLACK {
+            Some(WrapUp::Close)
+        } else if left <= needed + COMPACT_SLACK && !self.in_string {
+            Some(WrapUp::Compact)
+        } else {
+            None
+        }
     }
 }
 
@@ -93,14 +113,19 @@ mod tests {
         s
     }
 
+    fn closes(s: &JsonLexState, left: usize) -> bool {
+        s.wrap_up(left) == Some(WrapUp::Close)
+    }
+
     #[test]
     fn a_text_answer_is_never_wrapped_up() {
         // With tools offered and the model answering in words, even at the last token.
         let s = fed(true, "  The weather in Paris is {sunny} and [warm]");
-        assert!(!s.wants_closing(0));
-        assert!(!s.wants_closing(1));
+        assert!(!closes(&s, 0));
+        assert!(!closes(&s, 1));
+        assert_eq!(s.wrap_up(0), None);
         // The same bytes under a pure JSON grammar would be followed (a string is open).
-        assert!(fed(false, "{\"a\": \"x").wants_closing(3));
+        assert!(closes(&fed(false, "{\"a\": \"x"), 3));
     }
 
     #[test]
@@ -108,8 +133,14 @@ mod tests {
         let s = fed(true, " {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par");
         assert!(s.in_string);
         assert_eq!(s.to_close(), Some(3));
-        assert!(s.wants_closing(11));
-        assert!(!s.wants_closing(12));
+        assert!(closes(&s, 11));
+        assert!(!closes(&s, 12));
+        // Inside a string only closing applies: its whitespace is content.
+        assert_eq!(s.wrap_up(20), None);
+        let s = fed(true, " {\"name\": \"get_weather\", \"arguments\": {");
+        assert_eq!(s.wrap_up(10), Some(WrapUp::Close));
+        assert_eq!(s.wrap_up(18), Some(WrapUp::Compact));
+        assert_eq!(s.wrap_up(19), None);
     }
 
     #[test]
@@ -118,11 +149,11 @@ mod tests {
         // is not closed at once.
         let s = fed(false, "{\"city\": \"");
         assert!(s.in_string);
-        assert!(!s.wants_closing(30));
-        assert!(s.wants_closing(10));
+        assert!(!closes(&s, 30));
+        assert!(closes(&s, 10));
         // Nothing open: nothing to wrap up.
-        assert!(!fed(false, "{\"a\": [1, \"]\"]}").wants_closing(0));
-        assert!(!fed(false, "").wants_closing(0));
+        assert!(!closes(&fed(false, "{\"a\": [1, \"]\"]}"), 0));
+        assert!(!closes(&fed(false, ""), 0));
     }
 
     #[test]

@@ -84,6 +84,18 @@ impl IntoResponse for AnthropicError {
 
 type AnthResult<T> = Result<T, AnthropicError>;
 
+/// A JSON body parsed as `T`, or a rejection in Anthropic's error shape.
+pub struct AnthropicJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for AnthropicJson<T> {
+    type Rejection = AnthropicError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AnthropicError> {
+        let JsonBody(value) = JsonBody::from_request(req, state).await?;
+        Ok(AnthropicJson(value))
+    }
+}
+
 fn invalid(message: impl Into<String>) -> AnthropicError {
     AnthropicError(ApiError::bad_request(message))
 }
@@ -313,9 +325,8 @@ fn usage(c: &Completion) -> Value {
     })
 }
 
-async fn messages(State(app): State<AppState>, Key(account, sticky): Key, body: JsonBody<MessagesRequest>) -> Response {
+async fn messages(State(app): State<AppState>, Key(account, sticky): Key, AnthropicJson(req): AnthropicJson<MessagesRequest>) -> Response {
     let started = Instant::now();
-    let JsonBody(req) = body;
     let model = req.model.clone().unwrap_or_default();
     let result = async {
         let mut req = req.validate()?;
@@ -364,7 +375,7 @@ async fn messages(State(app): State<AppState>, Key(account, sticky): Key, body: 
 }
 
 /// `count_tokens`: the prompt's length as the model would get it (template and tools included).
-async fn count_tokens(State(app): State<AppState>, JsonBody(mut req): JsonBody<MessagesRequest>) -> AnthResult<Json<Value>> {
+async fn count_tokens(State(app): State<AppState>, AnthropicJson(mut req): AnthropicJson<MessagesRequest>) -> AnthResult<Json<Value>> {
     // Counting needs no budget for an answer.
     req.max_tokens = Some(req.max_tokens.unwrap_or(1));
     let valid = req.validate()?;
