@@ -24,7 +24,7 @@ venv=target/test-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ollama==0.6.3 gguf==0.19.0 openai==3.54.0 jsonschema==4.26.0 prometheus-client==0.26.0
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ollama==0.6.3 gguf==0.19.0 openai==3.54.0 anthropic==2.14.0 jsonschema==4.26.0 prometheus-client==0.26.0
 export HEARTH_TEST_PYTHON="$PWD/$venv/bin/python"
 
 cargo test --no-fail-fast --features integration "$@"

@@ -8,7 +8,9 @@
 //!                `serve::ServeConfig` for the server, `engine::EngineConfig` (each engine
 //!                setting's one default) for every command that runs models.
 //! - `api`        wire formats and routes: `ollama` (requests -> `ValidRequest`, responses),
-//!                `openai` (the /v1 routes and OpenAI's error shape), `tools` (tool definitions,
+//!                `openai` (the /v1 routes, stored Responses, OpenAI's error shape),
+//!                `anthropic` (/v1/messages and Anthropic's error shape), `tokens` (tokenize,
+//!                detokenize, apply-template), `tools` (tool definitions,
 //!                formats, reading calls back), `embed` (Ollama's embedding routes),
 //!                `models` (tags/show/ps objects), `store` (pull/create/copy/delete/blobs),
 //!                `layer` (health, metrics, cache, templates, conversations, reload),
@@ -24,13 +26,15 @@
 //!                reads them once for every front end (text, a tool call held back, done or
 //!                failed); `route` tries a route's targets one after another and watches
 //!                the answer for the target's breaker and counts; `embed` is the embedding
-//!                path; `score` is /validate-model's decode measurement; `accounts` is
+//!                path; `tokens` tokenizes and renders on a local model without generating;
+//!                `score` is /validate-model's decode measurement; `accounts` is
 //!                an API key's scopes, limits and usage.
 //! - `routing`    providers and routes: the table (swapped whole on reload), which backend a
 //!                name means (`provider/model`), a route's plan (fallback order, a split's
 //!                sticky pick), breakers, counts, cost and feedback, the providers' upkeep.
 //! - `cache`      the response cache: bytes under hashed keys, in memory or in Redis.
-//! - `conversations` server-side conversations in SQLite (WAL), one turn at a time per id.
+//! - `conversations` server-side conversations in SQLite (WAL), one turn at a time per id;
+//!                the Responses API's stored responses (`responses`) in the same database.
 //! - `metrics`    the Prometheus registry and its JSON view with percentiles.
 //! - `prompts`    named prompt templates with `{variable}` placeholders.
 //! - `bench`      `hearth bench`: prefill/decode speed, latency percentiles, throughput.
@@ -38,7 +42,7 @@
 //!                keep-alive unloads, per-model queue bound, load reservations and deadlines,
 //!                dead instances dropped. Holds models only as `backend::ModelInstance`.
 //! - `backend`    the seam: `Backend` (estimate, load) and `ModelInstance` (generate from an
-//!                assembled prompt, embed), with typed `Event`s back. `llama` is llama.cpp
+//!                assembled prompt, embed, tokenize and render), with typed `Event`s back. `llama` is llama.cpp
 //!                behind it (render, trim history, tokenize, submit); `remote` is another
 //!                server behind it (a provider: Ollama's, OpenAI's or Anthropic's API);
 //!                `fake` is a deterministic stand-in for the tests of the layers above
@@ -46,7 +50,8 @@
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
 //!                with continuous batching and embeddings (`worker`, `embed`), prompt chunks
 //!                sized for quick cancellation (`pace`), sampling with
-//!                grammars and logprobs (`sampler`), JSON schemas and tool calls as grammars
+//!                grammars and logprobs (`sampler`), a JSON answer's wrap-up near its
+//!                budget (`wrapup`), JSON schemas and tool calls as grammars
 //!                (`grammar`), streamed-text handling (`text`), RAM estimates from GGUF metadata
 //!                (`estimate`).
 //! - `store`      model names -> manifests over content-addressed blobs, drop-in `NAME.gguf`

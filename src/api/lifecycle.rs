@@ -39,9 +39,7 @@ impl Lifecycle {
     {
         let ended = self.streams_end.subscribe();
         futures::stream::unfold((Box::pin(stream), Some((ended, last))), |(mut stream, watch)| async move {
-            let Some((mut ended, last)) = watch else {
-                return None;
-            };
+            let (mut ended, last) = watch?;
             let next = tokio::select! {
                 biased;
                 item = stream.next() => Some(item),

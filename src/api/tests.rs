@@ -356,7 +356,7 @@ async fn send_key(app: &Router, method: &str, path: &str, key: Option<&str>, bod
 }
 
 async fn body_json(resp: Response) -> Value {
-    json_of(&String::from_utf8(resp.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8"))
+    json_of(std::str::from_utf8(&resp.into_body().collect().await.expect("body").to_bytes()).expect("utf8"))
 }
 
 #[tokio::test]

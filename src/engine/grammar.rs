@@ -198,6 +198,12 @@ impl ToolRequest {
     }
 }
 
+/// A call as the model writes one (and as an earlier call is shown to it again):
+/// `{"name": ..., "arguments": {...}}`.
+pub fn call_text(name: &str, arguments: &Value) -> String {
+    json!({ "name": name, "arguments": arguments }).to_string()
+}
+
 /// The JSON a tool call must be: `{"name": <one of the tools>, "arguments": <its parameters>}`.
 pub fn tool_call_schema(tools: &[ToolSpec]) -> Value {
     let one = |t: &ToolSpec| {

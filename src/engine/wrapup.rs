@@ -83,7 +83,7 @@ impl JsonLexState {
 
     /// Tokens the shortest ending needs at least: one to close the string, one per open
     /// bracket. `None` when nothing is open, or the answer is free text.
-    fn to_close(&self) -> Option<usize> {
+    fn closers_needed(self) -> Option<usize> {
         let needed = self.depth + usize::from(self.in_string);
         (self.shape == Shape::Json && needed > 0).then_some(needed)
     }
@@ -92,7 +92,7 @@ impl JsonLexState {
     /// still be closed, once the budget is down to what closing needs plus a little slack),
     /// write compactly (a little earlier), or nothing.
     pub(super) fn wrap_up(&self, left: usize) -> Option<WrapUp> {
-        let needed = self.to_close()?;
+        let needed = self.closers_needed()?;
         if left <= needed + SLACK {
             Some(WrapUp::Close)
         } else if left <= needed + COMPACT_SLACK && !self.in_string {
@@ -132,7 +132,7 @@ mod tests {
     fn a_call_is_followed_once_it_starts() {
         let s = fed(true, " {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par");
         assert!(s.in_string);
-        assert_eq!(s.to_close(), Some(3));
+        assert_eq!(s.closers_needed(), Some(3));
         assert!(closes(&s, 11));
         assert!(!closes(&s, 12));
         // Inside a string only closing applies: its whitespace is content.
@@ -160,6 +160,6 @@ mod tests {
     fn escapes_and_brackets_in_strings_are_text() {
         let s = fed(false, r#"{"a": "say \"}\" ["#);
         assert!(s.in_string);
-        assert_eq!(s.to_close(), Some(2));
+        assert_eq!(s.closers_needed(), Some(2));
     }
 }

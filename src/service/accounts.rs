@@ -298,7 +298,7 @@ mod tests {
         for s in Scope::ALL {
             assert_eq!(s.as_str().parse::<Scope>(), Ok(s));
         }
-        assert!("models".parse::<Scope>().unwrap_err().contains("models:read"));
+        assert!("models".parse::<Scope>().expect_err("not a scope").contains("models:read"));
         let a = Account::new(&spec(&[Scope::Generate], Limits::default()), Instant::now());
         assert!(a.allows(Scope::Generate) && !a.allows(Scope::Embed) && !a.allows(Scope::Admin));
         let admin = Account::new(&spec(&[Scope::Admin], Limits::default()), Instant::now());

@@ -114,6 +114,9 @@ pub(super) struct MessagesRequest {
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
     metadata: Option<Value>,
+    /// Accepted and ignored: agents turn it on, and an answer without thinking blocks is
+    /// still a good answer.
+    #[allow(dead_code)]
     thinking: Option<Value>,
     /// `format`: structured output, `{"type": "json_schema", "schema": {...}}`.
     output_config: Option<Value>,
@@ -167,7 +170,7 @@ fn chat_messages(list: &[Value]) -> AnthResult<Vec<TemplateMessage>> {
                 (Some("text"), _) => text.push(b.get("text").and_then(Value::as_str).unwrap_or("").to_string()),
                 (Some("tool_use"), "assistant") => {
                     let name = b.get("name").and_then(Value::as_str).ok_or_else(|| invalid(format!("{at}.name: Field required")))?;
-                    calls.push(json!({ "name": name, "arguments": b.get("input").cloned().unwrap_or(json!({})) }).to_string());
+                    calls.push(crate::engine::grammar::call_text(name, b.get("input").unwrap_or(&json!({}))));
                 }
                 (Some("tool_result"), "user") => {
                     let mut t = text_of(b.get("content").unwrap_or(&Value::Null), &format!("{at}.content"))?;
@@ -232,9 +235,6 @@ impl MessagesRequest {
         let most = crate::spec::options::MAX_NUM_CTX;
         if !(1..=most).contains(&max_tokens) {
             return Err(invalid(format!("max_tokens: must be from 1 to {most}, not {max_tokens}")));
-        }
-        if self.thinking.as_ref().and_then(|t| t.get("type")).and_then(Value::as_str) == Some("enabled") {
-            return Err(invalid(format!("\"{model}\" does not support thinking")));
         }
         let mut o = Map::new();
         o.insert("num_predict".into(), json!(max_tokens));

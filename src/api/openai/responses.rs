@@ -88,7 +88,7 @@ fn input_messages(input: &Value) -> OaiResult<TurnMessages> {
             "function_call" => {
                 let name = item.get("name").and_then(Value::as_str).ok_or_else(|| invalid("input", format!("{at}.name is required")))?;
                 let args = item.get("arguments").and_then(Value::as_str).and_then(|a| serde_json::from_str::<Value>(a).ok()).unwrap_or(json!({}));
-                out.push(("assistant".into(), json!({ "name": name, "arguments": args }).to_string()));
+                out.push(("assistant".into(), crate::engine::grammar::call_text(name, &args)));
             }
             "function_call_output" => {
                 let output = match item.get("output") {
@@ -280,7 +280,7 @@ pub(super) async fn store_turn(app: &AppState, turn: &Turn, answer: String, body
 /// engine writes.
 pub(super) fn answer_text(text: &str, call: Option<&(String, Value)>) -> String {
     match call {
-        Some((name, args)) => json!({ "name": name, "arguments": args }).to_string(),
+        Some((name, args)) => crate::engine::grammar::call_text(name, args),
         None => text.to_string(),
     }
 }

@@ -98,6 +98,8 @@ struct Events {
     /// The tool call being streamed: its name and its input's JSON so far.
     call: Option<(String, String)>,
     length: bool,
+    /// The stop sequence that ended the answer, as the provider reported it.
+    stop_sequence: Option<String>,
     input_tokens: u64,
     output_tokens: u64,
 }
@@ -136,6 +138,7 @@ impl Decoder for Events {
             }
             "message_delta" => {
                 self.length = v["delta"]["stop_reason"] == "max_tokens";
+                self.stop_sequence = v["delta"]["stop_sequence"].as_str().map(str::to_string);
                 self.output_tokens = v["usage"]["output_tokens"].as_u64().unwrap_or(self.output_tokens);
                 Vec::new()
             }
@@ -162,7 +165,11 @@ impl Events {
                 events.push(Event::Text(call_text(&name, &arguments)));
             }
         }
-        events.push(done(self.length, self.input_tokens, self.output_tokens));
+        let mut end = done(self.length, self.input_tokens, self.output_tokens);
+        if let Event::Done(c) = &mut end {
+            c.stop_sequence = self.stop_sequence.take();
+        }
+        events.push(end);
         events
     }
 }

@@ -20,6 +20,8 @@ mod openai;
 #[cfg(test)]
 mod tests;
 
+// A tool call comes back as the text hearth's engine writes for one (`service::reply` reads it).
+use crate::engine::grammar::call_text;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -512,11 +514,6 @@ fn turns(messages: &[TemplateMessage]) -> Vec<Turn> {
         }
     }
     out
-}
-
-/// A tool call as hearth's engine writes one, for `service::reply` to read back.
-fn call_text(name: &str, arguments: &Value) -> String {
-    serde_json::json!({ "name": name, "arguments": arguments }).to_string()
 }
 
 /// The finished answer's accounting, as much as the provider told.
