@@ -6,6 +6,9 @@ a ~512-token raw prompt with num_predict 1 (prefill: prompt_eval_count / prompt_
 and a short raw prompt with num_predict 128 at temperature 0 (decode: (eval_count - 1) /
 eval_duration, the tokens decoded after the first). hearth's numbers include tokenizing,
 sampling, detokenizing and JSON; llama-bench's do not. Ratios are medians over repetitions.
+
+`--hearth` may be given several times as LABEL=PATH (the portable build next to a native one,
+say): each repetition then runs llama-bench and every hearth in turn, one row per hearth.
 """
 import argparse
 import json
@@ -15,7 +18,7 @@ import sys
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bench", required=True)
-ap.add_argument("--hearth", required=True)
+ap.add_argument("--hearth", required=True, action="append", help="PATH or LABEL=PATH; repeatable")
 ap.add_argument("--threads", type=int, required=True)
 ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--models-dir", required=True)
@@ -49,33 +52,41 @@ def ask(proc, req):
     return r
 
 
+hearths = [h.split("=", 1) if "=" in h else ["hearth", h] for h in args.hearth]
 print(f"threads={args.threads} reps={args.reps}")
-print(f"{'model':<14} {'pp bench':>9} {'pp hearth':>10} {'ratio':>7} {'tg bench':>9} {'tg hearth':>10} {'ratio':>7}")
+print(f"{'model':<14} {'build':<10} {'pp bench':>9} {'pp hearth':>10} {'ratio':>7} {'tg bench':>9} {'tg hearth':>10} {'ratio':>7}")
 for name in args.models:
     path = f"{args.models_dir}/{name}.gguf"
-    proc = subprocess.Popen(
-        [args.hearth, "stdio", path, "--threads", str(args.threads)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    ask(proc, {**TG, "options": {**TG["options"], "num_predict": 8}})  # warm-up
-    samples = []
+    procs = []
+    for _, binary in hearths:
+        proc = subprocess.Popen(
+            [binary, "stdio", path, "--threads", str(args.threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        ask(proc, {**TG, "options": {**TG["options"], "num_predict": 8}})  # warm-up
+        procs.append(proc)
+    samples = [[] for _ in hearths]
     for rep in range(args.reps):
         pp_b, tg_b = llama_bench(path)
-        # A different start each time: hearth reuses a cached prompt prefix, llama-bench
-        # never does, and pp measures processing the whole prompt.
-        rp = ask(proc, {**PP, "prompt": f"Run {rep}: {LONG}"})
-        rt = ask(proc, TG)
-        pp_h = rp["prompt_eval_count"] / (rp["prompt_eval_duration"] / 1e9)
-        tg_h = (rt["eval_count"] - 1) / (rt["eval_duration"] / 1e9)
-        samples.append((pp_b, pp_h, tg_b, tg_h, rp["prompt_eval_count"], rt["eval_count"]))
-    proc.stdin.close()
-    proc.wait()
-    med = lambda i: statistics.median(s[i] for s in samples)
-    pp_ratio = statistics.median(s[1] / s[0] for s in samples)
-    tg_ratio = statistics.median(s[3] / s[2] for s in samples)
-    if args.json:
-        print(json.dumps({"model": name, "pp_bench": med(0), "pp_hearth": med(1), "pp_ratio": pp_ratio,
-                          "tg_bench": med(2), "tg_hearth": med(3), "tg_ratio": tg_ratio, "samples": samples}))
-    else:
-        print(f"{name:<14} {med(0):9.1f} {med(1):10.1f} {pp_ratio:6.2f}x {med(2):9.1f} {med(3):10.1f} {tg_ratio:6.2f}x"
-              f"   (hearth: {samples[0][4]}-token prompt, {samples[0][5]} tokens generated)")
+        for i, proc in enumerate(procs):
+            # A different start each time: hearth reuses a cached prompt prefix, llama-bench
+            # never does, and pp measures processing the whole prompt.
+            rp = ask(proc, {**PP, "prompt": f"Run {rep}: {LONG}"})
+            rt = ask(proc, TG)
+            pp_h = rp["prompt_eval_count"] / (rp["prompt_eval_duration"] / 1e9)
+            tg_h = (rt["eval_count"] - 1) / (rt["eval_duration"] / 1e9)
+            samples[i].append((pp_b, pp_h, tg_b, tg_h, rp["prompt_eval_count"], rt["eval_count"]))
+    for proc in procs:
+        proc.stdin.close()
+        proc.wait()
+    for (label, _), rows in zip(hearths, samples):
+        med = lambda i: statistics.median(s[i] for s in rows)
+        pp_ratio = statistics.median(s[1] / s[0] for s in rows)
+        tg_ratio = statistics.median(s[3] / s[2] for s in rows)
+        if args.json:
+            print(json.dumps({"model": name, "build": label, "pp_bench": med(0), "pp_hearth": med(1),
+                              "pp_ratio": pp_ratio, "tg_bench": med(2), "tg_hearth": med(3),
+                              "tg_ratio": tg_ratio, "samples": rows}))
+        else:
+            print(f"{name:<14} {label:<10} {med(0):9.1f} {med(1):10.1f} {pp_ratio:6.2f}x {med(2):9.1f} {med(3):10.1f}"
+                  f" {tg_ratio:6.2f}x   (hearth: {rows[0][4]}-token prompt, {rows[0][5]} tokens generated)")

@@ -5,6 +5,8 @@
 #
 #   benches/compare.sh [MODEL_NAME ...]        (default: smollm2:135m gemma3:270m)
 #   THREADS=2 REPS=3 benches/compare.sh
+#   HEARTH_BINS="portable=target/release/hearth native=/path/to/native/hearth" benches/compare.sh
+#       (several hearth builds in the same run, one row each)
 #
 # llama-bench is built once from the llama-cpp-python source package (which vendors llama.cpp)
 # into ~/.cache/hearth/peer, with GGML_NATIVE like hearth's build; no peer code is committed.
@@ -18,5 +20,9 @@ reps=${REPS:-3}
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(smollm2:135m gemma3:270m)
 
-exec python3 benches/compare.py --bench "$bench_bin" --hearth "$hearth" --threads "$threads" --reps "$reps" \
+hearth_args=()
+for h in ${HEARTH_BINS:-$hearth}; do
+  hearth_args+=(--hearth "$h")
+done
+exec python3 benches/compare.py --bench "$bench_bin" "${hearth_args[@]}" --threads "$threads" --reps "$reps" \
   --models-dir "$models_dir" "${models[@]}"

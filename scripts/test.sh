@@ -7,12 +7,15 @@ bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # The shared response cache is tested against a real Redis server (the tests start their own
-# on a free loopback port).
-if ! command -v redis-server >/dev/null; then
+# on a free loopback port); the portable binary runs under qemu-x86_64 as older CPU models.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v qemu-x86_64 >/dev/null || missing+=(qemu-user)
+if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # llama.cpp's own server is a real upstream for the provider tests (OpenAI's and Anthropic's

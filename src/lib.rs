@@ -53,7 +53,8 @@
 //!                grammars and logprobs (`sampler`), a JSON answer's wrap-up near its
 //!                budget (`wrapup`), JSON schemas and tool calls as grammars
 //!                (`grammar`), streamed-text handling (`text`), RAM estimates from GGUF metadata
-//!                (`estimate`).
+//!                (`estimate`), the CPU kernels chosen for this machine and loaded from memory
+//!                (`cpu`, with the variant table build.rs shares).
 //! - `store`      model names -> manifests over content-addressed blobs, drop-in `NAME.gguf`
 //!                files and Ollama's store (read-only); `pull` (resumable downloads) and
 //!                `reach` (which addresses a network-asked pull may connect to),
@@ -75,6 +76,8 @@
 //!
 //! Invariants, written as absences:
 //! - Nothing outside `engine` imports `llama_cpp_2`, and no async task ever runs a decode.
+//! - No instruction above the x86-64 (or ARMv8.0) baseline runs before `engine::cpu` has chosen
+//!   the kernels this CPU can run; the binary is built for the baseline, the kernels are modules.
 //! - Nothing above `backend` knows which backend produced a token: `resources` and `service`
 //!   hold `dyn ModelInstance`, and the tests run them on the fake.
 //! - Nothing outside `api` defines a wire struct, and nothing outside `api` and
@@ -130,3 +133,8 @@ pub mod store;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Version with the git commit it was built from.
 pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HEARTH_GIT_HASH"), ")");
+
+/// `hearth --version`'s second line: the CPU kernels this machine gets and the features seen.
+pub fn cpu_description() -> String {
+    engine::cpu::describe()
+}

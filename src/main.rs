@@ -1,6 +1,6 @@
 //! The `hearth` binary: parse arguments, start logging, dispatch, map errors to an exit code.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use hearth::cli::{Cli, Command};
 use hearth::commands;
 
@@ -13,7 +13,13 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let cli = Cli::parse();
+    // `--version` names the CPU kernels this machine gets, decided here at run time.
+    let long_version: &'static str =
+        Box::leak(format!("{}\n{}", hearth::LONG_VERSION, hearth::cpu_description()).into_boxed_str());
+    let cli = match Cli::from_arg_matches(&Cli::command().long_version(long_version).get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The server starts its own logging once it has read its config (the format may be set
     // there); the one-shot commands stay quiet unless asked (stdout is theirs).
     if !matches!(cli.command, Command::Serve(_)) {

@@ -6,6 +6,7 @@ mod bench;
 mod convert;
 mod embed;
 mod openai;
+mod portable;
 mod prefix;
 mod routing;
 mod security;

@@ -89,6 +89,7 @@ async fn health(State(app): State<AppState>) -> Response {
     let body = json!({
         "status": if shutting_down { "shutting_down" } else { "ok" },
         "version": crate::VERSION,
+        "cpu": crate::engine::cpu::report(),
         "uptime_seconds": app.lifecycle.started.elapsed().as_secs_f64(),
         "models": models,
         "cache": { "backend": cache.backend, "reachable": cache.reachable, "detail": cache.detail },

@@ -166,7 +166,7 @@ async fn root() -> &'static str {
 }
 
 async fn version() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "version": crate::VERSION }))
+    Json(serde_json::json!({ "version": crate::VERSION, "cpu": crate::engine::cpu::report() }))
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -6,6 +6,7 @@
 //! closes the job channel, the worker finishes what it has in flight, and the model is freed.
 
 pub mod convert;
+pub mod cpu;
 pub mod embed;
 pub mod estimate;
 pub mod prefix;
@@ -157,6 +158,9 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
         .get_or_init(|| {
             // llama.cpp's own logging goes to tracing (target llama-cpp-2), filtered like ours.
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            // The CPU kernels are not linked in: the best build for this CPU is loaded first.
+            let variant = cpu::load()?;
+            tracing::info!(variant, features = %cpu::features().join(","), "CPU kernels loaded");
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
