@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::{env, fs};
 
+// The build script needs only the table (`for_arch`), not the runtime's choice.
+#[allow(dead_code)]
 #[path = "src/engine/cpu/variants.rs"]
 mod variants;
 

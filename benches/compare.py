@@ -90,3 +90,9 @@ for name in args.models:
         else:
             print(f"{name:<14} {label:<10} {med(0):9.1f} {med(1):10.1f} {pp_ratio:6.2f}x {med(2):9.1f} {med(3):10.1f}"
                   f" {tg_ratio:6.2f}x   (hearth: {rows[0][4]}-token prompt, {rows[0][5]} tokens generated)")
+    # Builds against the first, repetition by repetition (they ran back to back, so the noise of
+    # a shared machine cancels better than between medians).
+    for (label, _), rows in list(zip(hearths, samples))[1:]:
+        pp = statistics.median(r[1] / f[1] for r, f in zip(rows, samples[0]))
+        tg = statistics.median(r[3] / f[3] for r, f in zip(rows, samples[0]))
+        print(f"{name:<14} {label} / {hearths[0][0]}: prefill {pp:.3f}x, decode {tg:.3f}x")

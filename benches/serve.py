@@ -1,5 +1,9 @@
 """The measuring half of benches/serve.sh (see its header). Starts and stops its own servers on
-free loopback ports, ending only the processes it started."""
+free loopback ports, ending only the processes it started.
+
+`--hearth` may be given several times as LABEL=PATH (the portable build next to a native one):
+each repetition then serves with every build in turn; the second-turn and cache-hit measurements
+use the first."""
 import argparse
 import json
 import os
@@ -14,7 +18,7 @@ import urllib.request
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--server", required=True, help="llama-server")
-ap.add_argument("--hearth", required=True)
+ap.add_argument("--hearth", required=True, action="append", help="PATH or LABEL=PATH; repeatable")
 ap.add_argument("--threads", type=int, required=True)
 ap.add_argument("--clients", type=int, default=8)
 ap.add_argument("--requests", type=int, default=32)
@@ -25,6 +29,8 @@ ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
 ap.add_argument("--models-dir", required=True)
 ap.add_argument("models", nargs="+")
 args = ap.parse_args()
+HEARTHS = dict(h.split("=", 1) if "=" in h else ("hearth", h) for h in args.hearth)
+FIRST = next(iter(HEARTHS.values()))
 
 
 LOGS = tempfile.mkdtemp(prefix="hearth-serve-bench-")
@@ -75,13 +81,13 @@ def start_llama_server(model_file):
     return proc, port
 
 
-def start_hearth(cache=False, convert="none"):
+def start_hearth(cache=False, convert="none", binary=FIRST):
     port = free_port()
     conf = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     conf.write(f"cache:\n  enabled: {'true' if cache else 'false'}\n")
     conf.close()
     env = dict(os.environ, HEARTH_MODELS=args.models_dir, HEARTH_DATA=tempfile.mkdtemp(prefix="hearth-bench-"))
-    proc = subprocess.Popen([args.hearth, "serve", "--port", str(port), "--config", conf.name, "--parallel", str(args.clients),
+    proc = subprocess.Popen([binary, "serve", "--port", str(port), "--config", conf.name, "--parallel", str(args.clients),
                              "--threads", str(args.threads), "--context-length", str(args.ctx),
                              "--convert-weights", convert],
                             env=env, stdout=subprocess.DEVNULL, stderr=log_file("hearth"))
@@ -90,7 +96,7 @@ def start_hearth(cache=False, convert="none"):
 
 
 def bench(model, port, pid):
-    out = subprocess.run([args.hearth, "bench", model, "--url", f"http://127.0.0.1:{port}", "--api", "openai",
+    out = subprocess.run([FIRST, "bench", model, "--url", f"http://127.0.0.1:{port}", "--api", "openai",
                           "--pid", str(pid), "--concurrency", str(args.clients), "--requests", str(args.requests),
                           "--num-predict", str(args.predict), "--runs", "1", "--json"],
                          capture_output=True, text=True, env=dict(os.environ, HEARTH_MODELS=args.models_dir))
@@ -140,25 +146,27 @@ def cache_hits(model, port):
 
 for model in args.models:
     model_file = os.path.join(args.models_dir, f"{model}.gguf")
-    # Per repetition, in turn: llama-server, hearth as the file stores the weights, hearth with
-    # --convert-weights q8_0 (llama-server gets the file as it is in both comparisons).
-    tps = {"peer": [], "none": [], "q8_0": []}
+    # Per repetition, in turn: llama-server, then each hearth build as the file stores the weights
+    # and with --convert-weights q8_0 (llama-server gets the file as it is in every comparison).
+    runs = [("peer", None, None)] + [(f"{label} {conv}", path, conv) for label, path in HEARTHS.items() for conv in ("none", "q8_0")]
+    tps = {name: [] for name, _, _ in runs}
     rss = {}
     for rep in range(args.reps):
-        for variant in tps:
-            proc, port = start_llama_server(model_file) if variant == "peer" else start_hearth(cache=False, convert=variant)
+        for name, binary, convert in runs:
+            proc, port = start_llama_server(model_file) if binary is None else start_hearth(convert=convert, binary=binary)
             try:
-                rate, rss[variant] = bench(model, port, proc.pid)
-                tps[variant].append(rate)
+                rate, rss[name] = bench(model, port, proc.pid)
+                tps[name].append(rate)
             finally:
                 stop(proc)
     p = statistics.median(tps["peer"])
     print(f"{model}: {args.clients} clients x {args.predict} tokens: llama-server -np {args.clients} {p:.1f} tok/s "
           f"(peak RSS {(rss['peer'] or 0) >> 20} MiB)  [runs: {', '.join(f'{x:.1f}' for x in tps['peer'])}]")
-    for variant in ("none", "q8_0"):
-        o = statistics.median(tps[variant])
-        print(f"{model}:   hearth --convert-weights {variant}: {o:.1f} tok/s (peak RSS {(rss[variant] or 0) >> 20} MiB): "
-              f"ratio {o / p:.2f}x  [runs: {', '.join(f'{x:.1f}' for x in tps[variant])}]")
+    for name, _, _ in runs[1:]:
+        o = statistics.median(tps[name])
+        label, convert = name.rsplit(" ", 1)
+        print(f"{model}:   {label} --convert-weights {convert}: {o:.1f} tok/s (peak RSS {(rss[name] or 0) >> 20} MiB): "
+              f"ratio {o / p:.2f}x  [runs: {', '.join(f'{x:.1f}' for x in tps[name])}]")
 
     proc, port = start_hearth(cache=False)
     try:

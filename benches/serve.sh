@@ -12,6 +12,8 @@
 #
 #   benches/serve.sh [MODEL_NAME ...]            (default: smollm2:135m gemma3:270m)
 #   THREADS=2 CLIENTS=8 REQUESTS=32 PREDICT=64 REPS=2 RATE=2000 benches/serve.sh
+#   HEARTH_BINS="portable=target/release/hearth native=/path/to/native/hearth" benches/serve.sh
+#       (several hearth builds in the same run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,10 @@ fi
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(smollm2:135m gemma3:270m)
 
-exec python3 benches/serve.py --server "$server_bin" --hearth "$hearth" --threads "$threads" \
+hearth_args=()
+for h in ${HEARTH_BINS:-$hearth}; do
+  hearth_args+=(--hearth "$h")
+done
+exec python3 benches/serve.py --server "$server_bin" "${hearth_args[@]}" --threads "$threads" \
   --clients "${CLIENTS:-8}" --requests "${REQUESTS:-32}" --predict "${PREDICT:-64}" --reps "${REPS:-2}" \
   --rate "${RATE:-2000}" --models-dir "$models_dir" "${models[@]}"

@@ -6,10 +6,9 @@
 
 #![cfg(target_arch = "x86_64")]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use crate::support::{hearth, SMOL};
+use crate::support::{hearth, output_with_stdin, SMOL};
 
 fn qemu() -> String {
     let qemu = std::env::var("HEARTH_TEST_QEMU").unwrap_or_else(|_| "qemu-x86_64".to_string());
@@ -67,17 +66,8 @@ fn greedy_answer(cpu: Option<&str>) -> String {
 /// One greedy raw request through `hearth stdio`, on one thread.
 fn stdio_answer(mut hearth: Command) -> Output {
     let request = r#"{"model":"smollm2:135m","prompt":"The capital of France is","raw":true,"stream":false,"options":{"num_predict":4,"temperature":0,"num_ctx":128}}"#;
-    let mut child = hearth
-        .args(["stdio", SMOL, "--threads", "1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hearth");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(format!("{request}\n").as_bytes()).expect("write the request");
-    drop(input);
-    child.wait_with_output().expect("wait for hearth")
+    hearth.args(["stdio", SMOL, "--threads", "1"]);
+    output_with_stdin(hearth, &format!("{request}\n"))
 }
 
 #[test]

@@ -55,8 +55,14 @@ pub fn hearth() -> Command {
 
 /// Runs `hearth ARGS` with `stdin` piped in.
 pub fn run_with_stdin(args: &[&str], stdin: &str) -> Output {
-    let mut child = hearth()
-        .args(args)
+    let mut cmd = hearth();
+    cmd.args(args);
+    output_with_stdin(cmd, stdin)
+}
+
+/// Runs a command with `stdin` piped in and its output collected.
+pub fn output_with_stdin(mut cmd: Command, stdin: &str) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -61,6 +61,6 @@ pub fn for_arch(arch: &str) -> &'static [Variant] {
 
 /// The best variant whose needs `has` grants: the one that needs the most. `None` when the CPU is
 /// below the lowest.
-pub fn best<'a>(variants: &'a [Variant], has: impl Fn(&str) -> bool) -> Option<&'a Variant> {
+pub fn best(variants: &[Variant], has: impl Fn(&str) -> bool) -> Option<&Variant> {
     variants.iter().filter(|v| v.needs.iter().all(|f| has(f))).max_by_key(|v| v.needs.len())
 }
