@@ -11,7 +11,7 @@
 //! says so, never an illegal instruction: nothing above the baseline runs before the choice.
 //!
 //! `HEARTH_CPU_VARIANT=<name>` forces a level (for measuring one against another, or for a CPU
-//! whose best level misbehaves); ggml's loader still refuses one the CPU cannot run.
+//! whose best level misbehaves); one this CPU cannot run is refused like any other.
 
 pub mod variants;
 
@@ -89,9 +89,20 @@ pub fn choose() -> Result<&'static Variant, String> {
     let all = all_variants();
     if let Ok(name) = std::env::var("HEARTH_CPU_VARIANT") {
         let names: Vec<&str> = all.iter().map(|v| v.name).collect();
-        return all.iter().find(|v| v.name == name).ok_or_else(|| {
+        let variant = all.iter().find(|v| v.name == name).ok_or_else(|| {
             format!("HEARTH_CPU_VARIANT={name} is not one of this build's CPU variants ({})", names.join(", "))
-        });
+        })?;
+        // Checked here, with the OS's support for the wider registers, and not only by ggml's
+        // loader, which reads CPUID alone.
+        let lacking: Vec<&str> = variant.needs.iter().copied().filter(|f| !has(f)).collect();
+        if !lacking.is_empty() {
+            return Err(format!(
+                "HEARTH_CPU_VARIANT={name}: this CPU (or its OS) lacks {}, which the {name} kernels need; \
+                 unset it to let hearth choose",
+                lacking.join(", ")
+            ));
+        }
+        return Ok(variant);
     }
     variants::best(all, has).ok_or_else(|| {
         let lowest = all.first().map(|v| (v.name, v.needs.join(", "))).unwrap_or(("none", String::new()));
