@@ -241,7 +241,8 @@ fn open_library(path: &str) -> Result<(), String> {
 /// two hearth builds never share one, and rewritten unless its content checks out.
 fn cached_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<String, String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-    let digest = format!("{:x}", Sha256::digest(bytes));
+    let sum = Sha256::digest(bytes);
+    let digest = format!("{sum:x}");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -255,7 +256,7 @@ fn cached_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<String, String> {
         return Err(format!("{} is not private to this user (owner and mode 0700 expected)", dir.display()));
     }
     let path = dir.join(format!("{}-{name}", &digest[..16]));
-    let intact = std::fs::read(&path).map(|found| Sha256::digest(&found) == Sha256::digest(bytes)).unwrap_or(false);
+    let intact = std::fs::read(&path).map(|found| Sha256::digest(&found) == sum).unwrap_or(false);
     if !intact {
         let partial = dir.join(format!("{}-{name}.{}.partial", &digest[..16], std::process::id()));
         let mut file = std::fs::OpenOptions::new()
