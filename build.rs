@@ -70,6 +70,13 @@ fn build_cpu_variants() {
         .define("GGML_CPU_ALL_VARIANTS", "ON")
         .define("GGML_NATIVE", "OFF")
         .define("GGML_OPENMP", "ON")
+        // No weight repacking. On the Sapphire Rapids machine it was slower (llama-bench
+        // --repack 0 against 1: SmolLM2 decode +10%, Gemma 3 prefill +10% without it), and its
+        // kernels take another path for more than three rows than for fewer (gemm against
+        // gemv), one more way a token's logits depend on the batch it was decoded in (README
+        // "Speculative decoding"). llamafile's kernels do the same for two rows or more, but
+        // leaving them out cost Gemma 3 a quarter of its prefill speed.
+        .define("GGML_CPU_REPACK", "OFF")
         // Only the kernels: no llama, no tools, nothing that would need more than a compiler.
         .define("LLAMA_BUILD_COMMON", "OFF")
         .define("LLAMA_BUILD_TESTS", "OFF")

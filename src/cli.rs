@@ -191,6 +191,11 @@ pub struct EngineArgs {
     /// weights' RAM) [default: none].
     #[arg(long = "convert-weights", env = "HEARTH_CONVERT_WEIGHTS", value_parser = crate::engine::convert::Weights::parse)]
     pub convert_weights: Option<crate::engine::convert::Weights>,
+    /// Speculative decoding for one or two streams: lookup (guess the next tokens from the
+    /// prompt and answer so far, keep those the model agrees with; answers are unchanged) or
+    /// off [default: lookup].
+    #[arg(long = "speculative", env = "HEARTH_SPECULATIVE", value_parser = crate::engine::lookup::parse_mode)]
+    pub speculative: Option<bool>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod prefix;
 mod routing;
 mod security;
 mod service;
+mod speculative;
 mod store;
 mod gguf_validation;
 mod hostile;

@@ -272,6 +272,8 @@ impl ModelInstance for FakeInstance {
                     eval: started.elapsed(),
                     context: Vec::new(),
                     stop_sequence: None,
+                    draft_tokens: 0,
+                    draft_accepted: 0,
                 }));
             });
             Ok(Submitted { events: rx, dropped_messages })

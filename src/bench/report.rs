@@ -34,6 +34,8 @@ pub struct Settings {
     pub batch_size: u32,
     /// `--convert-weights`: none or q8_0.
     pub convert_weights: &'static str,
+    /// `--speculative`: lookup or off.
+    pub speculative: &'static str,
 }
 
 impl From<&LoadSettings> for Settings {
@@ -44,6 +46,7 @@ impl From<&LoadSettings> for Settings {
             context_length: s.num_ctx,
             batch_size: s.batch_size,
             convert_weights: s.weights.as_str(),
+            speculative: if s.speculative { "lookup" } else { "off" },
         }
     }
 }
@@ -192,7 +195,7 @@ pub(crate) mod tests {
             target: "in-process".into(),
             api: "service",
             version: crate::VERSION,
-            settings: Some(Settings { threads: 2, parallel: 16, context_length: 2048, batch_size: 512, convert_weights: "none" }),
+            settings: Some(Settings { threads: 2, parallel: 16, context_length: 2048, batch_size: 512, convert_weights: "none", speculative: "lookup" }),
             plan: Plan::full("smollm2:135m"),
             load_seconds: Some(0.4),
             wall_seconds: 60.0,

@@ -40,6 +40,7 @@ impl EngineConfig {
             threads_batch: threads,
             batch_size: flags.batch_size.or(file.batch_size).unwrap_or(DEFAULT_BATCH),
             weights: flags.convert_weights.or(file.convert_weights).unwrap_or_default(),
+            speculative: flags.speculative.or(file.speculative).unwrap_or(true),
         };
         let keep_alive = match &flags.keep_alive {
             Some(k) => KeepAlive::parse(k).map_err(|e| flag_error("--keep-alive", e))?,

@@ -122,6 +122,7 @@ mod tests {
             threads_batch: 2,
             batch_size: 512,
             weights: Default::default(),
+            speculative: true,
         }
     }
 

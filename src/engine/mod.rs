@@ -12,7 +12,9 @@ pub mod estimate;
 pub mod prefix;
 mod sampler;
 pub mod grammar;
+pub mod lookup;
 mod pace;
+mod slot_cache;
 pub mod text;
 mod worker;
 mod wrapup;
@@ -46,6 +48,8 @@ pub struct LoadSettings {
     pub batch_size: u32,
     /// How the weights are held in memory (`convert`).
     pub weights: convert::Weights,
+    /// Whether few-stream decoding guesses ahead from the context (`lookup`).
+    pub speculative: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +135,9 @@ pub struct Completion {
     pub context: Vec<i32>,
     /// The stop sequence that ended the answer, when one did (Anthropic's `stop_sequence`).
     pub stop_sequence: Option<String>,
+    /// Tokens guessed ahead by speculative decoding, and how many of them held.
+    pub draft_tokens: u32,
+    pub draft_accepted: u32,
 }
 
 /// One output token's log-probability, and the most likely alternatives with theirs.

@@ -20,7 +20,6 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::model::LlamaLoraAdapter;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -31,7 +30,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::embed::{EmbedJob, Embedder, FairShare};
 use crate::spec::options::{PredictLimit, SamplingOptions};
-use super::prefix::{self, PrefixStore};
+use super::lookup::{self, DraftControl};
+use super::slot_cache::{clear_seq, Prefixes};
 use super::text::{StopMatcher, StopScan, Utf8Stream};
 use super::wrapup::WrapUp;
 use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
@@ -64,8 +64,16 @@ struct Active {
     generated: u32,
     /// Where a structured answer is, to wrap it up properly near its token limit.
     json: super::wrapup::JsonLexState,
-    /// Where this sequence's logits are in the current batch.
+    /// Where this sequence's logits are in the current batch; guessed tokens' follow.
     logits_idx: Option<i32>,
+    /// Tokens guessed to follow `history` (prompt lookup), decoded in the current batch.
+    draft: Vec<LlamaToken>,
+    /// `None` when this sequence does not guess (speculative decoding off, or a model whose
+    /// state can't be rolled back).
+    drafting: Option<DraftControl>,
+    /// Guessed tokens decoded and accepted, for the log.
+    drafted: usize,
+    accepted: usize,
     utf8: Utf8Stream,
     stop: StopMatcher,
     started: Instant,
@@ -74,7 +82,7 @@ struct Active {
 
 impl Active {
     /// Fails (after telling the client) when the request's grammar does not compile.
-    fn new(job: Job, model: &LlamaModel, n_ctx_slot: u32) -> Option<Active> {
+    fn new(job: Job, model: &LlamaModel, n_ctx_slot: u32, speculate: bool) -> Option<Active> {
         let n_ctx = job.options.num_ctx.min(n_ctx_slot) as usize;
         let mut sampler = match sampler::build(model, &job.options, n_ctx as u32) {
             Ok(s) => s,
@@ -101,6 +109,10 @@ impl Active {
             generated: 0,
             json: super::wrapup::JsonLexState::new(may_be_text),
             logits_idx: None,
+            draft: Vec::new(),
+            drafting: speculate.then(DraftControl::default),
+            drafted: 0,
+            accepted: 0,
             utf8: Utf8Stream::default(),
             started: Instant::now(),
             first_token_at: None,
@@ -149,6 +161,8 @@ impl Active {
         tracing::debug!(
             prompt_tokens = self.prompt_tokens,
             cached_tokens = self.cached_tokens,
+            drafted = self.drafted,
+            accepted = self.accepted,
             prompt_eval_ms = (first - self.started).as_millis() as u64,
             "generation finished"
         );
@@ -161,6 +175,8 @@ impl Active {
             eval: now - first,
             context: self.history.iter().map(|t| t.0).collect(),
             stop_sequence: self.stop.matched().map(str::to_string),
+            draft_tokens: self.drafted as u32,
+            draft_accepted: self.accepted as u32,
         }));
     }
 
@@ -225,6 +241,8 @@ pub(super) fn run(
         }
     }
     let n_ctx_slot = ctx.n_ctx() / parallel;
+    // A guess that fails is rolled back, which a recurrent state cannot be.
+    let speculate = settings.speculative && !model.is_recurrent() && !model.is_hybrid();
     if ready.send(Ok(n_ctx_slot)).is_err() {
         return;
     }
@@ -269,7 +287,7 @@ pub(super) fn run(
         }
         while slots.iter().any(Option::is_none) {
             let Some(job) = waiting.pop_front() else { break };
-            let Some(mut active) = Active::new(job, model, n_ctx_slot) else { continue };
+            let Some(mut active) = Active::new(job, model, n_ctx_slot, speculate) else { continue };
             if active.options.num_predict == PredictLimit::Tokens(0) {
                 active.finish(DoneReason::Length);
                 continue;
@@ -317,33 +335,28 @@ pub(super) fn run(
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(idx) = slot.as_ref().and_then(|a| a.logits_idx) else { continue };
             let Some(mut a) = slot.take() else { continue };
-            let wrap_up = if a.sampler.constrained() { a.json.wrap_up(a.tokens_left()) } else { None };
-            if wrap_up.is_some() && closers.is_none() {
-                closers = Some(sampler::wrap_up_bias(model));
-            }
-            let bias = closers.as_ref().and_then(|b| match wrap_up? {
-                WrapUp::Close if a.json.in_string => Some(b.in_string.as_slice()),
-                WrapUp::Close => Some(b.outside.as_slice()),
-                WrapUp::Compact => Some(b.compact.as_slice()),
-            });
-            let token = match a.sampler.sample(&ctx, idx, bias) {
-                Ok(t) => t,
+            let drafted = a.draft.len();
+            let done = match verify(&mut a, &ctx, model, idx, &mut closers) {
+                Ok(done) => done,
                 Err(e) => {
                     let _ = a.events.send(Event::Failed(EngineError::Sampling(e)));
                     prefixes.forget(&mut ctx, seq);
                     continue;
                 }
             };
-            if let Some(top) = a.options.logprobs {
-                let (logprob, alternatives) = sampler::logprobs(ctx.get_logits_ith(idx), token, top as usize);
-                let piece = |t: LlamaToken| model.vocab().token_to_piece(t, false, None);
-                let _ = a.events.send(Event::Logprob(TokenLogprob {
-                    bytes: piece(token),
-                    logprob,
-                    top: alternatives.into_iter().map(|(t, lp)| (piece(t), lp)).collect(),
-                }));
+            let accepted = a.draft.len();
+            a.draft.clear();
+            if let Some(control) = a.drafting.as_mut() {
+                control.record(drafted, accepted);
             }
-            match step(&mut a, model, token) {
+            a.drafted += drafted;
+            a.accepted += accepted;
+            // Guessed tokens that did not hold leave the KV cache; if the sequence can't be
+            // cut there (a sliding window), it is read again from the start.
+            if accepted < drafted && !prefixes.roll_back(&mut ctx, seq, a.n_past) {
+                a.n_past = 0;
+            }
+            match done {
                 Some(reason) => {
                     prefixes.release(seq, a.in_cache());
                     a.finish(reason);
@@ -404,6 +417,7 @@ fn injected_panic() {
 /// Returns the prompt tokens added.
 fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes, capacity: usize, prompt_budget: usize) -> usize {
     batch.clear();
+    let streams = slots.iter().flatten().filter(|a| a.first_token_at.is_some()).count();
     let mut room = capacity;
     let mut prompt_added = 0;
     for generating in [true, false] {
@@ -441,12 +455,90 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
             }
             a.n_past += take;
             room -= take;
+            if generating && a.logits_idx.is_some() && streams <= SPECULATE_MAX_STREAMS {
+                room -= add_draft(batch, a, seq, room);
+            }
             if !generating {
                 prompt_added += take;
             }
         }
     }
     prompt_added
+}
+
+/// Samples sequence `a`'s next token from the logits at batch index `idx`, then, while the
+/// sampled token is the one guessed next (`a.draft`), the token after it from the guessed
+/// token's logits, and so on: the tokens plain decoding would have produced one step at a
+/// time, drawn from the same sampler in the same order. Leaves in `a.draft` the guessed tokens
+/// that held (now in `history[..n_past]`). Returns why generation ends, if it does.
+fn verify(a: &mut Active, ctx: &LlamaContext, model: &LlamaModel, idx: i32, closers: &mut Option<sampler::WrapUpBias>) -> Result<Option<DoneReason>, String> {
+    let draft = std::mem::take(&mut a.draft);
+    let mut held = 0;
+    let done = loop {
+        let token = sample(a, ctx, model, idx + held as i32, closers)?;
+        if let Some(reason) = step(a, model, token) {
+            break Some(reason);
+        }
+        if draft.get(held) != Some(&token) {
+            break None;
+        }
+        // The guessed token is in the KV cache already, and its logits are next in the batch.
+        a.n_past += 1;
+        held += 1;
+    };
+    a.draft = draft;
+    a.draft.truncate(held);
+    Ok(done)
+}
+
+/// Samples one token for `a` from the logits at batch index `idx` (biased toward closing a
+/// structured answer near its token limit) and reports its log-probability when asked.
+fn sample(a: &mut Active, ctx: &LlamaContext, model: &LlamaModel, idx: i32, closers: &mut Option<sampler::WrapUpBias>) -> Result<LlamaToken, String> {
+    let wrap_up = if a.sampler.constrained() { a.json.wrap_up(a.tokens_left()) } else { None };
+    if wrap_up.is_some() && closers.is_none() {
+        *closers = Some(sampler::wrap_up_bias(model));
+    }
+    let bias = closers.as_ref().and_then(|b| match wrap_up? {
+        WrapUp::Close if a.json.in_string => Some(b.in_string.as_slice()),
+        WrapUp::Close => Some(b.outside.as_slice()),
+        WrapUp::Compact => Some(b.compact.as_slice()),
+    });
+    let token = a.sampler.sample(ctx, idx, bias)?;
+    if let Some(top) = a.options.logprobs {
+        let (logprob, alternatives) = sampler::logprobs(ctx.get_logits_ith(idx), token, top as usize);
+        let piece = |t: LlamaToken| model.vocab().token_to_piece(t, false, None);
+        let _ = a.events.send(Event::Logprob(TokenLogprob {
+            bytes: piece(token),
+            logprob,
+            top: alternatives.into_iter().map(|(t, lp)| (piece(t), lp)).collect(),
+        }));
+    }
+    Ok(token)
+}
+
+/// Guessing is for few streams: with more, the batch is wide already and the guessed tokens
+/// take room from other sequences' steps and prompts.
+const SPECULATE_MAX_STREAMS: usize = 2;
+
+/// Puts a guess at what follows sequence `a` into the batch after its last token, each with its
+/// logits, as many tokens as its `DraftControl` wants and its limits, its context and the
+/// batch's `room` allow. Returns the tokens added.
+fn add_draft(batch: &mut LlamaBatch, a: &mut Active, seq: usize, room: usize) -> usize {
+    // The token sampled after the guess is one more: room for it in the answer and the context.
+    let most = a.tokens_left().saturating_sub(1).min(a.n_ctx.saturating_sub(a.history.len() + 1)).min(room);
+    let Some(control) = a.drafting.as_mut() else { return 0 };
+    if most == 0 {
+        return 0;
+    }
+    let want = control.want().min(most);
+    a.draft = lookup::propose(&a.history, want);
+    for (i, &token) in a.draft.iter().enumerate() {
+        if batch.add(token, (a.history.len() + i) as i32, &[seq as i32], true).is_err() {
+            a.draft.truncate(i);
+            break;
+        }
+    }
+    a.draft.len()
 }
 
 /// Handles one sampled token; returns why generation ends, if it does.
@@ -475,123 +567,5 @@ fn step(a: &mut Active, model: &LlamaModel, token: LlamaToken) -> Option<DoneRea
     match a.options.num_predict {
         PredictLimit::Tokens(n) if a.generated >= a.predict_cap(n) => Some(DoneReason::Length),
         _ => None,
-    }
-}
-
-fn clear_seq(ctx: &mut LlamaContext, seq: usize) {
-    let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
-}
-
-/// What each slot's sequence holds between requests, and the prefixes saved from slots that
-/// were taken over. Keeps the invariant that a free slot's `cached` tokens are exactly the
-/// positions its sequence holds in the KV cache (or it is empty and so is the sequence).
-struct Prefixes {
-    cached: Vec<Vec<LlamaToken>>,
-    store: PrefixStore<LlamaToken, SeqState>,
-    /// Whether the store's bound was set from a measured state size yet.
-    sized: bool,
-    /// The model's sliding-window size (0 when it has none).
-    n_swa: u32,
-    /// KV cells of the whole context (all slots).
-    n_ctx_total: u32,
-}
-
-impl Prefixes {
-    fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32) -> Prefixes {
-        let arch = model.meta_val_str("general.architecture").unwrap_or_default();
-        let n_swa = model
-            .meta_val_str(&format!("{arch}.attention.sliding_window"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        Prefixes {
-            cached: vec![Vec::new(); slots],
-            store: PrefixStore::new(prefix::PREFIX_STORE_MAX_BYTES),
-            sized: false,
-            n_swa,
-            n_ctx_total,
-        }
-    }
-
-    /// A request left slot `seq` with `tokens` in its sequence.
-    fn release(&mut self, seq: usize, tokens: Vec<LlamaToken>) {
-        self.cached[seq] = tokens;
-    }
-
-    /// Slot `seq`'s sequence can no longer be trusted: empty it.
-    fn forget(&mut self, ctx: &mut LlamaContext, seq: usize) {
-        clear_seq(ctx, seq);
-        self.cached[seq].clear();
-    }
-
-    /// Picks one of the `free` slots for `prompt` and prepares its sequence: keeps the longest
-    /// usable cached prefix (from the slot or restored from the store), removes the rest.
-    /// Returns the slot and how many prompt tokens are already in its KV cache.
-    fn assign(&mut self, ctx: &mut LlamaContext, free: &[usize], prompt: &[LlamaToken]) -> Option<(usize, usize)> {
-        let candidates: Vec<(usize, &[LlamaToken])> = free.iter().map(|&s| (s, self.cached[s].as_slice())).collect();
-        let (seq, common) = prefix::pick_slot(&candidates, prompt)?;
-        let mut held = std::mem::take(&mut self.cached[seq]);
-        let mut keep = prefix::reusable(common, prompt.len());
-        if let Some((tokens, state, shared)) = self.store.take_best(prompt, common) {
-            if held.len() >= prefix::MIN_SAVED_TOKENS {
-                self.save(ctx, seq, held);
-            }
-            clear_seq(ctx, seq);
-            match ctx.state_seq_set(&state, seq as i32) {
-                Ok(()) => {
-                    held = tokens;
-                    keep = prefix::reusable(shared, prompt.len());
-                }
-                Err(e) => {
-                    tracing::warn!("could not restore a saved prefix: {e}");
-                    held = Vec::new();
-                    keep = 0;
-                }
-            }
-        } else if prefix::worth_saving(held.len(), keep) {
-            self.save(ctx, seq, held.clone());
-        }
-        Some((seq, self.trim(ctx, seq, held.len(), keep)))
-    }
-
-    /// Cuts slot `seq`'s sequence (holding `held` positions) to its first `keep`; returns what
-    /// it kept: 0 after clearing it when the cut is impossible (a sliding window that no longer
-    /// covers the kept end, or a recurrent state, which cannot roll back).
-    fn trim(&self, ctx: &mut LlamaContext, seq: usize, held: usize, keep: usize) -> usize {
-        if keep == 0 {
-            clear_seq(ctx, seq);
-            return 0;
-        }
-        let id = seq as i32;
-        let complete = usize::try_from(ctx.kv_cache_seq_pos_max(id)).is_ok_and(|max| max + 1 >= keep)
-            && prefix::window_intact(keep, ctx.kv_cache_seq_pos_min(id), self.n_swa);
-        let cut = complete
-            && (keep == held || matches!(ctx.clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None), Ok(true)));
-        if cut {
-            keep
-        } else {
-            tracing::debug!(slot = seq, keep, "cached prefix not reusable here; reading the whole prompt");
-            clear_seq(ctx, seq);
-            0
-        }
-    }
-
-    /// Saves slot `seq`'s sequence (holding `tokens`) into the store.
-    fn save(&mut self, ctx: &LlamaContext, seq: usize, tokens: Vec<LlamaToken>) {
-        if tokens.is_empty() || self.store.limit() == 0 {
-            return;
-        }
-        match ctx.state_seq_get(seq as i32, LlamaStateSeqFlags::empty()) {
-            Ok(state) => {
-                let bytes = state.byte_len() as u64;
-                if !self.sized {
-                    let per_token = bytes / tokens.len() as u64;
-                    self.store.set_limit(prefix::prefix_store_bytes(per_token * u64::from(self.n_ctx_total)));
-                    self.sized = true;
-                }
-                self.store.insert(tokens, state, bytes);
-            }
-            Err(e) => tracing::warn!("could not save a cached prefix: {e}"),
-        }
     }
 }

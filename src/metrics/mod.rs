@@ -76,6 +76,7 @@ struct Inner {
     ttft: HistogramVec,
     prompt_tokens: IntCounterVec,
     generated_tokens: IntCounterVec,
+    draft_tokens: IntCounterVec,
     cache_requests: IntCounterVec,
     // Label-less vecs, so that "no cache" can be an absent series instead of a misleading 0.
     cache_entries: IntGaugeVec,
@@ -133,6 +134,16 @@ impl Metrics {
         inner.generation_duration.with_label_values(&label).observe(total.as_secs_f64());
         let cost = inner.pricing.read().unwrap_or_else(PoisonError::into_inner).cost(model, prompt_tokens.saturating_add(generated_tokens));
         inner.cost.with_label_values(&label).inc_by(cost);
+    }
+
+    /// A generation's speculative guesses: `drafted` tokens, of which `accepted` were kept.
+    pub fn record_drafts(&self, model: &str, drafted: u64, accepted: u64) {
+        if drafted == 0 {
+            return;
+        }
+        let model = model_label(model);
+        self.inner.draft_tokens.with_label_values(&[model, "accepted"]).inc_by(accepted);
+        self.inner.draft_tokens.with_label_values(&[model, "rejected"]).inc_by(drafted.saturating_sub(accepted));
     }
 
     /// One finished embedding request: its input tokens and their cost (no generation
@@ -324,6 +335,7 @@ impl Inner {
             ttft: histogram("hearth_time_to_first_token_seconds", "Time from request to the first generated token.", "model", GENERATION_BUCKETS)?,
             prompt_tokens: counter("hearth_prompt_tokens_total", "Prompt tokens processed.", &["model"])?,
             generated_tokens: counter("hearth_generated_tokens_total", "Tokens generated.", &["model"])?,
+            draft_tokens: counter("hearth_draft_tokens_total", "Tokens guessed ahead by speculative decoding, by result (accepted: the model agreed and they were kept; rejected).", &["model", "result"])?,
             cache_requests: counter("hearth_cache_requests_total", "Response-cache lookups by result (hit, miss, unavailable).", &["result"])?,
             cache_entries: gauge_vec("hearth_cache_entries", "Entries in the response cache.", &[])?,
             cache_bytes: gauge_vec("hearth_cache_bytes", "Bytes held by the response cache.", &[])?,

@@ -32,6 +32,8 @@ fn counters_move_after_record_calls() {
     metrics.record_request("/api/chat", "qwen:0.5b", 200, Duration::from_millis(50));
     metrics.record_request("/api/tags", "", 200, Duration::from_micros(300));
     metrics.record_generation("qwen:0.5b", 12, 30, Some(Duration::from_millis(20)), Duration::from_secs(1));
+    metrics.record_drafts("qwen:0.5b", 10, 7);
+    metrics.record_drafts("qwen:0.5b", 0, 0);
     metrics.record_cache("hit");
     metrics.record_cache("miss");
     metrics.record_cache("miss");
@@ -48,6 +50,8 @@ fn counters_move_after_record_calls() {
     assert_eq!(sample(&text, "hearth_generated_tokens_total", &[("model", "qwen:0.5b")]), Some(30.0));
     assert_eq!(sample(&text, "hearth_time_to_first_token_seconds_count", &[("model", "qwen:0.5b")]), Some(1.0));
     assert_eq!(sample(&text, "hearth_generation_duration_seconds_sum", &[("model", "qwen:0.5b")]), Some(1.0));
+    assert_eq!(sample(&text, "hearth_draft_tokens_total", &[("model", "qwen:0.5b"), ("result", "accepted")]), Some(7.0));
+    assert_eq!(sample(&text, "hearth_draft_tokens_total", &[("model", "qwen:0.5b"), ("result", "rejected")]), Some(3.0));
     assert_eq!(sample(&text, "hearth_cache_requests_total", &[("result", "miss")]), Some(2.0));
     assert_eq!(sample(&text, "hearth_cache_requests_total", &[("result", "hit")]), Some(1.0));
     assert_eq!(sample(&text, "hearth_errors_total", &[("kind", "busy")]), Some(1.0));

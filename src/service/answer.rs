@@ -251,6 +251,8 @@ pub async fn replay(cached: CachedAnswer, mut record: Record) -> UnboundedReceiv
         eval: took,
         context: cached.context,
         stop_sequence: cached.stop_sequence,
+        draft_tokens: 0,
+        draft_accepted: 0,
     };
     if let Some(w) = record.watch.take() {
         w.done(&c, Some(replay_started));
@@ -276,6 +278,7 @@ async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Durat
     }
     let total = started.elapsed();
     metrics.record_generation(&model, u64::from(c.prompt_tokens), u64::from(c.eval_tokens), ttft, total);
+    metrics.record_drafts(&model, u64::from(c.draft_tokens), u64::from(c.draft_accepted));
     if let Some(a) = &account {
         a.charge(&metrics, &model, u64::from(c.prompt_tokens), u64::from(c.eval_tokens));
     }
@@ -299,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_cached_answer_round_trips_and_rejects_tampering() {
-        let c = Completion { reason: DoneReason::Stop, prompt_tokens: 3, cached_tokens: 0, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: vec![1, 2, 3], stop_sequence: None };
+        let c = Completion { reason: DoneReason::Stop, prompt_tokens: 3, cached_tokens: 0, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: vec![1, 2, 3], stop_sequence: None, draft_tokens: 0, draft_accepted: 0 };
         let a = CachedAnswer::new(vec![Piece::Text("Hel".into()), Piece::Text("lo".into())], &c);
         let bytes = a.encode();
         assert_eq!(CachedAnswer::decode(&bytes), Some(a));

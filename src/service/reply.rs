@@ -138,7 +138,7 @@ mod tests {
     use std::time::Duration;
 
     fn done() -> Event {
-        Event::Done(Completion { reason: DoneReason::Stop, prompt_tokens: 1, cached_tokens: 0, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: Vec::new(), stop_sequence: None })
+        Event::Done(Completion { reason: DoneReason::Stop, prompt_tokens: 1, cached_tokens: 0, prompt_eval: Duration::ZERO, eval_tokens: 2, eval: Duration::ZERO, context: Vec::new(), stop_sequence: None, draft_tokens: 0, draft_accepted: 0 })
     }
 
     fn tools() -> ToolRequest {

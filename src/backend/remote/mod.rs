@@ -527,6 +527,8 @@ fn done(length: bool, prompt_tokens: u64, eval_tokens: u64) -> Event {
         eval: Duration::ZERO,
         context: Vec::new(),
         stop_sequence: None,
+        draft_tokens: 0,
+        draft_accepted: 0,
     })
 }
 

@@ -160,6 +160,9 @@ pub struct EngineFile {
     pub batch_size: Option<u32>,
     #[serde(default, deserialize_with = "scalar::convert_weights")]
     pub convert_weights: Option<crate::engine::convert::Weights>,
+    /// `lookup` (the default) or `off`.
+    #[serde(default, deserialize_with = "scalar::speculative")]
+    pub speculative: Option<bool>,
     #[serde(default, deserialize_with = "scalar::keep_alive")]
     pub keep_alive: Option<KeepAlive>,
     /// Checked for syntax; `resources::budget::parse_budget` turns it into bytes.

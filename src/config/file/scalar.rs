@@ -154,6 +154,9 @@ pub fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Err
 pub fn convert_weights<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::engine::convert::Weights>, D::Error> {
     read(d, "none or q8_0", crate::engine::convert::Weights::parse)
 }
+pub fn speculative<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    read(d, "lookup or off", crate::engine::lookup::parse_mode)
+}
 pub fn keep_alive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KeepAlive>, D::Error> {
     read(d, "a duration, 0, or -1", KeepAlive::parse)
 }

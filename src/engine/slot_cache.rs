@@ -1,0 +1,137 @@
+//! What each slot's llama.cpp sequence holds between requests, for the worker: the prompt
+//! tokens its KV cache covers, and the prefixes saved from slots that were taken over (a
+//! `PrefixStore` of llama.cpp sequence states). Owns the invariant that a free slot's cached
+//! tokens are exactly the positions its sequence holds; it never decodes.
+
+use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use super::prefix::{self, PrefixStore};
+
+pub(super) fn clear_seq(ctx: &mut LlamaContext, seq: usize) {
+    let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+}
+
+
+/// What each slot's sequence holds between requests, and the prefixes saved from slots that
+/// were taken over. Keeps the invariant that a free slot's `cached` tokens are exactly the
+/// positions its sequence holds in the KV cache (or it is empty and so is the sequence).
+pub(super) struct Prefixes {
+    cached: Vec<Vec<LlamaToken>>,
+    store: PrefixStore<LlamaToken, SeqState>,
+    /// Whether the store's bound was set from a measured state size yet.
+    sized: bool,
+    /// The model's sliding-window size (0 when it has none).
+    n_swa: u32,
+    /// KV cells of the whole context (all slots).
+    n_ctx_total: u32,
+}
+
+impl Prefixes {
+    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32) -> Prefixes {
+        let arch = model.meta_val_str("general.architecture").unwrap_or_default();
+        let n_swa = model
+            .meta_val_str(&format!("{arch}.attention.sliding_window"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Prefixes {
+            cached: vec![Vec::new(); slots],
+            store: PrefixStore::new(prefix::PREFIX_STORE_MAX_BYTES),
+            sized: false,
+            n_swa,
+            n_ctx_total,
+        }
+    }
+
+    /// A request left slot `seq` with `tokens` in its sequence.
+    pub(super) fn release(&mut self, seq: usize, tokens: Vec<LlamaToken>) {
+        self.cached[seq] = tokens;
+    }
+
+    /// Slot `seq`'s sequence can no longer be trusted: empty it.
+    pub(super) fn forget(&mut self, ctx: &mut LlamaContext, seq: usize) {
+        clear_seq(ctx, seq);
+        self.cached[seq].clear();
+    }
+
+    /// Picks one of the `free` slots for `prompt` and prepares its sequence: keeps the longest
+    /// usable cached prefix (from the slot or restored from the store), removes the rest.
+    /// Returns the slot and how many prompt tokens are already in its KV cache.
+    pub(super) fn assign(&mut self, ctx: &mut LlamaContext, free: &[usize], prompt: &[LlamaToken]) -> Option<(usize, usize)> {
+        let candidates: Vec<(usize, &[LlamaToken])> = free.iter().map(|&s| (s, self.cached[s].as_slice())).collect();
+        let (seq, common) = prefix::pick_slot(&candidates, prompt)?;
+        let mut held = std::mem::take(&mut self.cached[seq]);
+        let mut keep = prefix::reusable(common, prompt.len());
+        if let Some((tokens, state, shared)) = self.store.take_best(prompt, common) {
+            if held.len() >= prefix::MIN_SAVED_TOKENS {
+                self.save(ctx, seq, held);
+            }
+            clear_seq(ctx, seq);
+            match ctx.state_seq_set(&state, seq as i32) {
+                Ok(()) => {
+                    held = tokens;
+                    keep = prefix::reusable(shared, prompt.len());
+                }
+                Err(e) => {
+                    tracing::warn!("could not restore a saved prefix: {e}");
+                    held = Vec::new();
+                    keep = 0;
+                }
+            }
+        } else if prefix::worth_saving(held.len(), keep) {
+            self.save(ctx, seq, held.clone());
+        }
+        Some((seq, self.trim(ctx, seq, held.len(), keep)))
+    }
+
+    /// Cuts slot `seq`'s sequence (holding `held` positions) to its first `keep`; returns what
+    /// it kept: 0 after clearing it when the cut is impossible (a sliding window that no longer
+    /// covers the kept end, or a recurrent state, which cannot roll back).
+    fn trim(&self, ctx: &mut LlamaContext, seq: usize, held: usize, keep: usize) -> usize {
+        if keep == 0 {
+            clear_seq(ctx, seq);
+            return 0;
+        }
+        let id = seq as i32;
+        let complete = usize::try_from(ctx.kv_cache_seq_pos_max(id)).is_ok_and(|max| max + 1 >= keep)
+            && prefix::window_intact(keep, ctx.kv_cache_seq_pos_min(id), self.n_swa);
+        let cut = complete
+            && (keep == held || matches!(ctx.clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None), Ok(true)));
+        if cut {
+            keep
+        } else {
+            tracing::debug!(slot = seq, keep, "cached prefix not reusable here; reading the whole prompt");
+            clear_seq(ctx, seq);
+            0
+        }
+    }
+
+    /// Removes slot `seq`'s positions from `keep` on (guessed tokens that did not hold). False
+    /// when the rest is not usable any more (a sliding window that no longer covers its end)
+    /// and the sequence was emptied instead.
+    pub(super) fn roll_back(&self, ctx: &mut LlamaContext, seq: usize, keep: usize) -> bool {
+        self.trim(ctx, seq, usize::MAX, keep) == keep
+    }
+
+    /// Saves slot `seq`'s sequence (holding `tokens`) into the store.
+    fn save(&mut self, ctx: &LlamaContext, seq: usize, tokens: Vec<LlamaToken>) {
+        if tokens.is_empty() || self.store.limit() == 0 {
+            return;
+        }
+        match ctx.state_seq_get(seq as i32, LlamaStateSeqFlags::empty()) {
+            Ok(state) => {
+                let bytes = state.byte_len() as u64;
+                if !self.sized {
+                    let per_token = bytes / tokens.len() as u64;
+                    self.store.set_limit(prefix::prefix_store_bytes(per_token * u64::from(self.n_ctx_total)));
+                    self.sized = true;
+                }
+                self.store.insert(tokens, state, bytes);
+            }
+            Err(e) => tracing::warn!("could not save a cached prefix: {e}"),
+        }
+    }
+}
