@@ -167,7 +167,8 @@ pub struct EngineArgs {
     /// CPU threads for llama.cpp [default: physical cores].
     #[arg(long, env = "HEARTH_NUM_THREADS", value_parser = clap::value_parser!(i32).range(crate::config::THREADS_RANGE))]
     pub threads: Option<i32>,
-    /// Default context length per request, in tokens [default: 4096].
+    /// Default context length per request, in tokens, and the KV pool all of a model's slots
+    /// share [default: 4096].
     #[arg(long = "context-length", env = "HEARTH_CONTEXT_LENGTH", value_parser = clap::value_parser!(u32).range(crate::config::CONTEXT_LENGTH_RANGE))]
     pub context_length: Option<u32>,
     /// Most tokens per decode step (prompt chunk size) [default: 512].

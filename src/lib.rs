@@ -48,8 +48,10 @@
 //!                `fake` is a deterministic stand-in for the tests of the layers above
 //!                (`cfg(test)`).
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
-//!                with continuous batching and embeddings (`worker`, `embed`), prompt chunks
-//!                sized for quick cancellation (`pace`), sampling with
+//!                with continuous batching over one shared KV pool and embeddings (`worker`,
+//!                `embed`), what slots keep cached and the saved prefixes (`slot_cache`,
+//!                `prefix`), speculative decoding's guesses from the context (`lookup`),
+//!                prompt chunks sized for quick cancellation (`pace`), sampling with
 //!                grammars and logprobs (`sampler`), a JSON answer's wrap-up near its
 //!                budget (`wrapup`), JSON schemas and tool calls as grammars
 //!                (`grammar`), streamed-text handling (`text`), RAM estimates from GGUF metadata

@@ -32,12 +32,13 @@ pub fn run(args: ShowArgs) -> anyhow::Result<()> {
     let est = &show["ram_estimate"];
     let mib = |k: &str| est[k].as_u64().unwrap_or(0) >> 20;
     println!();
-    println!("  RAM estimate (num_ctx {} x {} slots)", est["num_ctx"], est["parallel"]);
+    println!("  RAM estimate (num_ctx {} shared by {} slots)", est["num_ctx"], est["parallel"]);
     println!("    {:<20}{} MiB", "total", mib("total"));
     println!("    {:<20}{} MiB", "weights", mib("weights"));
     println!("    {:<20}{} MiB", "kv cache", mib("kv_cache"));
     println!("    {:<20}{} MiB", "overhead", mib("overhead"));
     println!("    {:<20}{} MiB", "embedding", mib("embedding"));
+    println!("    {:<20}{} MiB", "prefix store", mib("prefix_store"));
     if let Some(license) = show["license"].as_str().filter(|l| !l.is_empty()) {
         println!();
         println!("  License");

@@ -1,7 +1,8 @@
 //! How much RAM a model instance will take, from its GGUF metadata alone (no tensors loaded).
 //!
 //! total = weights (tensor bytes by type) + KV cache (every layer keeps K and V in f16 for each
-//! of `num_ctx x parallel` cells; llama.cpp sizes sliding-window layers in full by default)
+//! of the `num_ctx` cells of the pool all slots share; llama.cpp sizes sliding-window layers in
+//! full by default)
 //! plus overhead (llama.cpp's vocabulary tables, logits and compute buffers, and hearth's own
 //! per-model state) + the embedding context (`engine::embed`: one slot's KV cells, and per token
 //! of its batch the logits llama.cpp keeps twice plus the graph's activations). The embedding
@@ -63,7 +64,7 @@ pub fn estimate(info: &GgufInfo, settings: &LoadSettings) -> Estimate {
     let head_v = info.arch_u64("attention.value_length").unwrap_or(embd / heads);
     let slot_ctx = effective_ctx(info, settings.num_ctx);
     let per_cell = layers * kv_heads * (head_k + head_v) * KV_ELEMENT;
-    let kv_cache = per_cell * u64::from(slot_ctx) * u64::from(settings.parallel.max(1));
+    let kv_cache = per_cell * u64::from(slot_ctx);
     let overhead = FIXED_OVERHEAD + info.vocab_size() * PER_VOCAB_ENTRY;
     let causal = match info.get(&format!("{}.attention.causal", info.architecture())) {
         Some(GgufValue::Bool(b)) => Some(*b),
@@ -134,10 +135,11 @@ mod tests {
     }
 
     #[test]
-    fn kv_scales_with_context_and_slots() {
+    fn kv_is_one_pool_of_num_ctx_cells_whatever_the_slots() {
         // 30 layers x 3 kv heads x (64 + 64) dims x 2 bytes per cell.
         let per_cell = 30 * 3 * 128 * 2;
-        assert_eq!(estimate(&info(), &settings(2048, 4)).kv_cache, per_cell * 2048 * 4);
+        assert_eq!(estimate(&info(), &settings(2048, 4)).kv_cache, per_cell * 2048);
+        assert_eq!(estimate(&info(), &settings(2048, 1)).kv_cache, per_cell * 2048);
         assert_eq!(estimate(&info(), &settings(4096, 1)).kv_cache, per_cell * 4096);
     }
 

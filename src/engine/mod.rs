@@ -14,6 +14,7 @@ mod sampler;
 pub mod grammar;
 pub mod lookup;
 mod pace;
+mod sequence;
 mod slot_cache;
 pub mod text;
 mod worker;

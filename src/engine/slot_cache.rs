@@ -109,6 +109,20 @@ impl Prefixes {
         }
     }
 
+    /// Frees the cells of the free slot holding the most cached tokens, saving them to the
+    /// store first if worth it. False when no free slot holds any.
+    pub(super) fn evict_one(&mut self, ctx: &mut LlamaContext) -> bool {
+        let Some(seq) = (0..self.cached.len()).filter(|&s| !self.cached[s].is_empty()).max_by_key(|&s| self.cached[s].len()) else {
+            return false;
+        };
+        let held = std::mem::take(&mut self.cached[seq]);
+        if held.len() >= prefix::MIN_SAVED_TOKENS {
+            self.save(ctx, seq, held);
+        }
+        clear_seq(ctx, seq);
+        true
+    }
+
     /// Removes slot `seq`'s positions from `keep` on (guessed tokens that did not hold). False
     /// when the rest is not usable any more (a sliding window that no longer covers its end)
     /// and the sequence was emptied instead.

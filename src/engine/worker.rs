@@ -9,6 +9,11 @@
 //! goes to the free slot sharing the longest prefix with it (`prefix::pick_slot`); only the
 //! rest is decoded. A slot taken over by an unrelated prompt first saves its state into a
 //! RAM-bounded `PrefixStore`, from which a later prompt that shares it restores it.
+//! The slots share one pool of KV cells; when a batch finds no room, idle slots' cached
+//! sequences go first, then the request admitted last waits with its cells given up
+//! (`make_room_in_pool`). With one or two streams, each step also decodes a guess at what
+//! follows a stream (`lookup`), and keeps the guessed tokens its sampler would have picked
+//! (`verify`).
 //! Embed jobs go to the `embed::Embedder`, which runs decodes of its own context between
 //! generation steps; while both have work each gets half the time (`FairShare`), so a chat in
 //! progress keeps streaming while inputs are embedded.
@@ -26,15 +31,14 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::DecodeError;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::embed::{EmbedJob, Embedder, FairShare};
 use crate::spec::options::{PredictLimit, SamplingOptions};
-use super::lookup::{self, DraftControl};
+use super::sequence::{add_draft, verify, Active, SPECULATE_MAX_STREAMS};
 use super::slot_cache::{clear_seq, Prefixes};
-use super::text::{StopMatcher, StopScan, Utf8Stream};
-use super::wrapup::WrapUp;
-use super::{sampler, Completion, DoneReason, EngineError, Event, LoadSettings, TokenLogprob};
+use super::{sampler, DoneReason, EngineError, Event, LoadSettings};
 
 /// What the worker's channel carries.
 pub(super) enum Work {
@@ -46,161 +50,6 @@ pub(super) struct Job {
     pub prompt: Vec<LlamaToken>,
     pub options: SamplingOptions,
     pub events: UnboundedSender<Event>,
-}
-
-/// A request holding a slot (one llama.cpp sequence).
-struct Active {
-    events: UnboundedSender<Event>,
-    options: SamplingOptions,
-    sampler: sampler::TokenSampler,
-    /// The sequence's tokens: prompt, then output. `history[..n_past]` is in the KV cache.
-    history: Vec<LlamaToken>,
-    n_past: usize,
-    /// The context this request may use.
-    n_ctx: usize,
-    prompt_tokens: usize,
-    /// Prompt tokens whose KV came from the slot's cache or the prefix store, not decoded.
-    cached_tokens: usize,
-    generated: u32,
-    /// Where a structured answer is, to wrap it up properly near its token limit.
-    json: super::wrapup::JsonLexState,
-    /// Where this sequence's logits are in the current batch; guessed tokens' follow.
-    logits_idx: Option<i32>,
-    /// Tokens guessed to follow `history` (prompt lookup), decoded in the current batch.
-    draft: Vec<LlamaToken>,
-    /// `None` when this sequence does not guess (speculative decoding off, or a model whose
-    /// state can't be rolled back).
-    drafting: Option<DraftControl>,
-    /// Guessed tokens decoded and accepted, for the log.
-    drafted: usize,
-    accepted: usize,
-    utf8: Utf8Stream,
-    stop: StopMatcher,
-    started: Instant,
-    first_token_at: Option<Instant>,
-}
-
-impl Active {
-    /// Fails (after telling the client) when the request's grammar does not compile.
-    fn new(job: Job, model: &LlamaModel, n_ctx_slot: u32, speculate: bool) -> Option<Active> {
-        let n_ctx = job.options.num_ctx.min(n_ctx_slot) as usize;
-        let mut sampler = match sampler::build(model, &job.options, n_ctx as u32) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = job.events.send(Event::Failed(EngineError::Sampling(e)));
-                return None;
-            }
-        };
-        // Repetition penalties see the prompt too, as in llama.cpp and Ollama.
-        let window = if job.options.repeat_last_n < 0 { n_ctx } else { job.options.repeat_last_n as usize };
-        let tail = &job.prompt[job.prompt.len().saturating_sub(window)..];
-        sampler.accept_many(tail);
-        let may_be_text = job.options.grammar.as_deref().is_some_and(super::grammar::may_be_text);
-        Some(Active {
-            events: job.events,
-            stop: StopMatcher::new(job.options.stop.clone()),
-            options: job.options,
-            sampler,
-            prompt_tokens: job.prompt.len(),
-            cached_tokens: 0,
-            history: job.prompt,
-            n_past: 0,
-            n_ctx,
-            generated: 0,
-            json: super::wrapup::JsonLexState::new(may_be_text),
-            logits_idx: None,
-            draft: Vec::new(),
-            drafting: speculate.then(DraftControl::default),
-            drafted: 0,
-            accepted: 0,
-            utf8: Utf8Stream::default(),
-            started: Instant::now(),
-            first_token_at: None,
-        })
-    }
-
-    /// How many more tokens this request may generate: its `num_predict` (at most its
-    /// context's size, so the context shift cannot run forever), or the room left in its
-    /// context.
-    fn tokens_left(&self) -> usize {
-        let room = self.n_ctx.saturating_sub(self.history.len());
-        match self.options.num_predict {
-            PredictLimit::Tokens(n) => room.min(self.predict_cap(n).saturating_sub(self.generated) as usize),
-            PredictLimit::UntilContextFull => room,
-        }
-    }
-
-    fn predict_cap(&self, num_predict: u32) -> u32 {
-        num_predict.min(u32::try_from(self.n_ctx).unwrap_or(u32::MAX))
-    }
-
-    /// Tokens waiting to go into the KV cache.
-    fn unfed(&self) -> usize {
-        self.history.len() - self.n_past
-    }
-
-    fn send_text(&self, text: String) {
-        if !text.is_empty() {
-            let _ = self.events.send(Event::Text(text));
-        }
-    }
-
-    /// The tokens whose KV is in this request's sequence: what its slot offers the next prompt.
-    fn in_cache(&self) -> Vec<LlamaToken> {
-        self.history[..self.n_past].to_vec()
-    }
-
-    /// Flushes held-back text and reports the end of generation.
-    fn finish(mut self, reason: DoneReason) {
-        // Text held back as a possible stop sequence was not one; an unfinished UTF-8
-        // character (self.utf8.held_back()) is dropped.
-        let tail = self.stop.finish();
-        self.send_text(tail);
-        let now = Instant::now();
-        let first = self.first_token_at.unwrap_or(now);
-        tracing::debug!(
-            prompt_tokens = self.prompt_tokens,
-            cached_tokens = self.cached_tokens,
-            drafted = self.drafted,
-            accepted = self.accepted,
-            prompt_eval_ms = (first - self.started).as_millis() as u64,
-            "generation finished"
-        );
-        let _ = self.events.send(Event::Done(Completion {
-            reason,
-            prompt_tokens: self.prompt_tokens as u32,
-            cached_tokens: self.cached_tokens as u32,
-            prompt_eval: first - self.started,
-            eval_tokens: self.generated,
-            eval: now - first,
-            context: self.history.iter().map(|t| t.0).collect(),
-            stop_sequence: self.stop.matched().map(str::to_string),
-            draft_tokens: self.drafted as u32,
-            draft_accepted: self.accepted as u32,
-        }));
-    }
-
-    /// When the context is full and the caller asked for a fixed number of tokens, drop the
-    /// older half of what follows the first `num_keep` tokens and re-read the rest. Re-reading
-    /// (not shifting the KV cache) works for every architecture, sliding-window ones included.
-    fn make_room(&mut self) -> bool {
-        if !self.options.shift || !matches!(self.options.num_predict, PredictLimit::Tokens(_)) {
-            return false;
-        }
-        let keep = if self.options.num_keep < 0 {
-            self.prompt_tokens
-        } else {
-            self.options.num_keep as usize
-        }
-        .min(self.history.len());
-        let discard = (self.history.len() - keep) / 2;
-        if discard == 0 {
-            return false;
-        }
-        self.history.drain(keep..keep + discard);
-        self.n_past = 0;
-        true
-    }
 }
 
 pub(super) fn run(
@@ -217,15 +66,17 @@ pub(super) fn run(
     // issue's note): n_ubatch = n_batch = 512 is within 2% of the best pp512 (64: -5%/-8%);
     // flash attention, left at llama.cpp's "auto" (on for every model we run on CPU), is
     // +2-6% prefill and +6-9% decode over off; a q8_0 KV cache costs 25% of prefill, so f16.
+    // n_ubatch = n_batch also makes a decode that finds no room in the KV pool fail whole.
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(settings.num_ctx.saturating_mul(parallel)))
+        .with_n_ctx(NonZeroU32::new(settings.num_ctx))
         .with_n_batch(settings.batch_size)
         .with_n_ubatch(settings.batch_size)
         .with_n_seq_max(parallel)
         .with_n_threads(settings.threads)
         .with_n_threads_batch(settings.threads_batch)
-        // Each slot gets its own num_ctx cells, so one long conversation can't starve the rest.
-        .with_kv_unified(false);
+        // One pool of num_ctx cells for all slots (as llama-server's -c with --kv-unified):
+        // any one request may use all of it, and what slots hold costs only what they use.
+        .with_kv_unified(true);
     let mut ctx = match model.new_context(backend, params) {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -240,7 +91,7 @@ pub(super) fn run(
             return;
         }
     }
-    let n_ctx_slot = ctx.n_ctx() / parallel;
+    let n_ctx_slot = ctx.n_ctx();
     // A guess that fails is rolled back, which a recurrent state cannot be.
     let speculate = settings.speculative && !model.is_recurrent() && !model.is_hybrid();
     if ready.send(Ok(n_ctx_slot)).is_err() {
@@ -256,6 +107,8 @@ pub(super) fn run(
     let mut share = FairShare::default();
     let mut pace = super::pace::PrefillPace::new(settings.batch_size as usize);
     let mut open = true;
+    // Requests holding a slot after the last admission.
+    let mut occupied = 0;
     // Declared after everything that holds a request, so on a panic it is dropped first: the
     // instance is marked dead before its requests see their channels close, and a request that
     // comes after them is not given to this worker.
@@ -285,6 +138,10 @@ pub(super) fn run(
                 }
             }
         }
+        // A request that finished or left gave its cells back: the suspended may try again.
+        if slots.iter().flatten().count() < occupied {
+            slots.iter_mut().flatten().for_each(|a| a.suspended = false);
+        }
         while slots.iter().any(Option::is_none) {
             let Some(job) = waiting.pop_front() else { break };
             let Some(mut active) = Active::new(job, model, n_ctx_slot, speculate) else { continue };
@@ -301,6 +158,7 @@ pub(super) fn run(
             active.cached_tokens = keep;
             slots[seq] = Some(active);
         }
+        occupied = slots.iter().flatten().count();
         if !embedder.idle() && share.embed_now(slots.iter().any(Option::is_some)) {
             let started = Instant::now();
             embedder.step();
@@ -321,6 +179,10 @@ pub(super) fn run(
         let decoded = ctx.decode(&mut batch);
         if prompt_tokens > 0 {
             pace.observe(batch.n_tokens() as usize, step_started.elapsed());
+        }
+        if let Err(DecodeError::NoKvCacheSlot) = decoded {
+            make_room_in_pool(&mut slots, &mut ctx, &mut prefixes);
+            continue;
         }
         if let Err(e) = decoded {
             tracing::error!("decode failed: {e}");
@@ -417,6 +279,10 @@ fn injected_panic() {
 /// Returns the prompt tokens added.
 fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes, capacity: usize, prompt_budget: usize) -> usize {
     batch.clear();
+    // Nobody finishes while everyone waits: then they all try again.
+    if slots.iter().flatten().all(|a| a.suspended) {
+        slots.iter_mut().flatten().for_each(|a| a.suspended = false);
+    }
     let streams = slots.iter().flatten().filter(|a| a.first_token_at.is_some()).count();
     let mut room = capacity;
     let mut prompt_added = 0;
@@ -429,7 +295,7 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
             if generating {
                 a.logits_idx = None;
             }
-            if (a.first_token_at.is_some()) != generating || a.unfed() == 0 || room == 0 {
+            if (a.first_token_at.is_some()) != generating || a.unfed() == 0 || room == 0 || a.suspended {
                 continue;
             }
             if a.history.len() > a.n_ctx {
@@ -442,6 +308,7 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
                 }
             }
             let Some(a) = slot.as_mut() else { continue };
+            a.fed_from = a.n_past;
             let take = a.unfed().min(room);
             for i in 0..take {
                 let pos = a.n_past + i;
@@ -466,106 +333,44 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
     prompt_added
 }
 
-/// Samples sequence `a`'s next token from the logits at batch index `idx`, then, while the
-/// sampled token is the one guessed next (`a.draft`), the token after it from the guessed
-/// token's logits, and so on: the tokens plain decoding would have produced one step at a
-/// time, drawn from the same sampler in the same order. Leaves in `a.draft` the guessed tokens
-/// that held (now in `history[..n_past]`). Returns why generation ends, if it does.
-fn verify(a: &mut Active, ctx: &LlamaContext, model: &LlamaModel, idx: i32, closers: &mut Option<sampler::WrapUpBias>) -> Result<Option<DoneReason>, String> {
-    let draft = std::mem::take(&mut a.draft);
-    let mut held = 0;
-    let done = loop {
-        let token = sample(a, ctx, model, idx + held as i32, closers)?;
-        if let Some(reason) = step(a, model, token) {
-            break Some(reason);
+/// The batch found no room in the KV pool (nothing of it was decoded): takes back what it fed,
+/// then frees cells for the next try: a free slot's cached prefix first (saved to the prefix
+/// store if worth it), else the cells of the request admitted last, which waits, suspended,
+/// until another request finishes and then reads its history again.
+fn make_room_in_pool(slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes) {
+    for a in slots.iter_mut().flatten() {
+        a.n_past = a.fed_from.min(a.n_past);
+        a.logits_idx = None;
+        a.draft.clear();
+    }
+    if prefixes.evict_one(ctx) {
+        return;
+    }
+    let youngest = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(seq, s)| s.as_ref().filter(|a| !a.suspended && a.n_past > 0).map(|a| (seq, a.started)))
+        .max_by_key(|&(_, started)| started);
+    let running = slots.iter().flatten().filter(|a| !a.suspended).count();
+    match youngest {
+        Some((seq, _)) if running > 1 => {
+            tracing::debug!(slot = seq, "KV pool full: a request waits for another to finish");
+            clear_seq(ctx, seq);
+            if let Some(a) = slots[seq].as_mut() {
+                a.n_past = 0;
+                a.suspended = true;
+            }
         }
-        if draft.get(held) != Some(&token) {
-            break None;
+        // One request alone fits (its context is at most the pool), so this is fragmentation
+        // or a bug: start it over rather than spin.
+        _ => {
+            for (seq, slot) in slots.iter_mut().enumerate() {
+                if let Some(a) = slot.as_mut().filter(|a| !a.suspended) {
+                    tracing::warn!(slot = seq, "no room in the KV pool for a lone request; reading it again");
+                    clear_seq(ctx, seq);
+                    a.n_past = 0;
+                }
+            }
         }
-        // The guessed token is in the KV cache already, and its logits are next in the batch.
-        a.n_past += 1;
-        held += 1;
-    };
-    a.draft = draft;
-    a.draft.truncate(held);
-    Ok(done)
-}
-
-/// Samples one token for `a` from the logits at batch index `idx` (biased toward closing a
-/// structured answer near its token limit) and reports its log-probability when asked.
-fn sample(a: &mut Active, ctx: &LlamaContext, model: &LlamaModel, idx: i32, closers: &mut Option<sampler::WrapUpBias>) -> Result<LlamaToken, String> {
-    let wrap_up = if a.sampler.constrained() { a.json.wrap_up(a.tokens_left()) } else { None };
-    if wrap_up.is_some() && closers.is_none() {
-        *closers = Some(sampler::wrap_up_bias(model));
-    }
-    let bias = closers.as_ref().and_then(|b| match wrap_up? {
-        WrapUp::Close if a.json.in_string => Some(b.in_string.as_slice()),
-        WrapUp::Close => Some(b.outside.as_slice()),
-        WrapUp::Compact => Some(b.compact.as_slice()),
-    });
-    let token = a.sampler.sample(ctx, idx, bias)?;
-    if let Some(top) = a.options.logprobs {
-        let (logprob, alternatives) = sampler::logprobs(ctx.get_logits_ith(idx), token, top as usize);
-        let piece = |t: LlamaToken| model.vocab().token_to_piece(t, false, None);
-        let _ = a.events.send(Event::Logprob(TokenLogprob {
-            bytes: piece(token),
-            logprob,
-            top: alternatives.into_iter().map(|(t, lp)| (piece(t), lp)).collect(),
-        }));
-    }
-    Ok(token)
-}
-
-/// Guessing is for few streams: with more, the batch is wide already and the guessed tokens
-/// take room from other sequences' steps and prompts.
-const SPECULATE_MAX_STREAMS: usize = 2;
-
-/// Puts a guess at what follows sequence `a` into the batch after its last token, each with its
-/// logits, as many tokens as its `DraftControl` wants and its limits, its context and the
-/// batch's `room` allow. Returns the tokens added.
-fn add_draft(batch: &mut LlamaBatch, a: &mut Active, seq: usize, room: usize) -> usize {
-    // The token sampled after the guess is one more: room for it in the answer and the context.
-    let most = a.tokens_left().saturating_sub(1).min(a.n_ctx.saturating_sub(a.history.len() + 1)).min(room);
-    let Some(control) = a.drafting.as_mut() else { return 0 };
-    if most == 0 {
-        return 0;
-    }
-    let want = control.want().min(most);
-    a.draft = lookup::propose(&a.history, want);
-    for (i, &token) in a.draft.iter().enumerate() {
-        if batch.add(token, (a.history.len() + i) as i32, &[seq as i32], true).is_err() {
-            a.draft.truncate(i);
-            break;
-        }
-    }
-    a.draft.len()
-}
-
-/// Handles one sampled token; returns why generation ends, if it does.
-fn step(a: &mut Active, model: &LlamaModel, token: LlamaToken) -> Option<DoneReason> {
-    let vocab = model.vocab();
-    if a.first_token_at.is_none() {
-        a.first_token_at = Some(Instant::now());
-    }
-    if vocab.is_eog(token) {
-        return Some(DoneReason::Stop);
-    }
-    a.generated += 1;
-    a.history.push(token);
-    let piece = vocab.token_to_piece(token, false, None);
-    if a.sampler.constrained() {
-        a.json.feed(&piece);
-    }
-    let text = a.utf8.push(&piece);
-    match a.stop.push(&text) {
-        StopScan::Continue(t) => a.send_text(t),
-        StopScan::Stopped(t) => {
-            a.send_text(t);
-            return Some(DoneReason::Stop);
-        }
-    }
-    match a.options.num_predict {
-        PredictLimit::Tokens(n) if a.generated >= a.predict_cap(n) => Some(DoneReason::Length),
-        _ => None,
     }
 }
