@@ -2,12 +2,13 @@
 //! tokens of a sequence occurred before in it (a quote from a document, code being edited, a
 //! name repeated), the tokens that followed then are a good guess for what follows now. The
 //! worker decodes the guess together with the sequence's next token in one batch and keeps
-//! the guessed tokens its own sampler would have picked (`worker::verify`), so the answer is
-//! the one plain decoding gives.
+//! the guessed tokens its own sampler would have picked (`sequence::verify`), so the answer is
+//! the one plain decoding gives (to the last bits of llama.cpp's kernels: README "Speculative
+//! decoding").
 //!
 //! Pure data over token slices; it never sees the context. A wrong guess costs the extra
 //! tokens' share of a decode step, so `DraftControl` drafts more while guesses hold, fewer when
-//! they fail, and stops guessing for a growing number of steps after guesses that all fail.
+//! they fail, and stops guessing for a growing number of steps after guesses that mostly fail.
 
 /// Reads the `speculative` setting: `lookup` (guess from the context) or `off`.
 pub fn parse_mode(s: &str) -> Result<bool, String> {
@@ -55,7 +56,7 @@ pub fn propose<T: PartialEq + Copy>(history: &[T], max: usize) -> Vec<T> {
 #[derive(Debug, Clone)]
 pub struct DraftControl {
     len: usize,
-    /// Guesses in a row of which no token held.
+    /// Guesses in a row of which less than half held.
     failures: u32,
     /// Steps left before guessing again.
     pause: u32,
@@ -82,10 +83,13 @@ impl DraftControl {
         if drafted == 0 {
             return;
         }
-        if accepted == 0 {
+        // Each guessed token costs a share of a step whether it holds or not (more, deep into
+        // a long context, where its attention reads every cell): a guess that mostly fails
+        // is a loss, so it counts as a failure.
+        if accepted * 2 < drafted {
             self.failures += 1;
             self.pause = (1u32 << self.failures.min(6)).min(MAX_PAUSE);
-            self.len = (self.len / 2).max(MIN_NGRAM);
+            self.len = (accepted + 1).max(MIN_NGRAM).min(self.len / 2).max(MIN_NGRAM);
         } else {
             self.failures = 0;
             self.len = if accepted == drafted { (self.len * 2).min(MAX_DRAFT) } else { (accepted + 1).max(MIN_NGRAM) };
@@ -129,11 +133,17 @@ mod tests {
         c.record(8, 8);
         c.record(16, 16);
         assert_eq!(c.want(), MAX_DRAFT);
-        c.record(16, 3);
-        assert_eq!(c.want(), 4);
-        c.record(4, 0);
-        // Two paused steps, then a shorter guess.
+        // Half or more held: one more than held next time.
+        c.record(16, 9);
+        assert_eq!(c.want(), 10);
+        // Less than half held: a pause, and a guess no longer than what held.
+        c.record(10, 4);
+        assert_eq!((c.want(), c.want(), c.want()), (0, 0, 5));
+        c.record(4, 2);
+        assert_eq!(c.want(), 3);
+        c.record(3, 0);
         assert_eq!((c.want(), c.want(), c.want()), (0, 0, 2));
+        // A second failure in a row pauses twice as long.
         c.record(2, 0);
         assert_eq!((0..4).map(|_| c.want()).collect::<Vec<_>>(), vec![0, 0, 0, 0]);
         assert_eq!(c.want(), 2);
