@@ -5,6 +5,8 @@
 #
 #   benches/compare.sh [MODEL_NAME ...]        (default: smollm2:135m gemma3:270m)
 #   THREADS=2 REPS=3 benches/compare.sh
+#   HEARTH_SPECULATIVE=off benches/compare.sh   (the kernels alone: hearth runs at its defaults,
+#       speculative decoding included, whose guesses pay on the tg task when the story repeats)
 #   HEARTH_BINS="portable=target/release/hearth native=/path/to/native/hearth" benches/compare.sh
 #       (several hearth builds in the same run, one row each)
 #
