@@ -183,9 +183,10 @@ impl Active {
 /// Samples sequence `a`'s next token from the logits at batch index `idx`, then, while the
 /// sampled token is the one guessed next (`a.draft`), the token after it from the guessed
 /// token's logits, and so on: the tokens plain decoding would have produced one step at a
-/// time, drawn from the same sampler in the same order. Leaves in `a.draft` the guessed tokens
-/// that held (now in `history[..n_past]`). Returns why generation ends, if it does.
-pub(super) fn verify(a: &mut Active, ctx: &LlamaContext, model: &LlamaModel, idx: i32, closers: &mut Option<sampler::WrapUpBias>) -> Result<Option<DoneReason>, String> {
+/// time, drawn from the same sampler in the same order. The guessed tokens that held are then
+/// in `history[..n_past]`; the guess is recorded and cleared. Returns why generation ends, if
+/// it does, and how many guessed tokens did not hold (still in the KV cache after `n_past`).
+pub(super) fn verify(a: &mut Active, ctx: &LlamaContext, model: &LlamaModel, idx: i32, closers: &mut Option<sampler::WrapUpBias>) -> Result<(Option<DoneReason>, usize), String> {
     let draft = std::mem::take(&mut a.draft);
     let mut held = 0;
     let done = loop {
@@ -200,9 +201,12 @@ pub(super) fn verify(a: &mut Active, ctx: &LlamaContext, model: &LlamaModel, idx
         a.n_past += 1;
         held += 1;
     };
-    a.draft = draft;
-    a.draft.truncate(held);
-    Ok(done)
+    if let Some(control) = a.drafting.as_mut() {
+        control.record(draft.len(), held);
+    }
+    a.drafted += draft.len();
+    a.accepted += held;
+    Ok((done, draft.len() - held))
 }
 
 /// Samples one token for `a` from the logits at batch index `idx` (biased toward closing a

@@ -197,25 +197,17 @@ pub(super) fn run(
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(idx) = slot.as_ref().and_then(|a| a.logits_idx) else { continue };
             let Some(mut a) = slot.take() else { continue };
-            let drafted = a.draft.len();
-            let done = match verify(&mut a, &ctx, model, idx, &mut closers) {
-                Ok(done) => done,
+            let (done, rejected) = match verify(&mut a, &ctx, model, idx, &mut closers) {
+                Ok(verified) => verified,
                 Err(e) => {
                     let _ = a.events.send(Event::Failed(EngineError::Sampling(e)));
                     prefixes.forget(&mut ctx, seq);
                     continue;
                 }
             };
-            let accepted = a.draft.len();
-            a.draft.clear();
-            if let Some(control) = a.drafting.as_mut() {
-                control.record(drafted, accepted);
-            }
-            a.drafted += drafted;
-            a.accepted += accepted;
             // Guessed tokens that did not hold leave the KV cache; if the sequence can't be
             // cut there (a sliding window), it is read again from the start.
-            if accepted < drafted && !prefixes.roll_back(&mut ctx, seq, a.n_past) {
+            if rejected > 0 && !prefixes.roll_back(&mut ctx, seq, a.n_past) {
                 a.n_past = 0;
             }
             match done {
@@ -294,6 +286,8 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
             let Some(a) = slot.as_mut() else { continue };
             if generating {
                 a.logits_idx = None;
+                // Left out of this batch, it has nothing to take back if the batch fails.
+                a.fed_from = a.n_past;
             }
             if (a.first_token_at.is_some()) != generating || a.unfed() == 0 || room == 0 || a.suspended {
                 continue;
@@ -339,7 +333,7 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
 /// until another request finishes and then reads its history again.
 fn make_room_in_pool(slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes) {
     for a in slots.iter_mut().flatten() {
-        a.n_past = a.fed_from.min(a.n_past);
+        a.n_past = a.fed_from;
         a.logits_idx = None;
         a.draft.clear();
     }
