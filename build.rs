@@ -61,6 +61,10 @@ fn build_cpu_variants() {
         );
     }
     let source = llama_source();
+    // Which llama.cpp this is (llama-cpp-sys-2's package folder names its version): saved KV
+    // states are only restored by the build that wrote them (engine::disk_prefixes).
+    let build = source.parent().and_then(Path::file_name).map_or_else(|| source.display().to_string(), |n| n.to_string_lossy().into_owned());
+    println!("cargo:rustc-env=HEARTH_LLAMA_CPP={build}");
     let mut config = cmake::Config::new(&source);
     config
         .profile("Release")

@@ -197,6 +197,11 @@ pub struct EngineArgs {
     /// off [default: lookup].
     #[arg(long = "speculative", env = "HEARTH_SPECULATIVE", value_parser = crate::engine::lookup::parse_mode)]
     pub speculative: Option<bool>,
+    /// Disk that `serve` may fill with the KV caches of unloaded models' conversations, in the
+    /// data directory, so they are warm when the model comes back or the server restarts
+    /// (bytes with a unit; 0 turns it off) [default: 1GiB].
+    #[arg(long = "disk-prefixes", env = "HEARTH_DISK_PREFIXES", value_name = "SIZE", value_parser = crate::config::file::scalar::parse_size)]
+    pub disk_prefixes: Option<u64>,
 }
 
 #[derive(Debug, Args)]

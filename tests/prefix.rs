@@ -46,12 +46,12 @@ pub fn chat(s: &Server, model: &str, messages: &[Value]) -> Value {
 }
 
 /// `(prompt tokens, cached prompt tokens)` of an answer.
-fn counts(v: &Value) -> (u64, u64) {
+pub fn counts(v: &Value) -> (u64, u64) {
     (v["prompt_eval_count"].as_u64().expect("prompt tokens"), v["cached_tokens"].as_u64().expect("cached tokens"))
 }
 
 /// The answer to `messages` from a new server, where nothing can be cached.
-fn fresh_answer(model: &str, messages: &[Value]) -> Value {
+pub fn fresh_answer(model: &str, messages: &[Value]) -> Value {
     let s = Server::start();
     let v = chat(&s, model, messages);
     assert_eq!(counts(&v).1, 0, "a fresh server reads it all");

@@ -14,6 +14,7 @@ mod service;
 mod speculative;
 mod store;
 mod gguf_validation;
+mod disk_prefixes;
 mod kv_pool;
 mod hostile;
 mod support;

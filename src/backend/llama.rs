@@ -15,13 +15,37 @@ use futures::FutureExt;
 
 use super::{Backend, EmbedInput, EmbedJob, Embedded, GenerateJob, ModelInstance, PromptSpec, Submitted, TextAnswer, TextWork};
 use crate::spec::template::{render_request_template, TemplateMessage};
+use crate::engine::disk_prefixes::{self, DiskPrefixConfig, DiskPrefixes};
 use crate::engine::{EngineError, LoadSettings, LoadedModel};
 use crate::store::gguf::{read_gguf_as, GgufKind};
 use crate::store::ModelEntry;
 
-/// Models run in this process, on llama.cpp.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LlamaCpp;
+/// Models run in this process, on llama.cpp. With `disk_prefixes`, what a model's slots hold
+/// when it is unloaded is kept on disk for its next load.
+#[derive(Debug, Default, Clone)]
+pub struct LlamaCpp {
+    pub disk_prefixes: Option<DiskPrefixConfig>,
+}
+
+/// The disk-prefix folder for `entry` loaded with `settings`: the weights by digest when the
+/// store knows it, else by path, size and time (as `ModelEntry::same_load` tells instances
+/// apart); the adapters likewise.
+fn prefix_key(entry: &ModelEntry, settings: &LoadSettings) -> String {
+    let weights = entry
+        .digest
+        .clone()
+        .unwrap_or_else(|| format!("{}|{}|{:?}", entry.path.display(), entry.size, entry.modified));
+    let adapters: Vec<String> = entry
+        .defaults
+        .adapters
+        .iter()
+        .map(|a| {
+            let meta = std::fs::metadata(a).ok();
+            format!("{}|{:?}|{:?}", a.display(), meta.as_ref().map(std::fs::Metadata::len), meta.and_then(|m| m.modified().ok()))
+        })
+        .collect();
+    disk_prefixes::key(&weights, &adapters, settings.weights.as_str())
+}
 
 impl Backend for LlamaCpp {
     fn estimate(&self, entry: &ModelEntry, settings: &LoadSettings) -> Result<u64, String> {
@@ -35,7 +59,8 @@ impl Backend for LlamaCpp {
     }
 
     fn load(&self, entry: &ModelEntry, settings: LoadSettings) -> Result<Arc<dyn ModelInstance>, EngineError> {
-        let model = LoadedModel::load(&entry.path, &entry.defaults.adapters, settings)?;
+        let disk = self.disk_prefixes.clone().map(|c| DiskPrefixes::open(c, &prefix_key(entry, &settings)));
+        let model = LoadedModel::load(&entry.path, &entry.defaults.adapters, settings, disk)?;
         Ok(Arc::new(LlamaInstance(model)))
     }
 }

@@ -32,13 +32,19 @@ pub fn open_store(args: &StoreArgs) -> ModelStore {
 /// The resource manager over `store`, on llama.cpp, with the engine flags' settings (no config
 /// file: `serve` uses `manager_with`).
 pub fn manager(store: ModelStore, flags: &EngineArgs) -> anyhow::Result<ModelManager> {
-    Ok(manager_with(store, &EngineConfig::from_flags(flags)?))
+    Ok(manager_with(store, &EngineConfig::from_flags(flags)?, None))
 }
 
-/// The resource manager over `store`, on llama.cpp, with resolved engine settings.
-pub fn manager_with(store: ModelStore, engine: &EngineConfig) -> ModelManager {
+/// The resource manager over `store`, on llama.cpp, with resolved engine settings; unloaded
+/// models' prefixes are kept under `data_dir` when one is given (and the engine allows disk).
+pub fn manager_with(store: ModelStore, engine: &EngineConfig, data_dir: Option<&std::path::Path>) -> ModelManager {
     tracing::info!("RAM budget {} MiB of {} MiB", engine.limits.ram_budget >> 20, engine.memory >> 20);
-    ModelManager::new(Arc::new(store), Arc::new(crate::backend::llama::LlamaCpp), engine.load.clone(), engine.keep_alive, engine.limits)
+    let disk_prefixes = data_dir.filter(|_| engine.disk_prefixes > 0).map(|d| crate::engine::disk_prefixes::DiskPrefixConfig {
+        root: d.join("prefixes"),
+        limit: engine.disk_prefixes,
+    });
+    let backend = crate::backend::llama::LlamaCpp { disk_prefixes };
+    ModelManager::new(Arc::new(store), Arc::new(backend), engine.load.clone(), engine.keep_alive, engine.limits)
 }
 
 /// Providers and routes from the config file (`HEARTH_CONFIG`, else the default path when

@@ -31,7 +31,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("config: {}", src.display());
     }
     let store = crate::store::ModelStore::new(models_dir.clone());
-    let manager = super::manager_with(store, &engine);
+    let manager = super::manager_with(store, &engine, Some(&data_dir));
 
     let cache = ResponseCache::new(&file.cache).context("cache")?;
     let conversations = ConversationStore::open(&data_dir)?;
@@ -130,6 +130,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         r = server => r?,
         () = deadline => tracing::warn!("connections still open after the drain; closing them"),
     }
+    // Models are unloaded before the process ends, so their conversations' caches reach disk.
+    manager.close(MODELS_CLOSE).await;
     Ok(())
 }
 
@@ -261,6 +263,9 @@ async fn reload_on_sighup(lifecycle: Arc<Lifecycle>) {
 /// A request's time limit when the config sets none: long enough for a whole context of
 /// output from a large model on a slow CPU, short enough that nothing runs for nobody forever.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long stopping waits for models to unload (and save their prefixes) after the drain.
+const MODELS_CLOSE: Duration = Duration::from_secs(30);
 
 /// How long open responses may run after a shutdown signal, unless `server.drain` says.
 const DRAIN: Duration = Duration::from_secs(10);

@@ -25,6 +25,8 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// The machine's (or the cgroup's) memory, which a percentage budget is of.
     pub memory: u64,
+    /// Bytes of disk for saved prefixes of unloaded models (`serve`; 0: none).
+    pub disk_prefixes: u64,
 }
 
 impl EngineConfig {
@@ -58,7 +60,8 @@ impl EngineConfig {
             max_queue: flags.max_queue.or(file.max_queue).unwrap_or(DEFAULT_MAX_QUEUE),
             load_wait: DEFAULT_LOAD_WAIT,
         };
-        Ok(EngineConfig { load, keep_alive, limits, memory })
+        let disk_prefixes = flags.disk_prefixes.or(file.disk_prefixes).unwrap_or(crate::engine::disk_prefixes::DEFAULT_DISK_PREFIX_BYTES);
+        Ok(EngineConfig { load, keep_alive, limits, memory, disk_prefixes })
     }
 
     /// [`resolve`](Self::resolve) without a config file.

@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod cpu;
+pub mod disk_prefixes;
 pub mod embed;
 pub mod estimate;
 pub mod prefix;
@@ -239,7 +240,8 @@ fn convert_if_asked(path: &Path, settings: &LoadSettings) -> Result<Option<conve
 impl LoadedModel {
     /// Loads the GGUF at `path` and starts its worker. Blocking: call from a blocking thread.
     /// `adapters` (at most one LoRA, applied at scale 1) must already be validated GGUF files.
-    pub fn load(path: &Path, adapters: &[std::path::PathBuf], settings: LoadSettings) -> Result<LoadedModel, EngineError> {
+    /// `disk` holds the prefixes earlier loads saved, and takes this one's when it ends.
+    pub fn load(path: &Path, adapters: &[std::path::PathBuf], settings: LoadSettings, disk: Option<disk_prefixes::DiskPrefixes>) -> Result<LoadedModel, EngineError> {
         let started = Instant::now();
         let backend = backend()?;
         let load_err = |reason: String| EngineError::Load {
@@ -283,7 +285,7 @@ impl LoadedModel {
         let worker_dead = Arc::clone(&dead);
         let worker = std::thread::Builder::new()
             .name("hearth-model".to_string())
-            .spawn(move || worker::run(&worker_model, adapter, backend, &worker_settings, jobs_rx, ready_tx, &worker_dead))
+            .spawn(move || worker::run(&worker_model, worker::Extras { adapter, disk }, backend, &worker_settings, jobs_rx, ready_tx, &worker_dead))
             .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
         let n_ctx_slot = ready_rx
             .recv()

@@ -140,6 +140,12 @@ impl<T: PartialEq, S> PrefixStore<T, S> {
         Some((e.tokens, e.state, common))
     }
 
+    /// Empties the store, returning every entry's tokens and state.
+    pub fn drain(&mut self) -> Vec<(Vec<T>, S)> {
+        self.used = 0;
+        self.entries.drain(..).map(|e| (e.tokens, e.state)).collect()
+    }
+
     fn remove(&mut self, i: usize) -> Stored<T, S> {
         let e = self.entries.swap_remove(i);
         self.used -= e.bytes;

@@ -1,13 +1,15 @@
 //! What each slot's llama.cpp sequence holds between requests, for the worker: the prompt
-//! tokens its KV cache covers, and the prefixes saved from slots that were taken over (a
-//! `PrefixStore` of llama.cpp sequence states). Owns the invariant that a free slot's cached
-//! tokens are exactly the positions its sequence holds; it never decodes.
+//! tokens its KV cache covers, the prefixes saved from slots that were taken over (a
+//! `PrefixStore` of llama.cpp sequence states), and those kept on disk from earlier loads
+//! (`DiskPrefixes`), where all of them go when the worker ends. Owns the invariant that a free
+//! slot's cached tokens are exactly the positions its sequence holds; it never decodes.
 
 use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
+use super::disk_prefixes::DiskPrefixes;
 use super::prefix::{self, PrefixStore};
 
 pub(super) fn clear_seq(ctx: &mut LlamaContext, seq: usize) {
@@ -27,10 +29,12 @@ pub(super) struct Prefixes {
     n_swa: u32,
     /// KV cells of the whole context (all slots).
     n_ctx_total: u32,
+    /// Prefixes saved by earlier loads of this model, and where this one's go at the end.
+    disk: Option<DiskPrefixes>,
 }
 
 impl Prefixes {
-    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32) -> Prefixes {
+    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32, disk: Option<DiskPrefixes>) -> Prefixes {
         let arch = model.meta_val_str("general.architecture").unwrap_or_default();
         let n_swa = model
             .meta_val_str(&format!("{arch}.attention.sliding_window"))
@@ -43,6 +47,7 @@ impl Prefixes {
             sized: false,
             n_swa,
             n_ctx_total,
+            disk,
         }
     }
 
@@ -58,33 +63,65 @@ impl Prefixes {
     }
 
     /// Picks one of the `free` slots for `prompt` and prepares its sequence: keeps the longest
-    /// usable cached prefix (from the slot or restored from the store), removes the rest.
-    /// Returns the slot and how many prompt tokens are already in its KV cache.
+    /// usable cached prefix (from the slot, the store, or the disk; on a tie the nearest),
+    /// removes the rest. Returns the slot and how many prompt tokens are already in its cache.
     pub(super) fn assign(&mut self, ctx: &mut LlamaContext, free: &[usize], prompt: &[LlamaToken]) -> Option<(usize, usize)> {
         let candidates: Vec<(usize, &[LlamaToken])> = free.iter().map(|&s| (s, self.cached[s].as_slice())).collect();
         let (seq, common) = prefix::pick_slot(&candidates, prompt)?;
         let mut held = std::mem::take(&mut self.cached[seq]);
         let mut keep = prefix::reusable(common, prompt.len());
-        if let Some((tokens, state, shared)) = self.store.take_best(prompt, common) {
+        let on_disk = self.disk.as_ref().and_then(|d| d.best(prompt)).filter(|&(_, c)| c > common);
+        let from_store = self.store.take_best(prompt, on_disk.map_or(common, |(_, c)| c - 1));
+        if from_store.is_some() || on_disk.is_some() {
             if held.len() >= prefix::MIN_SAVED_TOKENS {
                 self.save(ctx, seq, held);
             }
             clear_seq(ctx, seq);
-            match ctx.state_seq_set(&state, seq as i32) {
-                Ok(()) => {
-                    held = tokens;
-                    keep = prefix::reusable(shared, prompt.len());
+            let restored = match (from_store, on_disk) {
+                (Some((tokens, state, shared)), _) => match ctx.state_seq_set(&state, seq as i32) {
+                    Ok(()) => Some((tokens, shared)),
+                    Err(e) => {
+                        tracing::warn!("could not restore a saved prefix: {e}");
+                        None
+                    }
+                },
+                (None, Some((i, shared))) => {
+                    let max_tokens = self.n_ctx_total as usize;
+                    self.disk.as_mut().and_then(|d| d.restore(ctx, seq, i, max_tokens)).map(|tokens| (tokens, shared))
                 }
-                Err(e) => {
-                    tracing::warn!("could not restore a saved prefix: {e}");
-                    held = Vec::new();
-                    keep = 0;
-                }
-            }
+                (None, None) => None,
+            };
+            (held, keep) = match restored {
+                Some((tokens, shared)) => (tokens, prefix::reusable(shared, prompt.len())),
+                None => (Vec::new(), 0),
+            };
         } else if prefix::worth_saving(held.len(), keep) {
             self.save(ctx, seq, held.clone());
         }
         Some((seq, self.trim(ctx, seq, held.len(), keep)))
+    }
+
+    /// The worker is ending: what the slots and the store hold goes to disk (when configured),
+    /// entries of 64 tokens or more, then every model's entries are held to the disk bound.
+    pub(super) fn persist(&mut self, ctx: &mut LlamaContext) {
+        let Some(disk) = self.disk.as_mut() else { return };
+        let started = std::time::Instant::now();
+        for (seq, tokens) in self.cached.iter_mut().enumerate() {
+            if tokens.len() >= prefix::MIN_SAVED_TOKENS {
+                disk.save(ctx, seq, tokens);
+            }
+            tokens.clear();
+        }
+        ctx.clear_kv_cache();
+        // A stored state goes back into a sequence to be written in llama.cpp's file format.
+        for (tokens, state) in self.store.drain() {
+            if ctx.state_seq_set(&state, 0).is_ok() {
+                disk.save(ctx, 0, &tokens);
+            }
+            clear_seq(ctx, 0);
+        }
+        disk.enforce_limit();
+        tracing::debug!(entries = disk.len(), elapsed_ms = started.elapsed().as_millis() as u64, "prefixes saved to disk");
     }
 
     /// Cuts slot `seq`'s sequence (holding `held` positions) to its first `keep`; returns what

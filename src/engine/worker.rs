@@ -13,7 +13,8 @@
 //! sequences go first, then the request admitted last waits with its cells given up
 //! (`make_room_in_pool`). With one or two streams, each step also decodes a guess at what
 //! follows a stream (`lookup`), and keeps the guessed tokens its sampler would have picked
-//! (`verify`).
+//! (`verify`). When the worker ends (the model unloaded or the server stopping), what the
+//! slots and the store hold is saved to disk for the next load (`disk_prefixes`).
 //! Embed jobs go to the `embed::Embedder`, which runs decodes of its own context between
 //! generation steps; while both have work each gets half the time (`FairShare`), so a chat in
 //! progress keeps streaming while inputs are embedded.
@@ -34,6 +35,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::disk_prefixes::DiskPrefixes;
 use super::embed::{EmbedJob, Embedder, FairShare};
 use crate::spec::options::{PredictLimit, SamplingOptions};
 use super::sequence::{add_draft, verify, Active, SPECULATE_MAX_STREAMS};
@@ -52,9 +54,15 @@ pub(super) struct Job {
     pub events: UnboundedSender<Event>,
 }
 
+/// What a load adds to the model for its worker: a LoRA adapter and the prefixes on disk.
+pub(super) struct Extras {
+    pub adapter: Option<LlamaLoraAdapter>,
+    pub disk: Option<DiskPrefixes>,
+}
+
 pub(super) fn run(
     model: &LlamaModel,
-    adapter: Option<LlamaLoraAdapter>,
+    Extras { adapter, disk }: Extras,
     backend: &LlamaBackend,
     settings: &LoadSettings,
     jobs: Receiver<Work>,
@@ -102,7 +110,7 @@ pub(super) fn run(
     // Logit biases toward closing JSON, computed the first time a structured answer wraps up.
     let mut closers: Option<sampler::WrapUpBias> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
-    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx());
+    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), disk);
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
     let mut pace = super::pace::PrefillPace::new(settings.batch_size as usize);
@@ -220,6 +228,7 @@ pub(super) fn run(
         }
         share.generated(step_started.elapsed(), !embedder.idle());
     }
+    prefixes.persist(&mut ctx);
 }
 
 fn accept(work: Work, waiting: &mut VecDeque<Job>, embedder: &mut Embedder<'_>) {

@@ -458,6 +458,26 @@ impl ModelManager {
         }
     }
 
+    /// Unloads every model at shutdown and waits, up to `limit`, until their workers have
+    /// ended (saving what they keep to disk). An instance a request still holds ends with it.
+    pub async fn close(&self, limit: Duration) {
+        let models: Vec<Arc<dyn ModelInstance>> = {
+            let mut state = lock(&self.inner.state);
+            let loaded: Vec<Arc<dyn ModelInstance>> = state.loaded.drain().map(|(_, r)| r.model).collect();
+            loaded.into_iter().chain(state.retired.drain(..).map(|(m, _)| m)).collect()
+        };
+        if models.is_empty() {
+            return;
+        }
+        let dropping = tokio::task::spawn_blocking(move || {
+            drop(models);
+            return_freed_memory();
+        });
+        if tokio::time::timeout(limit, dropping).await.is_err() {
+            tracing::warn!("models still unloading after {limit:?}; exiting without them");
+        }
+    }
+
     /// Unloads every idle model whose keep-alive has run out.
     pub fn reap_expired(&self) {
         let now = Instant::now();

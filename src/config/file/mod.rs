@@ -17,7 +17,7 @@
 pub mod auth;
 mod locate;
 mod routing;
-mod scalar;
+pub(crate) mod scalar;
 #[cfg(test)]
 mod tests;
 
@@ -163,6 +163,9 @@ pub struct EngineFile {
     /// `lookup` (the default) or `off`.
     #[serde(default, deserialize_with = "scalar::speculative")]
     pub speculative: Option<bool>,
+    /// Disk for unloaded models' saved prefixes (`serve`); 0 turns it off.
+    #[serde(default, deserialize_with = "scalar::size")]
+    pub disk_prefixes: Option<u64>,
     #[serde(default, deserialize_with = "scalar::keep_alive")]
     pub keep_alive: Option<KeepAlive>,
     /// Checked for syntax; `resources::budget::parse_budget` turns it into bytes.
