@@ -15,7 +15,6 @@
 //! recently used going first. Disk errors are logged and cost only the warm start.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -195,7 +194,7 @@ impl DiskPrefixes {
             .and_then(|_| fs::read(&seq_tmp).map(|b| SeqFile::of(&b)).map_err(|e| e.to_string()))
             .and_then(|file| {
                 fs::rename(&seq_tmp, &seq_path).map_err(|e| e.to_string())?;
-                write_atomically(&self.dir.join(format!("{stem}.tokens")), &encode_index(&file, tokens)).map_err(|e| e.to_string())?;
+                crate::store::atomic_write(&self.dir.join(format!("{stem}.tokens")), &encode_index(&file, tokens)).map_err(|e| e.to_string())?;
                 Ok(file)
             });
         let file = match written {
@@ -262,14 +261,6 @@ fn touch(path: &Path) {
     if let Ok(f) = fs::File::options().append(true).open(path) {
         let _ = f.set_modified(SystemTime::now());
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tokens.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
