@@ -229,21 +229,34 @@ fn legacy_embeddings_returns_one_raw_vector() {
 }
 
 #[test]
-fn embedding_memory_stays_within_the_estimate() {
+fn the_embedding_context_is_counted_on_the_first_embed_and_memory_stays_within_it() {
     let s = Server::start();
     let show: Value = s.post("/api/show", &json!({"model": SMOL})).json().expect("json");
-    let estimate = show["ram_estimate"]["total"].as_u64().expect("estimate");
+    let (total, embedding) = (show["ram_estimate"]["total"].as_u64().expect("total"), show["ram_estimate"]["embedding"].as_u64().expect("embedding"));
+    assert!(embedding > 0);
+    let size = || -> u64 {
+        let ps: Value = s.get("/api/ps").json().expect("json");
+        assert_eq!(ps["models"][0]["size"], ps["ram_used"]);
+        ps["ram_used"].as_u64().expect("ram_used")
+    };
+    // Loaded to generate: the embedding context is neither made nor counted.
+    let r = s.post("/api/generate", &json!({"model": SMOL, "prompt": "Hi", "stream": false, "options": {"num_predict": 1}}));
+    assert_eq!(r.status(), 200);
+    assert_eq!(size(), total);
     // Longer than a decode's batch, so the embedding context's buffers are all in use.
     let long: String = (0..30).map(|i| format!("Sentence {i} talks about topic {}. ", i % 7)).collect();
     let inputs: Vec<&str> = std::iter::repeat_n(long.as_str(), 2).collect();
     embed(&s, json!({"model": SMOL, "input": inputs}));
+    assert_eq!(size(), total + embedding);
+    embed(&s, json!({"model": SMOL, "input": "once more"}));
+    assert_eq!(size(), total + embedding, "counted once");
     // The same margin as the RAM-budget tests: the process itself plus the estimate's error.
     let margin = 64u64 << 20;
     assert!(
-        s.rss() <= estimate + margin,
+        s.rss() <= total + embedding + margin,
         "RSS {} MiB after embedding, estimate {} MiB",
         s.rss() >> 20,
-        estimate >> 20
+        (total + embedding) >> 20
     );
 }
 

@@ -187,7 +187,9 @@ pub fn ps(manager: &ModelManager) -> Value {
     json!({ "models": models, "ram_budget": manager.limits().ram_budget, "ram_used": manager.used() })
 }
 
-/// The RAM estimate for loading `info` with `settings`, as `/api/show` reports it.
+/// The RAM estimate for loading `info` with `settings`, as `/api/show` reports it: `total` is
+/// what a load counts and its parts add up to it; `embedding` is counted on top of it on the
+/// model's first embed request.
 pub fn ram_estimate(info: &GgufInfo, settings: &crate::engine::LoadSettings) -> Value {
     let e = crate::engine::estimate::estimate(info, settings);
     json!({

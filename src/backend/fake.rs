@@ -10,7 +10,8 @@
 //! - The answer is `num_predict` tokens (8 when unlimited), token `i` being `"t{i} "`, one
 //!   every `token_delay` (tokio time, so paused-time tests run instantly); the done reason is
 //!   `length` for a set limit, `stop` otherwise.
-//! - `estimate` is the model's entry in `bytes` (else `default_bytes`); `load` takes
+//! - `estimate` is the model's entry in `bytes` (else `default_bytes`), `embedding_estimate`
+//!   is `embedding_bytes`; `load` takes
 //!   `load_delay` (real time: it runs on a blocking thread), waits while a `LoadGate` holds the
 //!   model, and fails for names in `failing_loads`.
 //! - `kill(name)` makes that model's live instances die as a panicking worker would: their
@@ -38,6 +39,8 @@ pub struct FakeSettings {
     /// Bytes an instance takes, by model name; others take `default_bytes`.
     pub bytes: HashMap<String, u64>,
     pub default_bytes: u64,
+    /// Bytes an instance's embedding context adds on its first embed request.
+    pub embedding_bytes: u64,
     pub load_delay: Duration,
     pub token_delay: Duration,
     /// Model names whose load fails.
@@ -52,6 +55,7 @@ impl Default for FakeSettings {
         FakeSettings {
             bytes: HashMap::new(),
             default_bytes: 100 << 20,
+            embedding_bytes: 10 << 20,
             load_delay: Duration::ZERO,
             token_delay: Duration::ZERO,
             failing_loads: HashSet::new(),
@@ -151,6 +155,10 @@ impl Backend for FakeBackend {
     fn estimate(&self, entry: &ModelEntry, _settings: &LoadSettings) -> Result<u64, String> {
         let s = lock(&self.shared.settings);
         Ok(s.bytes.get(&entry.name).copied().unwrap_or(s.default_bytes))
+    }
+
+    fn embedding_estimate(&self, _entry: &ModelEntry, _settings: &LoadSettings) -> Result<u64, String> {
+        Ok(lock(&self.shared.settings).embedding_bytes)
     }
 
     fn load(&self, entry: &ModelEntry, settings: LoadSettings) -> Result<Arc<dyn ModelInstance>, EngineError> {

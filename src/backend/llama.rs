@@ -58,6 +58,11 @@ impl Backend for LlamaCpp {
         Ok(crate::engine::estimate::estimate(&info, settings).total() + adapters)
     }
 
+    fn embedding_estimate(&self, entry: &ModelEntry, settings: &LoadSettings) -> Result<u64, String> {
+        let info = read_gguf_as(&entry.path, GgufKind::Model).map_err(|e| e.to_string())?;
+        Ok(crate::engine::estimate::estimate(&info, settings).embedding)
+    }
+
     fn load(&self, entry: &ModelEntry, settings: LoadSettings) -> Result<Arc<dyn ModelInstance>, EngineError> {
         let disk = self.disk_prefixes.clone().map(|c| DiskPrefixes::open(c, &prefix_key(entry, &settings)));
         let model = LoadedModel::load(&entry.path, &entry.defaults.adapters, settings, disk)?;

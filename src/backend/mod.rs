@@ -178,6 +178,10 @@ pub trait Backend: Send + Sync + 'static {
     /// the model.
     fn estimate(&self, entry: &ModelEntry, settings: &LoadSettings) -> Result<u64, String>;
 
+    /// Bytes an instance's embedding context adds once it first embeds (not in `estimate`: the
+    /// context is made on the first embed request). Blocking, like `estimate`.
+    fn embedding_estimate(&self, entry: &ModelEntry, settings: &LoadSettings) -> Result<u64, String>;
+
     /// Loads `entry`. Blocking: call from a blocking thread.
     fn load(&self, entry: &ModelEntry, settings: LoadSettings) -> Result<Arc<dyn ModelInstance>, EngineError>;
 }

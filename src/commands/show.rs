@@ -37,8 +37,8 @@ pub fn run(args: ShowArgs) -> anyhow::Result<()> {
     println!("    {:<20}{} MiB", "weights", mib("weights"));
     println!("    {:<20}{} MiB", "kv cache", mib("kv_cache"));
     println!("    {:<20}{} MiB", "overhead", mib("overhead"));
-    println!("    {:<20}{} MiB", "embedding", mib("embedding"));
     println!("    {:<20}{} MiB", "prefix store", mib("prefix_store"));
+    println!("    {:<20}{} MiB more, counted on the first embed request", "embedding", mib("embedding"));
     if let Some(license) = show["license"].as_str().filter(|l| !l.is_empty()) {
         println!();
         println!("  License");

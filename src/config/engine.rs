@@ -43,6 +43,7 @@ impl EngineConfig {
             batch_size: flags.batch_size.or(file.batch_size).unwrap_or(DEFAULT_BATCH),
             weights: flags.convert_weights.or(file.convert_weights).unwrap_or_default(),
             speculative: flags.speculative.or(file.speculative).unwrap_or(true),
+            prefix_store_limit: 0,
         };
         let keep_alive = match &flags.keep_alive {
             Some(k) => KeepAlive::parse(k).map_err(|e| flag_error("--keep-alive", e))?,
@@ -54,6 +55,7 @@ impl EngineConfig {
             (None, Some(spec)) => budget::parse_budget(spec, memory).map_err(|e| flag_error("engine.ram_budget", e))?,
             (None, None) => budget::default_budget(memory),
         };
+        let load = LoadSettings { prefix_store_limit: ram_budget / crate::engine::prefix::PREFIX_STORE_BUDGET_SHARE, ..load };
         let limits = Limits {
             ram_budget,
             max_loaded: flags.max_loaded_models.or(file.max_loaded_models).filter(|&n| n > 0),

@@ -4,10 +4,11 @@
 //! of the `num_ctx` cells of the pool all slots share; llama.cpp sizes sliding-window layers in
 //! full by default)
 //! plus overhead (llama.cpp's vocabulary tables, logits and compute buffers, and hearth's own
-//! per-model state) + the embedding context (`engine::embed`: one slot's KV cells, and per token
-//! of its batch the logits llama.cpp keeps twice plus the graph's activations). The embedding
-//! context is made on the first embed request but counted from the load, so serving embeddings
-//! never takes memory the budget did not hold. The overhead constants were fitted to measured RSS
+//! per-model state) + the prefix store (`prefix::prefix_store_bytes`). The embedding context
+//! (`engine::embed`: one slot's KV cells, and per token of its batch the logits llama.cpp keeps
+//! twice plus the graph's activations) is apart from the total: it is made on a model's first
+//! embed request, and the resource manager counts it then (`ModelManager::count_embedding`),
+//! before the context exists. The overhead constants were fitted to measured RSS
 //! growth on the two test models at num_ctx 2048-8192 x 4 slots (see the resource-manager
 //! issue's note), the embedding ones likewise after a first embed request; pure code.
 
@@ -31,15 +32,17 @@ pub struct Estimate {
     pub weights: u64,
     pub kv_cache: u64,
     pub overhead: u64,
-    /// The embedding context (KV cells and compute), whether or not it is made yet.
+    /// The embedding context (KV cells and compute), made and counted on the first embed
+    /// request: not in `total`.
     pub embedding: u64,
     /// The most the worker's store of saved prompt prefixes may hold.
     pub prefix_store: u64,
 }
 
 impl Estimate {
+    /// What a load counts against the budget.
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.overhead + self.embedding + self.prefix_store
+        self.weights + self.kv_cache + self.overhead + self.prefix_store
     }
 }
 
@@ -80,7 +83,7 @@ pub fn estimate(info: &GgufInfo, settings: &LoadSettings) -> Estimate {
         kv_cache,
         overhead,
         embedding,
-        prefix_store: crate::engine::prefix::prefix_store_bytes(kv_cache),
+        prefix_store: crate::engine::prefix::prefix_store_bytes(kv_cache, settings.prefix_store_limit),
     }
 }
 
@@ -124,6 +127,7 @@ mod tests {
             batch_size: 512,
             weights: Default::default(),
             speculative: true,
+            prefix_store_limit: 256 << 20,
         }
     }
 
@@ -153,7 +157,7 @@ mod tests {
     fn overhead_grows_with_vocabulary() {
         let e = estimate(&info(), &settings(2048, 4));
         assert_eq!(e.overhead, FIXED_OVERHEAD + 49152 * PER_VOCAB_ENTRY);
-        assert_eq!(e.total(), e.weights + e.kv_cache + e.overhead + e.embedding + e.prefix_store);
+        assert_eq!(e.total(), e.weights + e.kv_cache + e.overhead + e.prefix_store);
     }
 
     #[test]

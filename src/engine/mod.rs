@@ -52,6 +52,9 @@ pub struct LoadSettings {
     pub weights: convert::Weights,
     /// Whether few-stream decoding guesses ahead from the context (`lookup`).
     pub speculative: bool,
+    /// The most the prefix store may hold, from the RAM budget (`prefix::prefix_store_bytes`
+    /// also caps it by the KV cache's size).
+    pub prefix_store_limit: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,19 +6,21 @@
 //! nothing here touches a context, so every choice is unit-tested. The store's bound counts
 //! against the RAM budget through `prefix_store_bytes`.
 
-/// The most one model instance's prefix store may hold, whatever its KV cache size.
-pub const PREFIX_STORE_MAX_BYTES: u64 = 256 << 20;
+/// The share of the RAM budget one model instance's prefix store may hold at most: 1/16 (on
+/// a 2 GiB machine, about 100 MiB of a 1.6 GiB budget).
+pub const PREFIX_STORE_BUDGET_SHARE: u64 = 16;
 
 /// Cached tokens worth saving when a slot is taken over: shorter prefixes cost less to
 /// re-read than a state copy (about 2 ms per 64 tokens on the test models at 2 threads).
 pub const MIN_SAVED_TOKENS: usize = 64;
 
 /// The most RAM one model instance's prefix store may hold, for an instance whose KV cache
-/// (all slots) takes `kv_bytes`: 256 MiB, never more than the KV cache itself. The resource
-/// manager adds this to the instance's estimate; the worker bounds its store with the same
-/// function (measuring the KV bytes per token from the first state it saves).
-pub fn prefix_store_bytes(kv_bytes: u64) -> u64 {
-    kv_bytes.min(PREFIX_STORE_MAX_BYTES)
+/// (all slots) takes `kv_bytes`: as much as its KV cache, at most `limit` (a share of the RAM
+/// budget, `LoadSettings::prefix_store_limit`). The resource manager adds this to the
+/// instance's estimate; the worker bounds its store with the same function (measuring the KV
+/// bytes per token from the first state it saves).
+pub fn prefix_store_bytes(kv_bytes: u64, limit: u64) -> u64 {
+    kv_bytes.min(limit)
 }
 
 /// Length of the longest common prefix of `a` and `b`.
@@ -256,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_bound_follows_the_kv_cache_size() {
-        assert_eq!(prefix_store_bytes(10 << 20), 10 << 20);
-        assert_eq!(prefix_store_bytes(4 << 30), PREFIX_STORE_MAX_BYTES);
+        assert_eq!(prefix_store_bytes(10 << 20, 100 << 20), 10 << 20);
+        assert_eq!(prefix_store_bytes(4 << 30, 100 << 20), 100 << 20);
     }
 }

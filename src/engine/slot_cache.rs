@@ -29,12 +29,14 @@ pub(super) struct Prefixes {
     n_swa: u32,
     /// KV cells of the whole context (all slots).
     n_ctx_total: u32,
+    /// The budget's cap on the store (`LoadSettings::prefix_store_limit`).
+    store_limit: u64,
     /// Prefixes saved by earlier loads of this model, and where this one's go at the end.
     disk: Option<DiskPrefixes>,
 }
 
 impl Prefixes {
-    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32, disk: Option<DiskPrefixes>) -> Prefixes {
+    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32, store_limit: u64, disk: Option<DiskPrefixes>) -> Prefixes {
         let arch = model.meta_val_str("general.architecture").unwrap_or_default();
         let n_swa = model
             .meta_val_str(&format!("{arch}.attention.sliding_window"))
@@ -43,10 +45,11 @@ impl Prefixes {
             .unwrap_or(0);
         Prefixes {
             cached: vec![Vec::new(); slots],
-            store: PrefixStore::new(prefix::PREFIX_STORE_MAX_BYTES),
+            store: PrefixStore::new(store_limit),
             sized: false,
             n_swa,
             n_ctx_total,
+            store_limit,
             disk,
         }
     }
@@ -177,7 +180,7 @@ impl Prefixes {
                 let bytes = state.byte_len() as u64;
                 if !self.sized {
                     let per_token = bytes / tokens.len() as u64;
-                    self.store.set_limit(prefix::prefix_store_bytes(per_token * u64::from(self.n_ctx_total)));
+                    self.store.set_limit(prefix::prefix_store_bytes(per_token * u64::from(self.n_ctx_total), self.store_limit));
                     self.sized = true;
                 }
                 self.store.insert(tokens, state, bytes);

@@ -110,7 +110,7 @@ pub(super) fn run(
     // Logit biases toward closing JSON, computed the first time a structured answer wraps up.
     let mut closers: Option<sampler::WrapUpBias> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
-    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), disk);
+    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), settings.prefix_store_limit, disk);
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
     let mut pace = super::pace::PrefillPace::new(settings.batch_size as usize);

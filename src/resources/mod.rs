@@ -17,6 +17,7 @@
 //! Must not: know how a model produces tokens (`backend` does) or what a request asks.
 
 pub mod budget;
+mod embedding;
 pub mod eviction;
 pub mod keep_alive;
 
@@ -82,6 +83,8 @@ struct Resident {
     expires: Option<Instant>,
     /// Bumped on each (re)load so a stale lease can't touch a newer instance's counters.
     generation: u64,
+    /// Whether `bytes` includes the embedding context (added before the first embed request).
+    embedding_counted: bool,
 }
 
 struct State {
@@ -295,7 +298,7 @@ impl ModelManager {
                 budget,
             });
         }
-        let reservation = self.make_room(&entry.name, need, load_wait).await?;
+        let reservation = self.make_room(&entry.name, need, load_wait, Growth::NewInstance).await?;
 
         let started = Instant::now();
         let backend = Arc::clone(&self.inner.backend);
@@ -319,6 +322,7 @@ impl ModelManager {
                 keep_alive,
                 expires: None,
                 generation,
+                embedding_counted: false,
             },
         );
         // The instance's bytes now count in the table: the reservation can go.
@@ -335,9 +339,10 @@ impl ModelManager {
 
     /// Unloads idle models (least recently used first) until `need` more bytes fit, waiting
     /// for busy ones to finish when unloading the idle ones is not enough, at most
-    /// `Limits::load_wait`. An older instance of `name` itself is retired: it finishes its
-    /// requests and is then freed. The bytes are reserved for `name` until the reservation goes.
-    async fn make_room(&self, name: &str, need: u64, load_wait: Duration) -> Result<Reservation, ResourceError> {
+    /// `Limits::load_wait`. For a new instance, an older instance of `name` itself is retired:
+    /// it finishes its requests and is then freed. The bytes are reserved for `name` until the
+    /// reservation goes.
+    async fn make_room(&self, name: &str, need: u64, load_wait: Duration, growth: Growth) -> Result<Reservation, ResourceError> {
         let started = Instant::now();
         let deadline = started + load_wait;
         let mut blocked_by_busy;
@@ -349,8 +354,10 @@ impl ModelManager {
             changed.as_mut().enable();
             {
                 let mut state = lock(&self.inner.state);
-                if let Some(old) = state.loaded.remove(name) {
-                    retire(&self.inner, &mut state, old);
+                if growth == Growth::NewInstance {
+                    if let Some(old) = state.loaded.remove(name) {
+                        retire(&self.inner, &mut state, old);
+                    }
                 }
                 // Loads in progress count as busy models: they can't be unloaded, and they
                 // count against `max_loaded`.
@@ -371,7 +378,8 @@ impl ModelManager {
                     used: state.used() - state.freeing,
                     need,
                     budget: self.inner.limits.ram_budget,
-                    max_loaded: self.inner.limits.max_loaded,
+                    // A grown instance is already one of the loaded models.
+                    max_loaded: self.inner.limits.max_loaded.map(|m| m + usize::from(growth == Growth::SameInstance)),
                 };
                 let victims = choose_evictions(&candidates, room);
                 blocked_by_busy = victims.is_none();
@@ -533,6 +541,15 @@ impl ModelManager {
         out.sort_by_key(|i| i.expires_at);
         out
     }
+}
+
+/// What `make_room` makes room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    /// A new instance of the model (replacing a loaded one).
+    NewInstance,
+    /// More bytes for the loaded instance (its embedding context).
+    SameInstance,
 }
 
 /// Bytes set aside for a load in progress; given back when the instance is in the table, or

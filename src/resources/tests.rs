@@ -38,7 +38,7 @@ impl Drop for TempModels {
 }
 
 pub(crate) fn settings() -> LoadSettings {
-    LoadSettings { num_ctx: 2048, parallel: 2, threads: 1, threads_batch: 1, batch_size: 512, weights: Weights::AsStored, speculative: true }
+    LoadSettings { num_ctx: 2048, parallel: 2, threads: 1, threads_batch: 1, batch_size: 512, weights: Weights::AsStored, speculative: true, prefix_store_limit: 64 << 20 }
 }
 
 pub(crate) fn limits(budget_mib: u64) -> Limits {
@@ -289,4 +289,45 @@ async fn a_dead_instance_still_leased_counts_until_its_last_request_ends() {
     drop(held);
     eventually("the dead instance is freed after its last request", || m.used() == 100 * MIB).await;
     eventually("the dead instance is dropped", || fake.live().len() == 1).await;
+}
+
+#[tokio::test]
+async fn the_embedding_context_is_counted_once_on_the_first_embed_request() {
+    let fake = FakeBackend::default();
+    let (m, _dir) = manager(&fake, limits(1000));
+    let first = lease(&m, "a").await.expect("a");
+    assert_eq!(m.used(), 100 * MIB);
+    let second = lease(&m, "a").await.expect("a again");
+    let (one, two) = tokio::join!(m.count_embedding(&first), m.count_embedding(&second));
+    one.expect("counted");
+    two.expect("counted");
+    m.count_embedding(&first).await.expect("already counted");
+    assert_eq!(m.used(), 110 * MIB);
+    assert_eq!(m.loaded()[0].size, 110 * MIB);
+}
+
+#[tokio::test]
+async fn counting_the_embedding_context_unloads_idle_models_for_room() {
+    let fake = FakeBackend::default();
+    let (m, _dir) = manager(&fake, limits(205));
+    drop(lease(&m, "a").await.expect("a"));
+    let b = lease(&m, "b").await.expect("b");
+    m.count_embedding(&b).await.expect("room made");
+    assert_eq!(loaded(&m), ["b:latest"]);
+    eventually("a freed", || m.used() == 110 * MIB).await;
+    // The model itself doesn't count twice against --max-loaded-models.
+    let (m, _dir) = manager(&fake, Limits { max_loaded: Some(1), ..limits(1000) });
+    let a = lease(&m, "a").await.expect("a");
+    m.count_embedding(&a).await.expect("counted");
+    assert_eq!((loaded(&m), m.used()), (vec!["a:latest".to_string()], 110 * MIB));
+}
+
+#[tokio::test]
+async fn an_embedding_context_past_the_budget_is_refused() {
+    let fake = FakeBackend::default();
+    let (m, _dir) = manager(&fake, limits(105));
+    let a = lease(&m, "a").await.expect("a");
+    let err = m.count_embedding(&a).await.err().expect("too large");
+    assert!(matches!(err, ResourceError::TooLarge { needed, .. } if needed == 110 * MIB), "{err}");
+    assert_eq!(m.used(), 100 * MIB);
 }

@@ -99,6 +99,8 @@ async fn embed(manager: &ModelManager, remote: Option<Arc<crate::backend::remote
     if req.inputs.is_empty() {
         return Ok(done(Vec::new(), 0));
     }
+    // The embedding context is made on the first embed request: count it first.
+    manager.count_embedding(&lease).await?;
     let n_embd = lease.model.n_embd();
     if let Some(requested) = req.dimensions.filter(|d| !(1..=n_embd).contains(d)) {
         return Err(EngineError::Dimensions { requested, n_embd }.into());
