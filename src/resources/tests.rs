@@ -327,7 +327,7 @@ async fn an_embedding_context_past_the_budget_is_refused() {
     let fake = FakeBackend::default();
     let (m, _dir) = manager(&fake, limits(105));
     let a = lease(&m, "a").await.expect("a");
-    let err = m.count_embedding(&a).await.err().expect("too large");
+    let err = m.count_embedding(&a).await.expect_err("too large");
     assert!(matches!(err, ResourceError::TooLarge { needed, .. } if needed == 110 * MIB), "{err}");
     assert_eq!(m.used(), 100 * MIB);
 }
