@@ -51,7 +51,7 @@
 //!                with continuous batching over one shared KV pool and embeddings (`worker`,
 //!                `embed`), what slots keep cached and the saved prefixes (`slot_cache`,
 //!                `prefix`), speculative decoding's guesses from the context (`lookup`),
-//!                prompt chunks sized for quick cancellation (`pace`), sampling with
+//!                decodes stopped when their client leaves (`abort`), sampling with
 //!                grammars and logprobs (`sampler`), a JSON answer's wrap-up near its
 //!                budget (`wrapup`), JSON schemas and tool calls as grammars
 //!                (`grammar`), streamed-text handling (`text`), RAM estimates from GGUF metadata
@@ -139,4 +139,10 @@ pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HE
 /// `hearth --version`'s second line: the CPU kernels this machine gets and the features seen.
 pub fn cpu_description() -> String {
     engine::cpu::describe()
+}
+
+/// Sets how llama.cpp's OpenMP threads wait, starting the process again if it must: call first
+/// in `main` (`engine::cpu::openmp`).
+pub fn ensure_openmp_wait_policy() {
+    engine::cpu::openmp::ensure_wait_policy();
 }

@@ -5,6 +5,8 @@ use hearth::cli::{Cli, Command};
 use hearth::commands;
 
 fn main() -> std::process::ExitCode {
+    // Before anything else: it may start the process again (see the function).
+    hearth::ensure_openmp_wait_policy();
     // Two malloc arenas, not glibc's 8 per core: every tokio and blocking thread that allocates
     // otherwise gets an arena of its own, each keeping freed memory, and a server's RSS climbed
     // ~40 MiB over 50 model load cycles (flat with two). Allocation is not on the hot path.

@@ -1,5 +1,5 @@
 //! Hostile and careless clients against the real server: clients that hang up while queued or
-//! while their prompt is read, slow headers, too many connections, wild numbers, and a
+//! while their prompt is read (the decode reading it stops), slow headers, too many connections, wild numbers, and a
 //! SIGTERM with answers still streaming. Each test asserts state (statuses, counts, the last
 //! line of a stream), never how fast something happened.
 
@@ -46,6 +46,39 @@ fn clients_that_hang_up_leave_the_queue_and_their_work_stops() {
     let next = s.post("/api/generate", &json!({"model": SMOL, "prompt": "Hi", "stream": false, "options": {"num_predict": 1}}));
     assert_eq!(next.status(), 200);
     assert_eq!(s.metric("hearth_generated_tokens_total", SMOL), Some(1.0), "only the last request generated");
+}
+
+/// CPU seconds the process has used (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // The fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
+    let ticks = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+#[test]
+fn a_client_that_hangs_up_stops_the_decode_reading_its_prompt() {
+    // One batch holds the whole prompt: if the decode ran to its end, the prompt would stay
+    // cached for the next request.
+    let s = Server::start_with(&["--parallel", "1", "--context-length", "8192", "--batch-size", "8192"]);
+    // Loads the model; its raw prompt shares no tokens with a chat's.
+    let warm = s.post("/api/generate", &json!({"model": SMOL, "prompt": "Hi", "raw": true, "stream": false, "options": {"num_predict": 1}}));
+    assert_eq!(warm.status(), 200);
+    let chat = |stream: bool| json!({"model": SMOL, "messages": [{"role": "user", "content": long_prompt(2500)}], "max_tokens": 1, "stream": stream});
+    let before = cpu_seconds(s.pid());
+    let reading = s.post("/v1/chat/completions", &chat(true));
+    assert_eq!(reading.status(), 200);
+    // Half a CPU second in, the prompt's decode is under way (the rest of a request takes
+    // milliseconds).
+    eventually(Duration::from_secs(120), "the server never got busy", || (cpu_seconds(s.pid()) - before > 0.5).then_some(()));
+    drop(reading);
+    eventually(Duration::from_secs(120), "the departure was not noticed", || (s.metric("hearth_errors_total", "kind=\"client_left\"")? >= 1.0).then_some(()));
+    let again = s.post("/v1/chat/completions", &chat(false));
+    assert_eq!(again.status(), 200);
+    let usage = &again.json::<Value>().expect("json")["usage"];
+    assert!(usage["prompt_tokens"].as_u64().expect("prompt tokens") > 2500, "{usage}");
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0, "the stopped decode kept nothing");
 }
 
 #[test]

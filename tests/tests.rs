@@ -381,6 +381,30 @@ fn a_budget_for_both_keeps_both_loaded() {
     assert_eq!(ps["ram_used"].as_u64(), Some(estimate(&s, SMOL) + estimate(&s, GEMMA)));
 }
 
+/// The variables of a running process's environment whose names start with `prefix`.
+fn environ(pid: u32, prefixes: &[&str]) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let mut vars: Vec<String> = raw
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .filter(|v| prefixes.iter().any(|p| v.starts_with(p)))
+        .collect();
+    vars.sort();
+    vars
+}
+
+#[test]
+fn openmp_threads_wait_by_spinning_unless_the_user_chose_otherwise() {
+    // With two models loaded, libgomp's default would put their threads to sleep between graph
+    // nodes (engine::cpu::openmp); the server starts itself again with the policy set.
+    let s = Server::start();
+    load(&s, SMOL);
+    assert_eq!(environ(s.pid(), &["OMP_", "GOMP_"]), ["GOMP_SPINCOUNT=300000", "OMP_WAIT_POLICY=active"]);
+    let chosen = Server::start_with_env(&[], &[("OMP_WAIT_POLICY", "passive")]);
+    load(&chosen, SMOL);
+    assert_eq!(environ(chosen.pid(), &["OMP_", "GOMP_"]), ["OMP_WAIT_POLICY=passive"]);
+}
+
 #[test]
 fn a_budget_for_one_swaps_models_back_and_forth() {
     let budget = budget_for_one_model();

@@ -5,6 +5,7 @@
 //! channels and never blocks on a decode. A `LoadedModel` is the handle: dropping the last one
 //! closes the job channel, the worker finishes what it has in flight, and the model is freed.
 
+mod abort;
 pub mod convert;
 pub mod cpu;
 pub mod disk_prefixes;
@@ -14,7 +15,6 @@ pub mod prefix;
 mod sampler;
 pub mod grammar;
 pub mod lookup;
-mod pace;
 mod sequence;
 mod slot_cache;
 pub mod text;

@@ -2,9 +2,9 @@
 //!
 //! Each step puts every generating sequence's last token, plus chunks of waiting prompts up to
 //! the batch size, into one batch and decodes once; then each sequence samples its next token.
-//! A request whose receiver is gone (client left) is dropped before the next step, so a
-//! cancelled prompt costs at most one chunk, and chunks are sized to the measured prefill rate
-//! to keep a step short (`pace`). Nothing outside this thread touches the context.
+//! A request whose receiver is gone (client left) is dropped before the next step; a decode
+//! holding its tokens stops as soon as it notices (`abort`), and its batch is taken back.
+//! Nothing outside this thread touches the context.
 //! Prefix reuse: a slot keeps its sequence's KV cache after its request ends, and a new prompt
 //! goes to the free slot sharing the longest prefix with it (`prefix::pick_slot`); only the
 //! rest is decoded. A slot taken over by an unrelated prompt first saves its state into a
@@ -35,6 +35,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::abort::{AbortWatch, ABORTED};
 use super::disk_prefixes::DiskPrefixes;
 use super::embed::{EmbedJob, Embedder, FairShare};
 use crate::spec::options::{PredictLimit, SamplingOptions};
@@ -85,6 +86,8 @@ pub(super) fn run(
         // One pool of num_ctx cells for all slots (as llama-server's -c with --kv-unified):
         // any one request may use all of it, and what slots hold costs only what they use.
         .with_kv_unified(true);
+    // Before the context, so it is dropped after it: llama.cpp keeps a pointer to it.
+    let abort = AbortWatch::default();
     let mut ctx = match model.new_context(backend, params) {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -92,6 +95,10 @@ pub(super) fn run(
             return;
         }
     };
+    if let Err(e) = abort.install(&ctx) {
+        let _ = ready.send(Err(e));
+        return;
+    }
     let mut adapter = adapter;
     if let Some(adapter) = adapter.as_mut() {
         if let Err(e) = ctx.lora_adapter_set(adapter, 1.0) {
@@ -113,7 +120,6 @@ pub(super) fn run(
     let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), settings.prefix_store_limit, disk);
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
-    let mut pace = super::pace::PrefillPace::new(settings.batch_size as usize);
     let mut open = true;
     // Requests holding a slot after the last admission.
     let mut occupied = 0;
@@ -180,13 +186,23 @@ pub(super) fn run(
         }
 
         let step_started = Instant::now();
-        let prompt_tokens = fill_batch(&mut batch, &mut slots, &mut ctx, &mut prefixes, settings.batch_size as usize, pace.budget());
+        fill_batch(&mut batch, &mut slots, &mut ctx, &mut prefixes, settings.batch_size as usize);
         if batch.n_tokens() == 0 {
             continue;
         }
+        abort.watch(slots.iter().flatten().filter(|a| a.n_past > a.fed_from).map(|a| a.events.clone()));
         let decoded = ctx.decode(&mut batch);
-        if prompt_tokens > 0 {
-            pace.observe(batch.n_tokens() as usize, step_started.elapsed());
+        abort.clear();
+        if let Err(DecodeError::Unknown(ABORTED)) = decoded {
+            // A client left: nothing of the batch was kept. The others read it again next step.
+            tracing::debug!("decode stopped: a client whose tokens it held has left");
+            take_back(&mut slots);
+            for (seq, a) in slots.iter_mut().enumerate() {
+                if let Some(a) = a.as_mut().filter(|a| !prefixes.roll_back(&mut ctx, seq, a.n_past)) {
+                    a.n_past = 0;
+                }
+            }
+            continue;
         }
         if let Err(DecodeError::NoKvCacheSlot) = decoded {
             make_room_in_pool(&mut slots, &mut ctx, &mut prefixes);
@@ -275,10 +291,9 @@ fn injected_panic() {
 /// decode did not help on a 2-core machine (SmolLM2, a stream decoding while a 1439-token
 /// prompt arrives, one run each, the machine shared with a benchmark: 512 tokens per step gave
 /// a median inter-token gap of 2.2 s and 13.7 s for the prompt; 128 gave 1.7 s and 31.8 s; 64
-/// gave 5.8 s and 92 s): each step pays a fixed cost. Prompt tokens are further held to
-/// `prompt_budget`, so a step stays short enough for a departed client to be noticed soon.
-/// Returns the prompt tokens added.
-fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes, capacity: usize, prompt_budget: usize) -> usize {
+/// gave 5.8 s and 92 s): each step pays a fixed cost. A departed client needs no small steps
+/// either: the decode holding its tokens stops (`abort`).
+fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes, capacity: usize) {
     batch.clear();
     // Nobody finishes while everyone waits: then they all try again.
     if slots.iter().flatten().all(|a| a.suspended) {
@@ -286,11 +301,7 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
     }
     let streams = slots.iter().flatten().filter(|a| a.first_token_at.is_some()).count();
     let mut room = capacity;
-    let mut prompt_added = 0;
     for generating in [true, false] {
-        if !generating {
-            room = room.min(prompt_budget);
-        }
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(a) = slot.as_mut() else { continue };
             if generating {
@@ -328,12 +339,17 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
             if generating && a.logits_idx.is_some() && streams <= SPECULATE_MAX_STREAMS {
                 room -= add_draft(batch, a, seq, room);
             }
-            if !generating {
-                prompt_added += take;
-            }
         }
     }
-    prompt_added
+}
+
+/// The batch was not decoded (no room, or stopped): each sequence's tokens in it are unfed again.
+fn take_back(slots: &mut [Option<Active>]) {
+    for a in slots.iter_mut().flatten() {
+        a.n_past = a.fed_from;
+        a.logits_idx = None;
+        a.draft.clear();
+    }
 }
 
 /// The batch found no room in the KV pool (nothing of it was decoded): takes back what it fed,
@@ -341,11 +357,7 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
 /// store if worth it), else the cells of the request admitted last, which waits, suspended,
 /// until another request finishes and then reads its history again.
 fn make_room_in_pool(slots: &mut [Option<Active>], ctx: &mut LlamaContext, prefixes: &mut Prefixes) {
-    for a in slots.iter_mut().flatten() {
-        a.n_past = a.fed_from;
-        a.logits_idx = None;
-        a.draft.clear();
-    }
+    take_back(slots);
     if prefixes.evict_one(ctx) {
         return;
     }
