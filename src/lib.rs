@@ -141,8 +141,8 @@ pub fn cpu_description() -> String {
     engine::cpu::describe()
 }
 
-/// Sets how llama.cpp's OpenMP threads wait, starting the process again if it must: call first
-/// in `main` (`engine::cpu::openmp`).
+/// Sets how llama.cpp's OpenMP threads wait, starting the process again if it must: call in
+/// `main` before any thread starts (`engine::cpu::openmp`).
 pub fn ensure_openmp_wait_policy() {
     engine::cpu::openmp::ensure_wait_policy();
 }

@@ -5,8 +5,6 @@ use hearth::cli::{Cli, Command};
 use hearth::commands;
 
 fn main() -> std::process::ExitCode {
-    // Before anything else: it may start the process again (see the function).
-    hearth::ensure_openmp_wait_policy();
     // Two malloc arenas, not glibc's 8 per core: every tokio and blocking thread that allocates
     // otherwise gets an arena of its own, each keeping freed memory, and a server's RSS climbed
     // ~40 MiB over 50 model load cycles (flat with two). Allocation is not on the hot path.
@@ -22,6 +20,12 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // A server may hold several models: it starts itself again with OpenMP's wait set (see the
+    // function), before any thread exists. Not the one-model commands, which also run under
+    // qemu-user to emulate older CPUs, where a new start would leave the emulation.
+    if matches!(cli.command, Command::Serve(_)) {
+        hearth::ensure_openmp_wait_policy();
+    }
     // The server starts its own logging once it has read its config (the format may be set
     // there); the one-shot commands stay quiet unless asked (stdout is theirs).
     if !matches!(cli.command, Command::Serve(_)) {

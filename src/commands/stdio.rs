@@ -24,15 +24,18 @@ use crate::metrics::Metrics;
 use crate::service::{Caller, Service};
 
 pub async fn run(args: StdioArgs) -> anyhow::Result<()> {
-    let manager = super::manager(super::open_store(&args.store), &args.engine)?;
+    // One process, one user: the model stays loaded unless --keep-alive says otherwise.
+    let mut engine = args.engine.clone();
+    engine.keep_alive.get_or_insert_with(|| "-1".to_string());
+    let manager = super::manager(super::open_store(&args.store), &engine)?;
     let router = super::router()?;
     // Load up front so the first request doesn't pay for it and a bad model fails at once (a
-    // provider's model or a route has nothing to load here).
+    // provider's model or a route has nothing to load here). The lease ends here: held, it
+    // would keep this instance alive after a request with a larger num_ctx replaced it.
     let table = router.table();
-    let _lease = match table.remote(&args.model).is_some() || table.routes.contains_key(&args.model) {
-        true => None,
-        false => Some(manager.acquire(manager.store().resolve_name_or_path(&args.model)?, None, None).await?),
-    };
+    if table.remote(&args.model).is_none() && !table.routes.contains_key(&args.model) {
+        drop(manager.acquire(manager.store().resolve_name_or_path(&args.model)?, None, None).await?);
+    }
     // Scripts continue conversations by `conversation_id`, as HTTP clients do.
     let conversations = match ConversationStore::open(&super::default_data_dir()) {
         Ok(c) => Some(c),

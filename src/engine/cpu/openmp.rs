@@ -11,9 +11,12 @@
 //! tokens/s), and `GOMP_SPINCOUNT=300000` keeps the usual wait as libgomp's default has it
 //! (about 3 ms of spinning, then sleep), so an idle server still sleeps.
 //!
-//! libgomp is linked to the binary, so it has read the environment before `main` runs: the
-//! process starts itself again, once, with the two variables set. A user who sets either keeps
-//! their choice, and nothing is started again.
+//! libgomp is linked to the binary, so it has read the environment before `main` runs: `serve`
+//! starts itself again, once, with the two variables set. A user who sets either keeps their
+//! choice, and nothing is started again. Only `serve`: `run`, `stdio` and `bench` hold one
+//! model, and they are what runs under qemu-user to emulate another CPU, whose `execve` would
+//! start the new image natively, outside the emulation (set the variables yourself to serve
+//! under qemu).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -22,8 +25,8 @@ use std::os::unix::process::CommandExt;
 pub const WAIT_POLICY: [(&str, &str); 2] = [("OMP_WAIT_POLICY", "active"), ("GOMP_SPINCOUNT", "300000")];
 
 /// Replaces the process with itself, the wait policy set, unless the user set it (or this is
-/// already the second start). Call first in `main`, before any thread starts. If the binary
-/// can't be started again, the process goes on as it is.
+/// already the second start). Call in `main` before any thread starts. If the binary can't be
+/// started again, the process goes on as it is.
 pub fn ensure_wait_policy() {
     if WAIT_POLICY.iter().any(|(name, _)| std::env::var_os(name).is_some()) {
         return;
