@@ -13,6 +13,7 @@
 //! context's raw pointer private, but its `Debug` output is that pointer: `context_ptr` reads
 //! it there. A llama-cpp-2 whose output changes makes `install` fail, which fails the model's
 //! load with a message (and the tests) rather than decode without a way to stop.
+//! Must not: decide who left (the channels say) or touch the KV cache (the worker takes back).
 
 use std::ffi::c_void;
 use std::sync::Mutex;

@@ -1,6 +1,7 @@
 //! The embedding context's share of the budget: llama.cpp's second context for embeddings is
 //! made on a model's first embed request, so its bytes are counted then, not at the load (most
 //! models never embed): `ModelManager::count_embedding`, called before each embed request.
+//! Must not: make the context (the engine does, on the request) or count it twice.
 
 use std::sync::Arc;
 

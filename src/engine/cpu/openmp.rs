@@ -17,6 +17,7 @@
 //! model, and they are what runs under qemu-user to emulate another CPU, whose `execve` would
 //! start the new image natively, outside the emulation (set the variables yourself to serve
 //! under qemu).
+//! Must not: override a choice the user made in the environment, or start anything but itself.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
