@@ -531,25 +531,28 @@ fn rss_stays_within_the_budget_while_cycling_models() {
     // estimate's error; stated in the resource-manager note.
     let margin = 64u64 << 20;
     let mut peak = 0;
-    // Measured from the fifth cycle: the allocator settles in the first few.
-    let mut after_first_cycles = 0;
-    for i in 0..50 {
+    // RSS after each cycle (both models loaded once).
+    let mut cycles = Vec::new();
+    for _ in 0..50 {
         for m in [SMOL, GEMMA] {
             load(&s, m);
             peak = peak.max(s.rss());
         }
-        if i == 4 {
-            after_first_cycles = s.rss();
-        }
+        cycles.push(s.rss());
     }
-    let end = s.rss();
     assert!(peak <= budget + margin, "peak RSS {} MiB over budget {} MiB + margin", peak >> 20, budget >> 20);
-    // Creep is the defect; RSS that ends lower (the allocator returning more) is not.
+    // Creep is the defect: a leak raises the floor. From one cycle to the next RSS swings by
+    // up to ~35 MiB either way (glibc's arenas, llama.cpp's and OpenMP's threads coming and
+    // going), so the floors are compared: cycles 5-14, after the allocator settles, against
+    // the last ten.
+    let floor = |c: &[u64]| c.iter().copied().min().expect("cycles");
+    let (settled, last) = (floor(&cycles[5..15]), floor(&cycles[40..]));
     assert!(
-        end <= after_first_cycles + (16 << 20),
-        "RSS crept from {} MiB to {} MiB over 45 cycles",
-        after_first_cycles >> 20,
-        end >> 20
+        last <= settled + (16 << 20),
+        "RSS crept: its floor went from {} MiB to {} MiB over 35 cycles ({:?} MiB)",
+        settled >> 20,
+        last >> 20,
+        cycles.iter().map(|b| b >> 20).collect::<Vec<_>>()
     );
 }
 
