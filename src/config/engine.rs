@@ -34,17 +34,6 @@ impl EngineConfig {
     /// its flag (the file's values were checked when it was read).
     pub fn resolve(flags: &EngineArgs, file: &EngineFile) -> Result<EngineConfig, ConfigError> {
         let flag_error = |flag: &str, message: String| ConfigError::Flag { flag: flag.to_string(), message };
-        let threads = flags.threads.or(file.threads).unwrap_or_else(super::default_threads);
-        let load = LoadSettings {
-            num_ctx: flags.context_length.or(file.context_length).unwrap_or(DEFAULT_NUM_CTX),
-            parallel: flags.parallel.or(file.parallel).unwrap_or(DEFAULT_PARALLEL),
-            threads,
-            threads_batch: threads,
-            batch_size: flags.batch_size.or(file.batch_size).unwrap_or(DEFAULT_BATCH),
-            weights: flags.convert_weights.or(file.convert_weights).unwrap_or_default(),
-            speculative: flags.speculative.or(file.speculative).unwrap_or(true),
-            prefix_store_limit: 0,
-        };
         let keep_alive = match &flags.keep_alive {
             Some(k) => KeepAlive::parse(k).map_err(|e| flag_error("--keep-alive", e))?,
             None => file.keep_alive.unwrap_or(DEFAULT_KEEP_ALIVE),
@@ -55,7 +44,17 @@ impl EngineConfig {
             (None, Some(spec)) => budget::parse_budget(spec, memory).map_err(|e| flag_error("engine.ram_budget", e))?,
             (None, None) => budget::default_budget(memory),
         };
-        let load = LoadSettings { prefix_store_limit: ram_budget / crate::engine::prefix::PREFIX_STORE_BUDGET_SHARE, ..load };
+        let threads = flags.threads.or(file.threads).unwrap_or_else(super::default_threads);
+        let load = LoadSettings {
+            num_ctx: flags.context_length.or(file.context_length).unwrap_or(DEFAULT_NUM_CTX),
+            parallel: flags.parallel.or(file.parallel).unwrap_or(DEFAULT_PARALLEL),
+            threads,
+            threads_batch: threads,
+            batch_size: flags.batch_size.or(file.batch_size).unwrap_or(DEFAULT_BATCH),
+            weights: flags.convert_weights.or(file.convert_weights).unwrap_or_default(),
+            speculative: flags.speculative.or(file.speculative).unwrap_or(true),
+            prefix_store_limit: ram_budget / crate::engine::prefix::PREFIX_STORE_BUDGET_SHARE,
+        };
         let limits = Limits {
             ram_budget,
             max_loaded: flags.max_loaded_models.or(file.max_loaded_models).filter(|&n| n > 0),
