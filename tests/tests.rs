@@ -15,6 +15,7 @@ mod speculative;
 mod store;
 mod gguf_validation;
 mod disk_prefixes;
+mod fleet;
 mod kv_pool;
 mod hostile;
 mod scheduling;

@@ -284,7 +284,7 @@ impl ModelInstance for FakeInstance {
                     draft_accepted: 0,
                 }));
             });
-            Ok(Submitted { events: rx, dropped_messages })
+            Ok(Submitted { events: rx, dropped_messages, answered_by: None })
         }
         .boxed()
     }

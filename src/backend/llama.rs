@@ -100,7 +100,7 @@ impl ModelInstance for LlamaInstance {
             tokio::task::spawn_blocking(move || {
                 let (tokens, dropped_messages) = self.prompt_tokens(&job)?;
                 let events = self.0.submit(tokens, job.options)?;
-                Ok(Submitted { events, dropped_messages })
+                Ok(Submitted { events, dropped_messages, answered_by: None })
             })
             .await
             .map_err(|e| EngineError::Task(format!("prompt task failed: {e}")))?

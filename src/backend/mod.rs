@@ -7,13 +7,14 @@
 //! its template and tokenizer: a backend that is another server takes the messages as they are.
 //!
 //! Implementations: `llama` (the llama.cpp engine, hearth's own), `remote` (a model on another
-//! server: Ollama's API, OpenAI's, Anthropic's) and `fake` (deterministic, for the tests of
+//! server: Ollama's API, OpenAI's, Anthropic's, or a fleet of hearth nodes) and `fake` (deterministic, for the tests of
 //! the layers above; only under `cfg(test)`).
 //! The resource manager holds instances only through this trait, so nothing above it knows
 //! which one it has.
 //!
 //! Must not: hold service state (cache, personas, conversations) or know a wire format.
 
+pub mod breaker;
 #[cfg(test)]
 pub mod fake;
 pub mod llama;
@@ -97,6 +98,9 @@ pub struct Submitted {
     pub events: UnboundedReceiver<Event>,
     /// Droppable messages left out so the prompt fits.
     pub dropped_messages: usize,
+    /// Which server answered, when the instance chose among several (a fleet's node:
+    /// `fleet@http://127.0.0.1:11502/smollm2:135m`).
+    pub answered_by: Option<String>,
 }
 
 /// One input to embed: text, tokenized like a prompt (special tokens parsed, BOS added when the

@@ -29,16 +29,16 @@ impl TokenSampler {
     ///
     /// `wrap_up` (for a grammar near the end of its token budget) adds its bias to each token's
     /// logit, favouring those that close strings, objects and arrays, so a structured answer
-    /// ends complete rather than cut off.
-    pub(super) fn sample(&mut self, ctx: &LlamaContext, idx: i32, wrap_up: Option<&[f32]>) -> Result<LlamaToken, String> {
+    /// ends complete rather than cut off; the bias is scaled by the paired factor.
+    pub(super) fn sample(&mut self, ctx: &LlamaContext, idx: i32, wrap_up: Option<(&[f32], f32)>) -> Result<LlamaToken, String> {
         match self {
             TokenSampler::Argmax => Ok(argmax(ctx.get_logits_ith(idx))),
             TokenSampler::Chain(chain) => Ok(chain.sample(ctx, idx)),
             TokenSampler::Constrained { chain, grammar } if wrap_up.is_some() => {
-                let bias = wrap_up.unwrap_or_default();
+                let (bias, scale) = wrap_up.unwrap_or_default();
                 let mut all = LlamaTokenDataArray::from_iter(
                     ctx.candidates_ith(idx).map(|mut d| {
-                        d.set_logit(d.logit() + bias.get(d.id().0 as usize).copied().unwrap_or(0.0));
+                        d.set_logit(d.logit() + scale * bias.get(d.id().0 as usize).copied().unwrap_or(0.0));
                         d
                     }),
                     false,
@@ -125,6 +125,9 @@ pub(super) struct WrapUpBias {
 }
 
 const WRAP_UP_BIAS: f32 = 15.0;
+/// The bias's scale in the last tokens: any closing token the grammar allows outweighs every
+/// other (sampling temperatures included).
+pub(super) const WRAP_UP_FORCE: f32 = 1000.0;
 
 pub(super) fn wrap_up_bias(model: &LlamaModel) -> WrapUpBias {
     let vocab = model.vocab();

@@ -217,10 +217,11 @@ fn sample(a: &mut Active, ctx: &LlamaContext, model: &LlamaModel, idx: i32, clos
         *closers = Some(sampler::wrap_up_bias(model));
     }
     let bias = closers.as_ref().and_then(|b| match wrap_up? {
-        WrapUp::Close if a.json.in_string => Some(b.in_string.as_slice()),
-        WrapUp::Close => Some(b.outside.as_slice()),
+        WrapUp::Close | WrapUp::Force if a.json.in_string => Some(b.in_string.as_slice()),
+        WrapUp::Close | WrapUp::Force => Some(b.outside.as_slice()),
         WrapUp::Compact => Some(b.compact.as_slice()),
     });
+    let bias = bias.map(|b| (b, if wrap_up == Some(WrapUp::Force) { sampler::WRAP_UP_FORCE } else { 1.0 }));
     let token = a.sampler.sample(ctx, idx, bias)?;
     if let Some(top) = a.options.logprobs {
         let (logprob, alternatives) = sampler::logprobs(ctx.get_logits_ith(idx), token, top as usize);

@@ -10,7 +10,7 @@
 //!
 //! Must not: start generations (the service does, per attempt) or know a wire format.
 
-pub mod breaker;
+pub use crate::backend::breaker;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -357,6 +357,7 @@ impl Router {
                     "max_concurrent": p.spec.max_concurrent,
                     "price": { "input_per_1k": p.spec.input_per_1k, "output_per_1k": p.spec.output_per_1k },
                     "health": health,
+                    "fleet": p.fleet_view(),
                 })
             })
             .collect();

@@ -184,6 +184,8 @@ pub struct ResponseInfo {
     pub dropped_messages: usize,
     /// Which target answered, when a route or a provider did.
     pub served: Option<Box<route::ServedBy>>,
+    /// The server within the target that answered (a fleet's node), when it chose one.
+    pub answered_by: Option<String>,
 }
 
 /// Whether the answer came from the response cache.
@@ -349,7 +351,8 @@ impl Service {
                 let name = req.model.clone();
                 let mut outcome = self.start_on(req, caller, started, &table, &route::Attempt::default()).await?;
                 if let (true, Outcome::Generating(g)) = (remote, &mut outcome) {
-                    g.info.served = Some(Box::new(route::ServedBy { target: name, tried: Vec::new(), attribution: None, router: self.router.clone() }));
+                    let target = g.info.answered_by.clone().unwrap_or(name);
+                    g.info.served = Some(Box::new(route::ServedBy { target, tried: Vec::new(), attribution: None, router: self.router.clone() }));
                 }
                 Ok(outcome)
             }
@@ -438,6 +441,7 @@ impl Service {
             conversation_id: service.conversation_id.clone(),
             dropped_messages: 0,
             served: None,
+            answered_by: None,
         };
         let record = answer::Record {
             cache: None,
@@ -518,6 +522,7 @@ impl Service {
             (None, None) => return Err(ServiceError::Internal("a model is neither local nor remote".into())),
         };
         info.dropped_messages = submitted.dropped_messages;
+        info.answered_by = submitted.answered_by;
         let events = answer::forward(submitted.events, record);
         Ok(Outcome::Generating(Generation { events, load_duration, started, info }))
     }

@@ -111,7 +111,8 @@ pub(super) async fn start(service: &Service, table: &Table, route: std::sync::Ar
         match service.start_on(attempt_req, caller, started, table, &attempt).await {
             Ok(Outcome::Generating(mut g)) => {
                 let attribution = Attribution { route: route.name.clone(), variant: plan.variant.clone(), target: target.name.clone(), target_route: target_route.clone() };
-                g.info.served = Some(Box::new(ServedBy { target: target.model.clone(), tried, attribution: Some(attribution), router: router.clone() }));
+                let answered = g.info.answered_by.clone().unwrap_or_else(|| target.model.clone());
+                g.info.served = Some(Box::new(ServedBy { target: answered, tried, attribution: Some(attribution), router: router.clone() }));
                 return Ok(Outcome::Generating(g));
             }
             Ok(loaded) => return Ok(loaded),

@@ -336,6 +336,7 @@ fn dead_provider() -> crate::backend::remote::ProviderSpec {
         refresh: Duration::from_secs(300),
         health_check: None,
         max_tokens: 16,
+        fleet: None,
     }
 }
 

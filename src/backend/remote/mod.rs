@@ -1,5 +1,6 @@
 //! Models on another server, behind the same seam as the local engine: a `Provider` is one
-//! configured server (Ollama's API, OpenAI's, or Anthropic's Messages API), and a
+//! configured server (Ollama's API, OpenAI's, or Anthropic's Messages API) or a fleet of
+//! hearth nodes (`fleet`, which picks a node per request), and a
 //! `RemoteModel` is one of its models as a `ModelInstance`. A job goes out in the provider's
 //! API (`ollama`, `openai`, `anthropic` each build the request and read the answer's stream
 //! back into `Event`s); the answer always streams from the upstream, whatever the client asked,
@@ -15,6 +16,7 @@
 //! header and kept nowhere else), or follow redirects (a key must not go to another host).
 
 mod anthropic;
+pub mod fleet;
 mod ollama;
 mod openai;
 #[cfg(test)]
@@ -43,6 +45,8 @@ pub enum ProviderKind {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// A fleet of hearth nodes (`fleet`), each spoken to in Ollama's API.
+    Hearth,
 }
 
 impl ProviderKind {
@@ -51,6 +55,7 @@ impl ProviderKind {
             ProviderKind::Ollama => "ollama",
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Hearth => "hearth",
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct ProviderSpec {
     /// `max_tokens` sent to Anthropic's API when the request sets no `num_predict` (it is
     /// required there).
     pub max_tokens: u32,
+    /// A fleet's nodes and policy (`kind: hearth`); `url` then lists the nodes, for display.
+    pub fleet: Option<fleet::FleetSpec>,
 }
 
 /// The models a provider lists now, and how the last look went.
@@ -112,6 +119,7 @@ pub struct Provider {
     key: Option<String>,
     running: Arc<Semaphore>,
     listing: RwLock<Listing>,
+    fleet: Option<Arc<fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -127,6 +135,11 @@ impl Provider {
             Some(var) => Some(env(var).filter(|k| !k.trim().is_empty()).ok_or_else(|| format!("provider {}: the environment variable {var} (api_key_env) is not set", spec.name))?),
             None => None,
         };
+        Provider::build(spec, key)
+    }
+
+    /// A provider with its key already read (a fleet's node shares the fleet's).
+    fn build(spec: ProviderSpec, key: Option<String>) -> Result<Provider, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(spec.timeouts.connect)
             .redirect(reqwest::redirect::Policy::none())
@@ -134,7 +147,11 @@ impl Provider {
             .build()
             .map_err(|e| format!("provider {}: {e}", spec.name))?;
         let listing = Listing { models: spec.models.clone().unwrap_or_default(), error: None };
-        Ok(Provider { running: Arc::new(Semaphore::new(spec.max_concurrent)), spec, client, key, listing: RwLock::new(listing) })
+        let fleet = match &spec.fleet {
+            Some(f) => Some(Arc::new(fleet::Fleet::new(&spec, f.clone(), key.clone())?)),
+            None => None,
+        };
+        Ok(Provider { running: Arc::new(Semaphore::new(spec.max_concurrent)), spec, client, key, listing: RwLock::new(listing), fleet })
     }
 
     pub fn name(&self) -> &str {
@@ -176,14 +193,25 @@ impl Provider {
         result.map(|_| ())
     }
 
-    /// One cheap call that says the server is up: its model list.
+    /// One cheap call that says the server is up: its model list (a fleet checks each node).
     pub async fn check(&self) -> Result<(), String> {
-        self.list().await.map(|_| ())
+        match &self.fleet {
+            Some(f) => f.check().await,
+            None => self.list().await.map(|_| ()),
+        }
+    }
+
+    /// A fleet's policy and nodes, for `/api/routes`.
+    pub fn fleet_view(&self) -> Option<Value> {
+        self.fleet.as_ref().map(|f| f.view())
     }
 
     async fn list(&self) -> Result<Vec<String>, String> {
+        if let Some(f) = &self.fleet {
+            return f.list().await;
+        }
         let (path, field, name) = match self.spec.kind {
-            ProviderKind::Ollama => ("/api/tags", "models", "name"),
+            ProviderKind::Ollama | ProviderKind::Hearth => ("/api/tags", "models", "name"),
             ProviderKind::OpenAi | ProviderKind::Anthropic => ("/v1/models", "data", "id"),
         };
         let resp = self
@@ -310,8 +338,11 @@ impl ModelInstance for RemoteModel {
             let permit = Arc::clone(&p.running)
                 .try_acquire_owned()
                 .map_err(|_| p.fail(429, format!("{} requests already running (max_concurrent)", p.spec.max_concurrent)))?;
+            if let Some(f) = &p.fleet {
+                return Arc::clone(f).generate(self.model.clone(), job, permit).await;
+            }
             let (path, body, decoder): (&str, Value, Box<dyn Decoder>) = match p.spec.kind {
-                ProviderKind::Ollama => ollama::request(&self.model, &job)?,
+                ProviderKind::Ollama | ProviderKind::Hearth => ollama::request(&self.model, &job)?,
                 ProviderKind::OpenAi => openai::request(&self.model, &job)?,
                 ProviderKind::Anthropic => anthropic::request(&self.model, &job, p.spec.max_tokens)?,
             };
@@ -347,7 +378,7 @@ impl ModelInstance for RemoteModel {
                     let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = reader.body.next().await {} }).await;
                 }
             });
-            Ok(Submitted { events, dropped_messages: 0 })
+            Ok(Submitted { events, dropped_messages: 0, answered_by: None })
         }
         .boxed()
     }
@@ -358,8 +389,11 @@ impl ModelInstance for RemoteModel {
             let _permit = Arc::clone(&p.running)
                 .try_acquire_owned()
                 .map_err(|_| p.fail(429, format!("{} requests already running (max_concurrent)", p.spec.max_concurrent)))?;
+            if let Some(f) = &p.fleet {
+                return Arc::clone(f).embed(self.model.clone(), job).await;
+            }
             let (path, body) = match p.spec.kind {
-                ProviderKind::Ollama => ollama::embed_request(&self.model, &job)?,
+                ProviderKind::Ollama | ProviderKind::Hearth => ollama::embed_request(&self.model, &job)?,
                 ProviderKind::OpenAi => openai::embed_request(&self.model, &job),
                 ProviderKind::Anthropic => return Err(EngineError::Unsupported(format!("provider {} speaks Anthropic's API, which has no embeddings", p.spec.name))),
             };
@@ -367,7 +401,7 @@ impl ModelInstance for RemoteModel {
             let resp = p.post(path, &body, wait).await?;
             let v: Value = tokio::time::timeout(wait, resp.json()).await.map_err(|_| p.fail(504, "the embeddings did not arrive in time"))?.map_err(|e| p.fail(502, describe(&e)))?;
             let read = match p.spec.kind {
-                ProviderKind::Ollama => ollama::read_embeddings(&v),
+                ProviderKind::Ollama | ProviderKind::Hearth => ollama::read_embeddings(&v),
                 _ => openai::read_embeddings(&v),
             };
             let embedded = read.ok_or_else(|| p.fail(502, "the answer holds no embeddings"))?;

@@ -11,6 +11,11 @@
 //!     timeouts: { connect: 5s, first_byte: 2m, total: 10m }
 //!     max_concurrent: 16
 //!     price: { input_per_1k: 0.0005, output_per_1k: 0.0015 }
+//!   fleet:
+//!     kind: hearth                  # hearth nodes, one picked per request
+//!     nodes: [http://10.0.0.1:11434, http://10.0.0.2:11434]
+//!     policy: cache_aware           # cache_aware | round_robin | least_loaded
+//!     balance_threshold: 4          # cache_aware: extra load the prefix's node may have
 //! routes:
 //!   chat:
 //!     strategy: fallback            # fallback | split
@@ -33,6 +38,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{option_patch, resolve, scalar, ConfigError};
+use crate::backend::remote::fleet::{FleetPolicy, FleetSpec};
 use crate::backend::remote::{ProviderKind, ProviderSpec, Timeouts};
 use crate::routing::breaker::BreakerSettings;
 use crate::routing::{RouteSpec, RoutingConfig, Strategy, TargetSpec};
@@ -42,7 +48,11 @@ use crate::service::catalog::Persona;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
     kind: RawKind,
-    url: String,
+    url: Option<String>,
+    nodes: Option<Vec<String>>,
+    policy: Option<RawPolicy>,
+    #[serde(default, deserialize_with = "scalar::count")]
+    balance_threshold: Option<usize>,
     api_key_env: Option<String>,
     models: Option<Vec<String>>,
     #[serde(default, deserialize_with = "scalar::duration")]
@@ -63,6 +73,15 @@ enum RawKind {
     Ollama,
     Openai,
     Anthropic,
+    Hearth,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawPolicy {
+    CacheAware,
+    RoundRobin,
+    LeastLoaded,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +180,10 @@ pub(super) fn routing(
         return Err(at(&["routing", "breaker", "failures"], "must be at least 1".into()));
     }
     let breaker = BreakerSettings { failures: failures.min(u32::MAX as usize) as u32, cooldown: raw_breaker.cooldown.unwrap_or(defaults.cooldown) };
+    let mut providers = providers;
+    for fleet in providers.iter_mut().filter_map(|p| p.fleet.as_mut()) {
+        fleet.breaker = breaker;
+    }
     Ok(RoutingConfig { providers, routes, breaker, cpu_hour_price: settings.cpu_hour_price.unwrap_or(0.0) })
 }
 
@@ -169,13 +192,24 @@ fn provider(name: String, raw: RawProvider, at: At<'_>) -> Result<ProviderSpec, 
     if !plain(&name) {
         return Err(here("", "a provider's name is 1 to 64 letters, digits, '.', '_' or '-' (its models are addressed as NAME/model)".into()));
     }
-    let url = reqwest::Url::parse(raw.url.trim()).map_err(|e| here("url", format!("{:?} is not a URL: {e}", raw.url)))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(here("url", "must be an http:// or https:// URL with a host".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
-        return Err(here("url", "may not hold credentials or a query: put the key's variable in api_key_env".into()));
-    }
+    let fleet = matches!(raw.kind, RawKind::Hearth);
+    let (url, fleet) = match (fleet, raw.url, raw.nodes) {
+        (false, Some(url), None) if raw.policy.is_none() && raw.balance_threshold.is_none() => (base_url(&url).map_err(|e| here("url", e))?, None),
+        (false, None, _) => return Err(here("url", "is required (the server's base URL)".into())),
+        (false, Some(_), _) => return Err(here("nodes", "nodes, policy and balance_threshold are for kind: hearth (a fleet)".into())),
+        (true, None, Some(nodes)) if !nodes.is_empty() => {
+            let nodes = nodes.iter().map(|n| base_url(n)).collect::<Result<Vec<_>, _>>().map_err(|e| here("nodes", e))?;
+            let policy = match raw.policy.unwrap_or(RawPolicy::CacheAware) {
+                RawPolicy::CacheAware => FleetPolicy::CacheAware,
+                RawPolicy::RoundRobin => FleetPolicy::RoundRobin,
+                RawPolicy::LeastLoaded => FleetPolicy::LeastLoaded,
+            };
+            let spec = FleetSpec { nodes: nodes.clone(), policy, balance_threshold: raw.balance_threshold.unwrap_or(4), breaker: BreakerSettings::default() };
+            (nodes.join(", "), Some(spec))
+        }
+        (true, Some(_), _) => return Err(here("url", "a fleet (kind: hearth) lists its nodes' URLs under nodes, not url".into())),
+        (true, None, _) => return Err(here("nodes", "a fleet (kind: hearth) needs at least one node URL".into())),
+    };
     if let Some(var) = &raw.api_key_env {
         if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || var.as_bytes()[0].is_ascii_digit() {
             return Err(here("api_key_env", format!("{var:?} is not an environment variable's name (the key itself never goes in the file)")));
@@ -202,19 +236,42 @@ fn provider(name: String, raw: RawProvider, at: At<'_>) -> Result<ProviderSpec, 
             RawKind::Ollama => ProviderKind::Ollama,
             RawKind::Openai => ProviderKind::OpenAi,
             RawKind::Anthropic => ProviderKind::Anthropic,
+            RawKind::Hearth => ProviderKind::Hearth,
         },
-        url: url.as_str().trim_end_matches('/').to_string(),
+        url,
         api_key_env: raw.api_key_env,
         timeouts,
         max_concurrent: max_concurrent.min(1 << 16),
         input_per_1k: price.input_per_1k.unwrap_or(0.0),
         output_per_1k: price.output_per_1k.unwrap_or(0.0),
         models: raw.models,
-        refresh: raw.refresh.filter(|r| !r.is_zero()).unwrap_or(Duration::from_secs(300)),
-        health_check: raw.health_check.filter(|h| !h.is_zero()),
+        // A fleet's nodes come and go: its listing and its nodes' standing are kept fresh.
+        refresh: raw.refresh.filter(|r| !r.is_zero()).unwrap_or(Duration::from_secs(if fleet.is_some() { 30 } else { 300 })),
+        health_check: match (raw.health_check, &fleet) {
+            (Some(h), _) => Some(h).filter(|h| !h.is_zero()),
+            (None, Some(_)) => Some(FLEET_CHECK),
+            (None, None) => None,
+        },
         max_tokens: raw.max_tokens.unwrap_or(4096).clamp(1, u32::MAX as usize) as u32,
+        fleet,
         name,
     })
+}
+
+/// How often a fleet's nodes are checked unless `health_check` says otherwise: their load
+/// steers the next requests.
+const FLEET_CHECK: Duration = Duration::from_secs(2);
+
+/// A server's base URL, checked, without a trailing slash.
+fn base_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{raw:?}: must be an http:// or https:// URL with a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+        return Err(format!("{raw:?} may not hold credentials or a query: put the key's variable in api_key_env"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 fn route(

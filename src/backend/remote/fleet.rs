@@ -1,0 +1,610 @@
+//! A fleet: hearth nodes behind one provider (`kind: hearth`). Each request goes to one node,
+//! chosen by the fleet's policy, and moves on to the next node if the chosen one fails before
+//! its answer starts (unreachable, refusing, at its limit): a node that dies costs only the
+//! answers it was streaming.
+//!
+//! Policies: `round_robin` takes the nodes in turn; `least_loaded` takes the node with the
+//! fewest requests queued or running; `cache_aware` sends a request to the node that served
+//! the longest prefix of it last (the same conversation, the same system prompt and
+//! documents), so that node's saved KV answers the prefix, unless that node has more than
+//! `balance_threshold` requests beyond the least-loaded one, which then takes it. Prefixes are
+//! compared as running hashes over whole messages (a chat) or 1 KiB pieces (a generate prompt).
+//!
+//! A node's standing comes from its own `/health` and `/api/metrics` (checked every
+//! `health_check`), this front's requests on it, and its breaker (opened by failures as any
+//! target's). A node whose check fails is passed over until a check finds it up again; a host
+//! name that resolves to several addresses is one node per address, looked up at each check,
+//! so a node that joins takes traffic from the next check on.
+//!
+//! Must not: retry a request whose answer has started, or keep a prefix's text (only hashes).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::{describe, Provider, ProviderKind, ProviderSpec};
+use crate::backend::breaker::{Breaker, BreakerSettings};
+use crate::backend::{EmbedJob, Embedded, EngineError, Event, GenerateJob, ModelInstance, PromptSpec, Submitted};
+
+/// How a fleet picks a node for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetPolicy {
+    CacheAware,
+    RoundRobin,
+    LeastLoaded,
+}
+
+impl FleetPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetPolicy::CacheAware => "cache_aware",
+            FleetPolicy::RoundRobin => "round_robin",
+            FleetPolicy::LeastLoaded => "least_loaded",
+        }
+    }
+}
+
+/// A fleet as the config file describes it, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSpec {
+    /// The nodes' base URLs as configured, without a trailing slash.
+    pub nodes: Vec<String>,
+    pub policy: FleetPolicy,
+    /// Requests the node holding a prefix may have beyond the least-loaded node and still
+    /// take the request (`cache_aware`).
+    pub balance_threshold: usize,
+    /// The nodes' breakers.
+    pub breaker: BreakerSettings,
+}
+
+/// Prefix hashes remembered (about 16 bytes of map each, plus the node's URL shared).
+const OWNERS_KEPT: usize = 200_000;
+/// A generate prompt is compared in pieces of this many bytes.
+const PIECE: usize = 1024;
+/// How long one node's check may take.
+const CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// Which node served each prefix last, oldest forgotten first.
+#[derive(Default)]
+struct Owners {
+    map: HashMap<u64, (Arc<str>, u64)>,
+    order: VecDeque<(u64, u64)>,
+    stamp: u64,
+}
+
+impl Owners {
+    /// The node that served the longest of `keys` (each key a longer prefix than the last).
+    fn owner(&self, keys: &[u64]) -> Option<Arc<str>> {
+        keys.iter().rev().find_map(|k| self.map.get(k).map(|(url, _)| Arc::clone(url)))
+    }
+
+    fn record(&mut self, keys: &[u64], url: &str) {
+        let url: Arc<str> = Arc::from(url);
+        for &k in keys {
+            self.stamp += 1;
+            self.map.insert(k, (Arc::clone(&url), self.stamp));
+            self.order.push_back((k, self.stamp));
+        }
+        while self.map.len() > OWNERS_KEPT {
+            let Some((k, stamp)) = self.order.pop_front() else { break };
+            // Only the key's latest record counts: an older one in the queue is stale.
+            if self.map.get(&k).is_some_and(|(_, s)| *s == stamp) {
+                self.map.remove(&k);
+            }
+        }
+        // Stale records left in the queue are dropped once it is twice the map.
+        if self.order.len() > 2 * OWNERS_KEPT.max(self.map.len()) {
+            let map = &self.map;
+            self.order.retain(|(k, stamp)| map.get(k).is_some_and(|(_, s)| s == stamp));
+        }
+    }
+}
+
+/// Running hashes of a prompt's prefixes, shortest first: one per chat message, or per 1 KiB
+/// of a generate prompt. Two requests share a key exactly when they share that prefix (and
+/// the model, tools and system prompt).
+pub(super) fn prefix_keys(model: &str, prompt: &PromptSpec) -> Vec<u64> {
+    let mut h = DefaultHasher::new();
+    model.hash(&mut h);
+    let mut keys = Vec::new();
+    match prompt {
+        PromptSpec::Chat { messages, tools } => {
+            serde_json::to_string(tools).unwrap_or_default().hash(&mut h);
+            for m in messages {
+                m.role.hash(&mut h);
+                m.content.hash(&mut h);
+                keys.push(h.finish());
+            }
+        }
+        PromptSpec::Generate { prompt, system, template, raw, .. } => {
+            (system, template, raw).hash(&mut h);
+            for piece in prompt.as_bytes().chunks(PIECE) {
+                piece.hash(&mut h);
+                keys.push(h.finish());
+            }
+        }
+    }
+    keys
+}
+
+/// A node as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Standing {
+    /// Up at its last check and its breaker not open.
+    pub usable: bool,
+    /// Requests queued or running on it.
+    pub load: usize,
+}
+
+/// The nodes to try, in order (indexes into `standing`): the usable ones as the policy ranks
+/// them, then, only when none is usable, all the others (the last view may be stale). `turn`
+/// rotates ties, so equal nodes share the traffic.
+pub(super) fn order(policy: FleetPolicy, standing: &[Standing], owner: Option<usize>, turn: usize, balance_threshold: usize) -> Vec<usize> {
+    let n = standing.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut usable: Vec<usize> = (0..n).filter(|&i| standing[i].usable).collect();
+    if usable.is_empty() {
+        return (0..n).map(|i| (turn + i) % n).collect();
+    }
+    // Taken in turn among the usable nodes, so one that is down doesn't double its
+    // neighbour's share.
+    let shift = turn % usable.len();
+    usable.rotate_left(shift);
+    match policy {
+        FleetPolicy::RoundRobin => {}
+        FleetPolicy::LeastLoaded => usable.sort_by_key(|&i| standing[i].load),
+        FleetPolicy::CacheAware => {
+            usable.sort_by_key(|&i| standing[i].load);
+            let least = standing[usable[0]].load;
+            if let Some(at) = owner.and_then(|o| usable.iter().position(|&i| i == o)) {
+                if standing[usable[at]].load <= least + balance_threshold {
+                    let o = usable.remove(at);
+                    usable.insert(0, o);
+                }
+            }
+        }
+    }
+    usable
+}
+
+/// One node: a hearth server spoken to in Ollama's API.
+struct Node {
+    url: String,
+    provider: Arc<Provider>,
+    /// This front's requests on it now.
+    in_flight: AtomicUsize,
+    state: Mutex<NodeState>,
+}
+
+#[derive(Default)]
+struct NodeState {
+    /// Why its last check failed; `None` while up (a node counts as up until checked).
+    down: Option<String>,
+    /// Requests queued or running on it, by its own metrics at the last check.
+    queued: usize,
+    breaker: Breaker,
+}
+
+impl Node {
+    fn state(&self) -> std::sync::MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn standing(&self, now: Instant, breaker: &BreakerSettings) -> Standing {
+        let s = self.state();
+        let open = s.breaker.state(now, breaker) == crate::backend::breaker::BreakerState::Open;
+        Standing { usable: s.down.is_none() && !open, load: s.queued.max(self.in_flight.load(Ordering::Acquire)) }
+    }
+
+    /// Its health, then its load. A node found up again after being down starts afresh.
+    async fn check(&self) {
+        let p = &self.provider;
+        let health = async {
+            let resp = p.client.get(format!("{}/health", self.url)).timeout(CHECK_WAIT).send().await.map_err(|e| format!("/health: {}", describe(&e)))?;
+            if !resp.status().is_success() {
+                return Err(format!("/health: HTTP {}", resp.status()));
+            }
+            Ok(())
+        }
+        .await;
+        let queued = match &health {
+            Ok(()) => queued(p, &self.url).await,
+            Err(_) => None,
+        };
+        let mut s = self.state();
+        match health {
+            Ok(()) => {
+                if s.down.take().is_some() {
+                    s.breaker.success();
+                }
+                s.queued = queued.unwrap_or(0);
+            }
+            Err(e) => s.down = Some(e),
+        }
+    }
+
+    fn view(&self, now: Instant, breaker: &BreakerSettings) -> Value {
+        let s = self.state();
+        json!({
+            "url": self.url,
+            "up": s.down.is_none(),
+            "error": s.down,
+            "queued": s.queued,
+            "in_flight": self.in_flight.load(Ordering::Acquire),
+            "breaker": s.breaker.state(now, breaker).as_str(),
+            "breaker_trips": s.breaker.trips,
+        })
+    }
+}
+
+/// Requests queued or running on a node, from its `/api/metrics` (`None` if it won't say,
+/// for instance when the fleet's key lacks the metrics scope).
+async fn queued(p: &Provider, url: &str) -> Option<usize> {
+    let resp = p.authorized(p.client.get(format!("{url}/api/metrics"))).timeout(CHECK_WAIT).send().await.ok()?;
+    let v: Value = resp.error_for_status().ok()?.json().await.ok()?;
+    Some(v["models"].as_array()?.iter().filter_map(|m| m["queue_depth"].as_u64()).sum::<u64>() as usize)
+}
+
+/// Counts a request on a node until its answer ends.
+struct InFlight(Arc<Node>);
+
+impl InFlight {
+    fn new(node: &Arc<Node>) -> InFlight {
+        node.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(node))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The fleet behind a `kind: hearth` provider.
+pub(super) struct Fleet {
+    name: String,
+    spec: FleetSpec,
+    /// What each node's own provider is made from (its URL and kind replaced).
+    template: ProviderSpec,
+    key: Option<String>,
+    nodes: RwLock<Vec<Arc<Node>>>,
+    owners: Mutex<Owners>,
+    turn: AtomicUsize,
+}
+
+impl Fleet {
+    pub(super) fn new(spec: &ProviderSpec, fleet: FleetSpec, key: Option<String>) -> Result<Fleet, String> {
+        let mut template = spec.clone();
+        template.kind = ProviderKind::Ollama;
+        template.fleet = None;
+        let f = Fleet { name: spec.name.clone(), spec: fleet, template, key, nodes: RwLock::default(), owners: Mutex::default(), turn: AtomicUsize::new(0) };
+        let nodes = f.spec.nodes.iter().map(|u| f.node(u)).collect::<Result<Vec<_>, _>>()?;
+        *f.nodes.write().unwrap_or_else(PoisonError::into_inner) = nodes;
+        Ok(f)
+    }
+
+    fn node(&self, url: &str) -> Result<Arc<Node>, String> {
+        let mut spec = self.template.clone();
+        spec.url = url.to_string();
+        spec.name = format!("{}@{url}", self.name);
+        let provider = Arc::new(Provider::build(spec, self.key.clone())?);
+        Ok(Arc::new(Node { url: url.to_string(), provider, in_flight: AtomicUsize::new(0), state: Mutex::default() }))
+    }
+
+    fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The nodes to try for a request with these prefix keys, in order.
+    fn plan(&self, keys: &[u64]) -> Vec<Arc<Node>> {
+        let nodes = self.nodes();
+        let now = Instant::now();
+        let standing: Vec<Standing> = nodes.iter().map(|n| n.standing(now, &self.spec.breaker)).collect();
+        let owner = match self.spec.policy {
+            FleetPolicy::CacheAware => self.owners.lock().unwrap_or_else(PoisonError::into_inner).owner(keys),
+            _ => None,
+        };
+        let owner = owner.and_then(|url| nodes.iter().position(|n| *n.url == *url));
+        let turn = self.turn.fetch_add(1, Ordering::AcqRel);
+        order(self.spec.policy, &standing, owner, turn, self.spec.balance_threshold).into_iter().map(|i| Arc::clone(&nodes[i])).collect()
+    }
+
+    /// Whether a node may take a request now (a half-open breaker lets one probe through).
+    fn allow(&self, node: &Node) -> bool {
+        node.state().breaker.allow(Instant::now(), &self.spec.breaker)
+    }
+
+    fn failed(&self, node: &Node, e: &EngineError) {
+        if e.is_target_failure() {
+            node.state().breaker.failure(Instant::now(), &self.spec.breaker);
+        }
+    }
+
+    /// Starts `job` on the first node that takes it; `hold` (the fleet's own limit) is kept
+    /// until the answer ends.
+    pub(super) async fn generate<T: Send + 'static>(self: Arc<Self>, model: String, job: GenerateJob, hold: T) -> Result<Submitted, EngineError> {
+        let keys = prefix_keys(&model, &job.prompt);
+        let mut last = None;
+        for node in self.plan(&keys) {
+            if !self.allow(&node) {
+                continue;
+            }
+            let running = InFlight::new(&node);
+            match node.provider.model(&model).generate(job.clone()).await {
+                Ok(mut submitted) => {
+                    node.state().breaker.success();
+                    if self.spec.policy == FleetPolicy::CacheAware {
+                        self.owners.lock().unwrap_or_else(PoisonError::into_inner).record(&keys, &node.url);
+                    }
+                    submitted.events = hold_until_done(submitted.events, (running, hold));
+                    submitted.answered_by = Some(format!("{}@{}/{model}", self.name, node.url));
+                    return Ok(submitted);
+                }
+                Err(e) if moves_on(&e) => {
+                    tracing::warn!(fleet = %self.name, node = %node.url, "node failed before answering, trying the next: {e}");
+                    self.failed(&node, &e);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.none_up()))
+    }
+
+    pub(super) async fn embed(self: Arc<Self>, model: String, job: EmbedJob) -> Result<Embedded, EngineError> {
+        let mut last = None;
+        for node in self.plan(&[]) {
+            if !self.allow(&node) {
+                continue;
+            }
+            let _running = InFlight::new(&node);
+            match node.provider.model(&model).embed(job.clone()).await {
+                Ok(embedded) => {
+                    node.state().breaker.success();
+                    return Ok(embedded);
+                }
+                Err(e) if moves_on(&e) => {
+                    self.failed(&node, &e);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.none_up()))
+    }
+
+    fn none_up(&self) -> EngineError {
+        EngineError::Upstream { target: self.name.clone(), status: 503, message: format!("no node of fleet {} is taking requests (all down or their breakers open)", self.name) }
+    }
+
+    /// Looks the nodes up again (a host name may now stand for other addresses), then checks
+    /// each. Fails only when no node is up.
+    pub(super) async fn check(&self) -> Result<(), String> {
+        self.discover().await;
+        let nodes = self.nodes();
+        join_all(nodes.iter().map(|n| n.check())).await;
+        let errors: Vec<String> = nodes.iter().filter_map(|n| n.state().down.clone().map(|e| format!("{}: {e}", n.url))).collect();
+        if errors.len() == nodes.len() {
+            return Err(format!("no node is up ({})", errors.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// Each configured URL whose host is a name resolving to several addresses becomes one
+    /// node per address; every other URL is one node as written. Nodes keep their state
+    /// across lookups.
+    async fn discover(&self) {
+        let old = self.nodes();
+        let mut urls = Vec::new();
+        for configured in &self.spec.nodes {
+            let Some((scheme, host, port)) = host_of(configured) else {
+                urls.push(configured.clone());
+                continue;
+            };
+            if host.parse::<IpAddr>().is_ok() {
+                urls.push(configured.clone());
+                continue;
+            }
+            match tokio::time::timeout(CHECK_WAIT, tokio::net::lookup_host(format!("{host}:{port}"))).await {
+                Ok(Ok(addrs)) => {
+                    let mut addrs: Vec<_> = addrs.collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    if addrs.len() <= 1 {
+                        urls.push(configured.clone());
+                    } else {
+                        urls.extend(addrs.iter().map(|a| format!("{scheme}://{a}")));
+                    }
+                }
+                // Unresolvable now: one node as written, which its check will show down.
+                _ => urls.push(configured.clone()),
+            }
+        }
+        urls.dedup();
+        let mut nodes = Vec::new();
+        for url in urls {
+            match old.iter().find(|n| n.url == url) {
+                Some(n) => nodes.push(Arc::clone(n)),
+                None => match self.node(&url) {
+                    Ok(n) => {
+                        tracing::info!(fleet = %self.name, node = %url, "node joined");
+                        nodes.push(n);
+                    }
+                    Err(e) => tracing::warn!(fleet = %self.name, node = %url, "{e}"),
+                },
+            }
+        }
+        *self.nodes.write().unwrap_or_else(PoisonError::into_inner) = nodes;
+    }
+
+    /// The models any node that is up serves.
+    pub(super) async fn list(&self) -> Result<Vec<String>, String> {
+        let nodes: Vec<_> = self.nodes().into_iter().filter(|n| n.state().down.is_none()).collect();
+        let lists = join_all(nodes.iter().map(|n| n.provider.list())).await;
+        let mut models: Vec<String> = lists.iter().filter_map(|l| l.as_ref().ok()).flatten().cloned().collect();
+        if models.is_empty() {
+            if let Some(Err(e)) = lists.into_iter().find(Result::is_err) {
+                return Err(e);
+            }
+        }
+        models.sort();
+        models.dedup();
+        Ok(models)
+    }
+
+    /// `/api/routes`' view of the fleet: its policy and each node's standing.
+    pub(super) fn view(&self) -> Value {
+        let now = Instant::now();
+        json!({
+            "policy": self.spec.policy.as_str(),
+            "balance_threshold": self.spec.balance_threshold,
+            "nodes": self.nodes().iter().map(|n| n.view(now, &self.spec.breaker)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Another node may answer where this one failed: it could not be reached or was busy, or
+/// it does not have the model.
+fn moves_on(e: &EngineError) -> bool {
+    e.is_target_failure() || matches!(e, EngineError::Upstream { status: 404, .. })
+}
+
+/// (scheme, host, port) of a node URL.
+fn host_of(url: &str) -> Option<(String, String, u16)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let host = u.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string();
+    Some((u.scheme().to_string(), host, u.port_or_known_default()?))
+}
+
+/// Passes the answer's events on, keeping `hold` until it ends or the client leaves (then
+/// the node's stream is dropped, and with it the node's work).
+fn hold_until_done<T: Send + 'static>(mut events: UnboundedReceiver<Event>, hold: T) -> UnboundedReceiver<Event> {
+    let (tx, rx) = unbounded_channel();
+    tokio::spawn(async move {
+        let _hold = hold;
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                e = events.recv() => match e {
+                    Some(e) => {
+                        if tx.send(e).is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::template::TemplateMessage;
+
+    fn standing(loads: &[(bool, usize)]) -> Vec<Standing> {
+        loads.iter().map(|&(usable, load)| Standing { usable, load }).collect()
+    }
+
+    #[test]
+    fn round_robin_takes_usable_nodes_in_turn() {
+        let s = standing(&[(true, 0), (true, 5), (true, 0)]);
+        assert_eq!(order(FleetPolicy::RoundRobin, &s, Some(2), 0, 4), vec![0, 1, 2]);
+        assert_eq!(order(FleetPolicy::RoundRobin, &s, Some(2), 1, 4), vec![1, 2, 0]);
+        let s = standing(&[(true, 0), (false, 0), (true, 0)]);
+        assert_eq!(order(FleetPolicy::RoundRobin, &s, None, 1, 4), vec![2, 0]);
+        // The down node's turns are shared evenly, not all given to its neighbour.
+        let firsts: Vec<usize> = (0..4).map(|t| order(FleetPolicy::RoundRobin, &s, None, t, 4)[0]).collect();
+        assert_eq!(firsts, vec![0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn least_loaded_ranks_by_load_and_rotates_ties() {
+        let s = standing(&[(true, 3), (true, 1), (true, 1)]);
+        assert_eq!(order(FleetPolicy::LeastLoaded, &s, None, 0, 4), vec![1, 2, 0]);
+        assert_eq!(order(FleetPolicy::LeastLoaded, &s, None, 2, 4), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn cache_aware_keeps_the_owner_until_it_is_past_the_threshold() {
+        // The owner (node 0) has 4 more than the least loaded: still within a threshold of 4.
+        let s = standing(&[(true, 4), (true, 0), (true, 2)]);
+        assert_eq!(order(FleetPolicy::CacheAware, &s, Some(0), 0, 4), vec![0, 1, 2]);
+        // One more, and the least-loaded node takes it.
+        let s = standing(&[(true, 5), (true, 0), (true, 2)]);
+        assert_eq!(order(FleetPolicy::CacheAware, &s, Some(0), 0, 4), vec![1, 2, 0]);
+        // No owner: least loaded; an owner that is down is passed over.
+        assert_eq!(order(FleetPolicy::CacheAware, &s, None, 0, 4), vec![1, 2, 0]);
+        let s = standing(&[(false, 0), (true, 1), (true, 0)]);
+        assert_eq!(order(FleetPolicy::CacheAware, &s, Some(0), 0, 4), vec![2, 1]);
+    }
+
+    #[test]
+    fn with_no_usable_node_every_node_is_tried() {
+        let s = standing(&[(false, 0), (false, 0)]);
+        assert_eq!(order(FleetPolicy::CacheAware, &s, Some(1), 1, 4), vec![1, 0]);
+        assert!(order(FleetPolicy::RoundRobin, &[], None, 0, 4).is_empty());
+    }
+
+    fn chat(contents: &[&str]) -> PromptSpec {
+        let messages = contents.iter().enumerate().map(|(i, c)| TemplateMessage { role: if i % 2 == 0 { "user" } else { "assistant" }.into(), content: (*c).into() }).collect();
+        PromptSpec::Chat { messages, tools: Vec::new() }
+    }
+
+    #[test]
+    fn a_conversations_next_turn_finds_the_node_that_served_the_last() {
+        let first = prefix_keys("m", &chat(&["hi"]));
+        let second = prefix_keys("m", &chat(&["hi", "hello", "how are you?"]));
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.len(), 3);
+        assert_eq!(first[0], second[0]);
+        let mut owners = Owners::default();
+        owners.record(&first, "http://a");
+        assert_eq!(owners.owner(&second).as_deref(), Some("http://a"));
+        // A longer shared prefix wins over a shorter one.
+        owners.record(&second[..2], "http://b");
+        assert_eq!(owners.owner(&second).as_deref(), Some("http://b"));
+        // Another model, or another first message, shares nothing.
+        assert_eq!(owners.owner(&prefix_keys("n", &chat(&["hi"]))), None);
+        assert_eq!(owners.owner(&prefix_keys("m", &chat(&["hey"]))), None);
+    }
+
+    #[test]
+    fn a_generate_prompt_is_compared_in_pieces() {
+        let doc = "x".repeat(3000);
+        let gen = |p: String| PromptSpec::Generate { prompt: p, system: None, template: None, raw: false, context: Vec::new() };
+        let a = prefix_keys("m", &gen(format!("{doc} first question")));
+        let b = prefix_keys("m", &gen(format!("{doc} second question")));
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[..2], b[..2]);
+        assert_ne!(a[2], b[2]);
+    }
+
+    #[test]
+    fn owners_forget_the_oldest_beyond_their_bound() {
+        let mut owners = Owners::default();
+        owners.record(&[1], "http://a");
+        let many: Vec<u64> = (2..=OWNERS_KEPT as u64 + 1).collect();
+        owners.record(&many, "http://b");
+        assert_eq!(owners.map.len(), OWNERS_KEPT);
+        assert_eq!(owners.owner(&[1]), None);
+        // Recorded again, a key is young again.
+        owners.record(&[2], "http://c");
+        owners.record(&[OWNERS_KEPT as u64 + 2], "http://b");
+        assert_eq!(owners.owner(&[2]).as_deref(), Some("http://c"));
+        assert!(owners.order.len() <= 2 * OWNERS_KEPT);
+    }
+}
