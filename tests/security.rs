@@ -171,3 +171,32 @@ fn serving_beyond_loopback_without_keys_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to start") && err.contains("--insecure-no-auth") && err.contains("hearth key new"), "{err}");
 }
+
+#[test]
+fn two_fronts_sharing_redis_enforce_one_keys_rate_limit_together() {
+    let redis = crate::support::Redis::start(None);
+    let (key, entry) = new_key("shared", "generate");
+    let config = crate::support::temp_dir("shared-limits").join("hearth.yaml");
+    std::fs::write(&config, format!("cache:\n  redis_url: {}\nauth:\n  keys:\n{entry}      rpm: 4\n", redis.url())).expect("write config");
+    let fronts = [Server::start_with(&["--config", config.to_str().expect("utf8")]), Server::start_with(&["--config", config.to_str().expect("utf8")])];
+    // A request that spends one from the key's limit and costs nothing else: the model does
+    // not exist (404, after admission).
+    let ask = |s: &Server| with_key(s, reqwest::Method::POST, "/api/chat", Some(&key), Some(&json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})));
+    // Four requests, two on each front: within the limit.
+    for i in 0..4 {
+        assert_eq!(ask(&fronts[i % 2]).status(), 404, "request {i}");
+    }
+    // Each front has seen only two, but the key's four are spent on both.
+    for s in &fronts {
+        let resp = ask(s);
+        assert_eq!(resp.status(), 429);
+        let retry: u64 = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).expect("Retry-After");
+        assert!((1..=15).contains(&retry), "retry after {retry} s");
+        assert!(resp.text().expect("body").contains("requests per minute"));
+    }
+    let usage: Value = with_key(&fronts[0], reqwest::Method::GET, "/api/usage", Some(&key), None).json().expect("usage");
+    assert_eq!((usage["keys"][0]["usage"]["requests"].as_u64(), usage["keys"][0]["usage"]["limited"].as_u64()), (Some(2), Some(1)), "{usage}");
+    // Redis gone: each front counts on its own again rather than refusing everything.
+    drop(redis);
+    assert_eq!(ask(&fronts[0]).status(), 404);
+}

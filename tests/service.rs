@@ -3,13 +3,12 @@
 //! config files, the seeds' routes and request ids.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{hearth, run_python, temp_dir, Server, SMOL};
+use crate::support::{hearth, run_python, temp_dir, Redis, Server, SMOL};
 
 fn greedy(prompt: &str) -> Value {
     json!({"model": SMOL, "prompt": prompt, "stream": false, "options": {"temperature": 0, "num_predict": 12}})
@@ -86,41 +85,6 @@ fn openai_and_chat_requests_are_cached_too() {
     assert_eq!(cache_header(&r), "hit");
     let b: Value = r.json().expect("json");
     assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"]);
-}
-
-/// A redis-server on a free loopback port, ended by its PID when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: Option<u16>) -> Redis {
-        let port = port.unwrap_or_else(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port());
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Redis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -28,16 +28,19 @@ use axum::response::Response;
 use super::error::ApiError;
 use super::AppState;
 use crate::service::accounts::{key_hash, Account, KeySpec, Scope};
+use crate::service::shared_limits::SharedLimits;
 
 /// The configured keys, replaced whole on a config reload.
 #[derive(Default)]
 pub struct Keys {
     table: RwLock<Arc<HashMap<[u8; 32], Arc<Account>>>>,
+    /// Where the keys' rate limits are counted when several servers share them (Redis).
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl Keys {
-    pub fn new(specs: &[KeySpec]) -> Keys {
-        let keys = Keys::default();
+    pub fn new(specs: &[KeySpec], shared: Option<Arc<SharedLimits>>) -> Keys {
+        let keys = Keys { shared, ..Keys::default() };
         keys.replace(specs);
         keys
     }
@@ -52,7 +55,7 @@ impl Keys {
             .map(|spec| {
                 let account = match old.get(&spec.sha256).filter(|a| a.name == spec.name) {
                     Some(a) => a.carried_over(spec, now),
-                    None => Account::new(spec, now),
+                    None => Account::new(spec, now).sharing(self.shared.clone()),
                 };
                 (spec.sha256, Arc::new(account))
             })
@@ -169,7 +172,7 @@ pub async fn authorize(State(app): State<AppState>, mut req: Request, next: Next
             return refuse(&path, StatusCode::FORBIDDEN, message, None);
         }
         if matches!(scope, Scope::Generate | Scope::Embed) && spends_limits(req.method(), &path) {
-            if let Err(refusal) = account.admit(Instant::now()) {
+            if let Err(refusal) = account.admit_anywhere().await {
                 app.service.metrics.record_key_request(&account.name, "limited");
                 let message = format!("key {:?} is past its {}; retry in {} s", account.name, refusal.limit, refusal.retry_after_secs());
                 return refuse(&path, StatusCode::TOO_MANY_REQUESTS, message, Some(refusal.retry_after_secs()));
@@ -237,7 +240,7 @@ mod tests {
     #[test]
     fn a_reload_keeps_the_usage_of_unchanged_keys() {
         let spec = |name: &str, key: &str| KeySpec { name: name.into(), sha256: key_hash(key), scopes: vec![Scope::Generate], limits: Default::default() };
-        let keys = Keys::new(&[spec("a", "ka"), spec("b", "kb")]);
+        let keys = Keys::new(&[spec("a", "ka"), spec("b", "kb")], None);
         keys.find("ka").expect("a").record(10, 5, 0.0, Instant::now());
         keys.replace(&[spec("a", "ka"), spec("c", "kb")]);
         assert_eq!(keys.find("ka").expect("a kept").usage().prompt_tokens, 10);

@@ -341,7 +341,7 @@ fn keyed_fixture() -> Fixture {
     let service = Service::new(manager, crate::cache::ResponseCache::disabled(), None, Metrics::new(Default::default()), Catalog::default(), ServiceSettings::default());
     let mut state = AppState::new(service);
     let spec = |name: &str, key: &str, scopes: &[Scope], rpm| KeySpec { name: name.into(), sha256: key_hash(key), scopes: scopes.to_vec(), limits: Limits { rpm, ..Default::default() } };
-    state.keys = Arc::new(auth::Keys::new(&[spec("gen", "kg", &[Scope::Generate], Some(2)), spec("scraper", "km", &[Scope::Metrics], None)]));
+    state.keys = Arc::new(auth::Keys::new(&[spec("gen", "kg", &[Scope::Generate], Some(2)), spec("scraper", "km", &[Scope::Metrics], None)], None));
     Fixture { app: router(state), fake, _models: models }
 }
 

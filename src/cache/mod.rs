@@ -5,7 +5,7 @@
 //! responses and builds keys with `CacheKey::of`. Nothing here touches the engine or HTTP.
 
 mod memory;
-mod redis_store;
+pub(crate) mod redis_store;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,8 @@
 //! The shared backend: Redis or KeyDB, so several hearth instances see one cache. It owns the
 //! connection and the "down" window, and must never make a request wait on a dead server: every
 //! call is bounded by a short timeout, and after a failure it refuses at once for `DOWN_FOR`
-//! before trying to reconnect. It knows nothing of counters or of what a value means.
+//! before trying to reconnect. It knows nothing of counters or of what a value means: the
+//! shared rate limits (`service::shared_limits`) bring their own script to `eval`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex as StdMutex;
@@ -27,7 +28,7 @@ const SCAN_BATCH: usize = 500;
 
 /// Why a Redis call gave nothing back.
 #[derive(Debug)]
-pub(super) enum RedisFailure {
+pub(crate) enum RedisFailure {
     /// Inside the down window: not tried.
     Down,
     /// Tried and failed (connect, timeout, or an error reply).
@@ -59,7 +60,7 @@ enum Attempt {
 }
 
 /// A lazily (re)opened multiplexed connection with a cool-down after failures.
-pub(super) struct RedisStore {
+pub(crate) struct RedisStore {
     client: Client,
     ttl_secs: u64,
     config: AsyncConnectionConfig,
@@ -74,7 +75,7 @@ pub(super) struct RedisStore {
 
 impl RedisStore {
     /// Parses the URL now (so a typo fails at start) but connects only on first use.
-    pub(super) fn new(url: &str, ttl: Duration) -> Result<RedisStore, redis::RedisError> {
+    pub(crate) fn new(url: &str, ttl: Duration) -> Result<RedisStore, redis::RedisError> {
         let client = Client::open(url)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -131,6 +132,13 @@ impl RedisStore {
             }
             cursor = next;
         }
+    }
+
+    /// Runs a Lua script (`EVAL`) on `keys` with `args`; its reply is a list of integers.
+    pub(crate) async fn eval(&self, script: &str, keys: &[String], args: &[String]) -> Result<Vec<i64>, RedisFailure> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+        self.run(&cmd, Attempt::RespectDownWindow).await
     }
 
     /// PINGs the server now, whatever the down window says.

@@ -60,7 +60,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port when --port 0 was given.
     eprintln!("hearth {} listening on {local} (models: {})", crate::VERSION, models_dir.display());
 
-    let keys = Arc::new(Keys::new(&file.keys));
+    // With Redis configured, the keys' rate limits are counted there, shared with every
+    // server using the same Redis.
+    let shared_limits = match &file.cache.redis_url {
+        Some(url) if !file.keys.is_empty() => Some(Arc::new(crate::service::shared_limits::SharedLimits::new(url).map_err(anyhow::Error::msg)?)),
+        _ => None,
+    };
+    let keys = Arc::new(Keys::new(&file.keys, shared_limits));
     if keys.is_empty() && !local.ip().is_loopback() {
         tracing::warn!("--insecure-no-auth: {local} serves without API keys; anyone who can reach it may generate, read conversations, and pull or delete models");
     } else if !keys.is_empty() {

@@ -7,12 +7,14 @@
 //! minute, `tpd` tokens per rolling day. A request is admitted while its key has a request left
 //! and its token buckets are not in debt; tokens are known only when an answer ends, so a long
 //! answer may take a bucket below zero and the key waits until it refills. A refusal says when
-//! to come back (`Retry-After`). Must not: hold the key itself (only its SHA-256 lives in the
+//! to come back (`Retry-After`). With Redis configured the buckets live there
+//! (`shared_limits`), so every front counts against one; these stay the fallback while Redis
+//! is down. Must not: hold the key itself (only its SHA-256 lives in the
 //! config and in memory), or block (one short mutex per account).
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -105,6 +107,8 @@ pub struct Account {
     scopes: Vec<Scope>,
     limits: Limits,
     state: Mutex<State>,
+    /// The buckets in Redis, when configured.
+    shared: Option<Arc<super::shared_limits::SharedLimits>>,
 }
 
 #[derive(Debug)]
@@ -139,12 +143,19 @@ impl Account {
                 day_tokens: bucket(spec.limits.tpd, 86_400),
                 usage: Usage::default(),
             }),
+            shared: None,
         }
+    }
+
+    /// The same account counting its limits in Redis.
+    pub fn sharing(mut self, shared: Option<Arc<super::shared_limits::SharedLimits>>) -> Account {
+        self.shared = shared;
+        self
     }
 
     /// The same key after a config reload: new scopes and limits, usage and buckets kept.
     pub fn carried_over(&self, spec: &KeySpec, now: Instant) -> Account {
-        let fresh = Account::new(spec, now);
+        let fresh = Account::new(spec, now).sharing(self.shared.clone());
         {
             let old = self.lock();
             let mut new = fresh.lock();
@@ -190,11 +201,39 @@ impl Account {
         Ok(())
     }
 
+    /// Admits one request against the buckets in Redis when there are any (and Redis
+    /// answers), else against this server's own.
+    pub async fn admit_anywhere(&self) -> Result<(), Refusal> {
+        let Some(shared) = &self.shared else { return self.admit(Instant::now()) };
+        match shared.admit(&self.name, &self.limits).await {
+            Ok(verdict) => {
+                let mut s = self.lock();
+                match verdict {
+                    Ok(()) => s.usage.requests += 1,
+                    Err(_) => s.usage.limited += 1,
+                }
+                verdict
+            }
+            Err(e) => {
+                tracing::debug!(key = %self.name, "shared rate limits unavailable, counting here: {e}");
+                self.admit(Instant::now())
+            }
+        }
+    }
+
     /// Counts a finished answer's tokens on `model`: in the key's metrics (which price them)
-    /// and in its limits and usage.
+    /// and in its limits and usage (in Redis too, when the limits are shared).
     pub fn charge(&self, metrics: &crate::metrics::Metrics, model: &str, prompt_tokens: u64, completion_tokens: u64) {
         let cost = metrics.record_key_usage(&self.name, model, prompt_tokens, completion_tokens);
         self.record(prompt_tokens, completion_tokens, cost, Instant::now());
+        if let (Some(shared), Ok(runtime)) = (self.shared.clone(), tokio::runtime::Handle::try_current()) {
+            let (name, limits, tokens) = (self.name.clone(), self.limits, prompt_tokens.saturating_add(completion_tokens));
+            runtime.spawn(async move {
+                if let Err(e) = shared.take_tokens(&name, &limits, tokens).await {
+                    tracing::debug!(key = %name, "tokens not counted in the shared rate limits: {e}");
+                }
+            });
+        }
     }
 
     /// Counts a finished answer's tokens and cost.

@@ -16,6 +16,7 @@ mod history;
 pub mod reply;
 mod route;
 pub mod score;
+pub mod shared_limits;
 pub mod tokens;
 #[cfg(test)]
 mod tests;

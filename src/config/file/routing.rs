@@ -367,6 +367,20 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_lists_its_nodes_and_policy() {
+        let text = "providers:\n  fleet:\n    kind: hearth\n    nodes: [http://127.0.0.1:11501/, http://127.0.0.1:11502]\n    policy: round_robin\nrouting:\n  breaker: { failures: 5, cooldown: 1s }\n";
+        let c = parse(text, "t.yaml", &|_| None).expect("valid").routing;
+        let p = &c.providers[0];
+        let f = p.fleet.as_ref().expect("a fleet");
+        assert_eq!(f.nodes, ["http://127.0.0.1:11501", "http://127.0.0.1:11502"]);
+        assert_eq!((f.policy, f.balance_threshold, f.breaker.failures), (crate::backend::remote::fleet::FleetPolicy::RoundRobin, 4, 5));
+        // Checked every 2 s unless the file says otherwise: the nodes' load steers requests.
+        assert_eq!(p.health_check, Some(std::time::Duration::from_secs(2)));
+        let c = parse("providers:\n  f:\n    kind: hearth\n    nodes: [http://a:1]\n", "t.yaml", &|_| None).expect("valid").routing;
+        assert_eq!(c.providers[0].fleet.as_ref().map(|f| f.policy), Some(crate::backend::remote::fleet::FleetPolicy::CacheAware));
+    }
+
+    #[test]
     fn bad_routing_names_its_place() {
         let cases = [
             ("providers:\n  lan:\n    kind: grpc\n    url: http://x\n", "t.yaml:3:", "unknown variant"),
@@ -380,6 +394,12 @@ mod tests {
             ("routes:\n  r:\n    strategy: fallback\n    targets:\n      - model: a\n        persona: ghost\n", "t.yaml:4:", "not in personas"),
             ("routes:\n  r:\n    strategy: fallback\n    targets:\n      - model: s\n  s:\n    strategy: fallback\n    targets:\n      - model: a\n", "t.yaml:4:", "is a route"),
             ("routing:\n  breaker:\n    failures: 0\n", "t.yaml:3:", "at least 1"),
+            ("providers:\n  f:\n    kind: hearth\n    url: http://x\n", "t.yaml:4:", "under nodes"),
+            ("providers:\n  f:\n    kind: hearth\n    nodes: []\n", "t.yaml:4:", "at least one node"),
+            ("providers:\n  f:\n    kind: hearth\n    nodes: [http://a, ftp://b]\n", "t.yaml:4:", "\"ftp://b\""),
+            ("providers:\n  f:\n    kind: hearth\n    nodes: [http://a]\n    policy: fastest\n", "t.yaml:5:", "unknown variant"),
+            ("providers:\n  f:\n    kind: ollama\n    url: http://x\n    policy: round_robin\n", "t.yaml:", "for kind: hearth"),
+            ("providers:\n  f:\n    kind: ollama\n", "t.yaml:", "url"),
         ];
         for (text, place, says) in cases {
             let e = parse(text, "t.yaml", &|_| None).expect_err(says).to_string();
