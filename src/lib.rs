@@ -28,7 +28,8 @@
 //!                the answer for the target's breaker and counts; `embed` is the embedding
 //!                path; `tokens` tokenizes and renders on a local model without generating;
 //!                `score` is /validate-model's decode measurement; `accounts` is
-//!                an API key's scopes, limits and usage.
+//!                an API key's scopes, limits and usage; `shared_limits` the same limits
+//!                counted in Redis, for several fronts.
 //! - `routing`    providers and routes: the table (swapped whole on reload), which backend a
 //!                name means (`provider/model`), a route's plan (fallback order, a split's
 //!                sticky pick), breakers, counts, cost and feedback, the providers' upkeep.
@@ -44,7 +45,9 @@
 //! - `backend`    the seam: `Backend` (estimate, load) and `ModelInstance` (generate from an
 //!                assembled prompt, embed, tokenize and render), with typed `Event`s back. `llama` is llama.cpp
 //!                behind it (render, trim history, tokenize, submit); `remote` is another
-//!                server behind it (a provider: Ollama's, OpenAI's or Anthropic's API);
+//!                server behind it (a provider: Ollama's, OpenAI's or Anthropic's API), or
+//!                a fleet of hearth nodes picked per request (`remote::fleet`); `breaker`
+//!                is the circuit breaker routes and fleets share;
 //!                `fake` is a deterministic stand-in for the tests of the layers above
 //!                (`cfg(test)`).
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
@@ -109,7 +112,8 @@
 //!   and a provider's request is dropped with it.
 //! - No provider's API key is written in the config file, logged or shown: it is read from the
 //!   environment variable the file names and only sent in its request header.
-//! - No request is retried on another target once its answer has started reaching the client.
+//! - No request is retried on another target (or a fleet's node) once its answer has started
+//!   reaching the client.
 
 // The code map above aligns its descriptions in a column.
 #![allow(clippy::doc_overindented_list_items)]
