@@ -6,11 +6,15 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-# The shared response cache is tested against a real Redis server (the tests start their own
-# on a free loopback port); the portable binary runs under qemu-x86_64 as older CPU models.
+# The shared response cache and rate limits are tested against a real Redis server (the tests
+# start their own on a free loopback port); the portable binary runs under qemu-x86_64 as
+# older CPU models.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v qemu-x86_64 >/dev/null || missing+=(qemu-user)
+# PostgreSQL for the shared conversation store's tests (they start their own server as the
+# postgres user, in a temporary directory, on a free loopback port).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

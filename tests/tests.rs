@@ -4,6 +4,7 @@
 mod agents;
 mod bench;
 mod convert;
+mod database;
 mod embed;
 mod openai;
 mod portable;

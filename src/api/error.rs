@@ -121,6 +121,7 @@ impl From<EngineError> for ApiError {
             // unknown architecture, an adapter for another model): the model is at fault.
             EngineError::Load { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+            EngineError::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Unsupported(_) => StatusCode::BAD_REQUEST,
             EngineError::Upstream { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
             EngineError::Backend(_)
@@ -186,14 +187,16 @@ impl From<crate::conversations::ConversationError> for ApiError {
         use crate::conversations::ConversationError as E;
         let status = match &e {
             E::InvalidId { .. } => StatusCode::BAD_REQUEST,
-            E::CreateDir { .. } | E::Open { .. } | E::SchemaTooNew { .. } | E::Database { .. } | E::Task(_) => {
+            E::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            E::CreateDir { .. } | E::Open { .. } | E::SchemaTooNew { .. } | E::Database { .. } | E::Task(_) | E::BadUrl { .. } | E::Postgres { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
+        let retry_after = matches!(e, E::Unavailable { .. }).then_some(1);
         ApiError {
             status,
             message: e.to_string(),
-            retry_after: None,
+            retry_after,
         }
     }
 }

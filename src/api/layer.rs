@@ -95,6 +95,7 @@ async fn health(State(app): State<AppState>) -> Response {
         "cache": { "backend": cache.backend, "reachable": cache.reachable, "detail": cache.detail },
         // Whether conversations are kept; never where (no path of the machine in an answer).
         "conversations": app.service.conversations.is_some(),
+        "database": app.service.conversations.as_ref().map(|c| c.kind()),
         "ram": { "budget": app.manager.limits().ram_budget, "used": app.manager.used() },
     });
     let status = if shutting_down { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };

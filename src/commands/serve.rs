@@ -34,7 +34,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let manager = super::manager_with(store, &engine, Some(&data_dir));
 
     let cache = ResponseCache::new(&file.cache).context("cache")?;
-    let conversations = ConversationStore::open(&data_dir)?;
+    let conversations = match &file.database_url {
+        Some(url) => ConversationStore::connect(url).await.context("database.url")?,
+        None => ConversationStore::open(&data_dir)?,
+    };
+    tracing::info!(database = conversations.kind(), "conversations and stored responses: {}", conversations.path().display());
     let metrics = Metrics::new(file.pricing.clone());
     let threads = f64::from(engine.load.threads.max(1));
     let router = Router::new(Table::build(&file.routing, threads, &file::process_env).map_err(anyhow::Error::msg)?);

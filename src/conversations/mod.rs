@@ -5,11 +5,14 @@
 //! conversation from interleaving. It does not render prompts, call the engine or know any wire
 //! format; content is stored exactly as given.
 //!
-//! `responses` keeps the Responses API's stored responses in the same database.
+//! `responses` keeps the Responses API's stored responses in the same database. With
+//! `database.url` (`DATABASE_URL`) both live in PostgreSQL instead (`postgres`), shared by
+//! every hearth pointed at it; the answers are the same either way.
 //!
 //! Limit: a conversation keeps at most [`MAX_MESSAGES`] messages. An append that would go past
 //! it deletes the oldest messages, in the same transaction, so the count stays at the limit.
 
+mod postgres;
 mod responses;
 pub use responses::TurnMessages;
 
@@ -73,6 +76,12 @@ pub enum ConversationError {
     Database { path: PathBuf, source: rusqlite::Error },
     #[error("the conversation store's worker task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("database.url {url:?} is not a PostgreSQL URL hearth can use: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("the database at {url} is unavailable, so conversations and stored responses can't be read or written: {reason}")]
+    Unavailable { url: String, reason: String },
+    #[error("database {url}: {reason}")]
+    Postgres { url: String, reason: String },
 }
 
 /// One stored message, oldest first in every list this module returns.
@@ -139,10 +148,12 @@ pub struct ConversationStore {
 }
 
 struct StoreInner {
+    /// The database file, or the PostgreSQL URL without its password.
     path: PathBuf,
     /// One connection is enough: each call is a short transaction, and a single writer is what
-    /// SQLite wants anyway.
-    conn: Mutex<Connection>,
+    /// SQLite wants anyway. `None` when the store is PostgreSQL's.
+    conn: Option<Mutex<Connection>>,
+    postgres: Option<postgres::PgStore>,
     turns: Arc<Mutex<TurnLocks>>,
 }
 
@@ -179,10 +190,29 @@ impl ConversationStore {
         Ok(Self {
             inner: Arc::new(StoreInner {
                 path,
-                conn: Mutex::new(conn),
+                conn: Some(Mutex::new(conn)),
+                postgres: None,
                 turns: Arc::new(Mutex::new(HashMap::new())),
             }),
         })
+    }
+
+    /// Connects to PostgreSQL at `url` and migrates its schema; fails if the server can't be
+    /// reached now.
+    pub async fn connect(url: &str) -> Result<Self, ConversationError> {
+        let pg = postgres::PgStore::open(url).await?;
+        Ok(Self {
+            inner: Arc::new(StoreInner { path: PathBuf::from(&pg.shown), conn: None, postgres: Some(pg), turns: Arc::new(Mutex::new(HashMap::new())) }),
+        })
+    }
+
+    /// Which database this is, for logs and `/health`: `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        if self.inner.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
     }
 
     /// The database file this store writes.
@@ -193,6 +223,9 @@ impl ConversationStore {
     /// The conversation with its whole history, or `None` if the id is unknown.
     pub async fn get(&self, id: &str) -> Result<Option<Conversation>, ConversationError> {
         validate_id(id)?;
+        if let Some(pg) = &self.inner.postgres {
+            return pg.get(id).await;
+        }
         let id = id.to_owned();
         self.with_conn(move |conn| {
             // One read transaction so the row and its messages come from the same snapshot even
@@ -218,6 +251,9 @@ impl ConversationStore {
     /// The messages of a conversation, oldest first; empty if the id is unknown.
     pub async fn history(&self, id: &str) -> Result<Vec<StoredMessage>, ConversationError> {
         validate_id(id)?;
+        if let Some(pg) = &self.inner.postgres {
+            return pg.history(id).await;
+        }
         let id = id.to_owned();
         self.with_conn(move |conn| read_history(conn, &id)).await
     }
@@ -232,6 +268,9 @@ impl ConversationStore {
         messages: Vec<(String, String)>,
     ) -> Result<(), ConversationError> {
         validate_id(id)?;
+        if let Some(pg) = &self.inner.postgres {
+            return pg.append(id, model, &messages).await;
+        }
         let id = id.to_owned();
         let model = model.to_owned();
         self.with_conn(move |conn| {
@@ -277,6 +316,9 @@ impl ConversationStore {
     /// Deletes a conversation and its messages; `true` if it existed.
     pub async fn delete(&self, id: &str) -> Result<bool, ConversationError> {
         validate_id(id)?;
+        if let Some(pg) = &self.inner.postgres {
+            return pg.delete(id).await;
+        }
         let id = id.to_owned();
         self.with_conn(move |conn| {
             // Messages go by ON DELETE CASCADE (foreign_keys is on for this connection).
@@ -288,6 +330,9 @@ impl ConversationStore {
 
     /// Up to `limit` conversations, most recently updated first.
     pub async fn list(&self, limit: usize) -> Result<Vec<ConversationSummary>, ConversationError> {
+        if let Some(pg) = &self.inner.postgres {
+            return pg.list(limit).await;
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_conn(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -337,7 +382,10 @@ impl ConversationStore {
         let result = tokio::task::spawn_blocking(move || {
             // A panic mid-call rolled its transaction back when the `Transaction` dropped, so
             // the connection is still sound after a poison.
-            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(conn) = &inner.conn else {
+                return Err(rusqlite::Error::InvalidPath(inner.path.clone()));
+            };
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut conn)
         })
         .await?;

@@ -30,6 +30,9 @@ impl ConversationStore {
         validate_id(id)?;
         let (id, previous) = (id.to_owned(), previous.map(str::to_owned));
         let messages = serde_json::to_string(&messages).unwrap_or_else(|_| "[]".into());
+        if let Some(pg) = &self.inner.postgres {
+            return pg.put_response(&id, previous.as_deref(), &messages, &body).await;
+        }
         self.with_conn(move |conn| {
             conn.execute(
                 "INSERT OR REPLACE INTO responses (id, previous_id, created_at, messages, body) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -43,6 +46,9 @@ impl ConversationStore {
     /// The response object stored under `id`.
     pub async fn response(&self, id: &str) -> Result<Option<String>, ConversationError> {
         validate_id(id)?;
+        if let Some(pg) = &self.inner.postgres {
+            return pg.response(id).await;
+        }
         let id = id.to_owned();
         self.with_conn(move |conn| conn.query_row("SELECT body FROM responses WHERE id = ?1", params![id], |row| row.get(0)).optional()).await
     }
@@ -53,7 +59,9 @@ impl ConversationStore {
         validate_id(id)?;
         let id = id.to_owned();
         let limit = i64::try_from(MAX_MESSAGES).unwrap_or(i64::MAX);
-        let turns: Vec<String> = self
+        let turns: Vec<String> = match &self.inner.postgres {
+            Some(pg) => pg.response_chain(&id).await?,
+            None => self
             .with_conn(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "WITH RECURSIVE chain(id, previous_id, messages, depth) AS (
@@ -68,7 +76,8 @@ impl ConversationStore {
                 let rows = stmt.query_map(params![id, limit], |row| row.get(0))?;
                 rows.collect()
             })
-            .await?;
+            .await?,
+        };
         if turns.is_empty() {
             return Ok(None);
         }
@@ -83,6 +92,9 @@ impl ConversationStore {
     /// longer be continued themselves.
     pub async fn delete_response(&self, id: &str) -> Result<bool, ConversationError> {
         validate_id(id)?;
+        if let Some(pg) = &self.inner.postgres {
+            return pg.delete_response(id).await;
+        }
         let id = id.to_owned();
         self.with_conn(move |conn| conn.execute("DELETE FROM responses WHERE id = ?1", params![id]).map(|n| n > 0)).await
     }

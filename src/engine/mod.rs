@@ -95,6 +95,10 @@ pub enum EngineError {
     /// The request asks for something the provider's API cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// The answer was generated but its conversation turn could not be stored (the database
+    /// is down): the client is told, rather than shown an answer its history will not have.
+    #[error("the answer was not stored in the conversation: {0}")]
+    NotStored(String),
 }
 
 impl EngineError {

@@ -194,8 +194,11 @@ pub fn forward(mut engine: UnboundedReceiver<Event>, mut record: Record) -> Unbo
                         w.done(&c, first_token);
                     }
                     let ttft = first_token.map(|t| t.duration_since(record.started));
-                    finish(record, &answer, &c, ttft, false).await;
-                    let _ = tx.send(Event::Done(c));
+                    let end = match finish(record, &answer, &c, ttft, false).await {
+                        Ok(()) => Event::Done(c),
+                        Err(reason) => Event::Failed(EngineError::NotStored(reason)),
+                    };
+                    let _ = tx.send(end);
                     return;
                 }
                 Some(Event::Failed(e)) => {
@@ -257,14 +260,19 @@ pub async fn replay(cached: CachedAnswer, mut record: Record) -> UnboundedReceiv
     if let Some(w) = record.watch.take() {
         w.done(&c, Some(replay_started));
     }
-    finish(record, &answer, &c, ttft, true).await;
-    let _ = tx.send(Event::Done(c));
+    let end = match finish(record, &answer, &c, ttft, true).await {
+        Ok(()) => Event::Done(c),
+        Err(reason) => Event::Failed(EngineError::NotStored(reason)),
+    };
+    let _ = tx.send(end);
     rx
 }
 
-/// Stores the turn, counts the tokens, and logs the request's one summary line.
-async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Duration>, hit: bool) {
+/// Stores the turn, counts the tokens, and logs the request's one summary line. Fails (with
+/// the reason) only when the turn could not be stored.
+async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Duration>, hit: bool) -> Result<(), String> {
     let Record { conversation, metrics, model, persona, started, log_prompt, account, .. } = record;
+    let mut stored = Ok(());
     if let Some(turn) = conversation {
         if let Some(store) = &turn.store {
             let mut messages = turn.new_messages;
@@ -272,6 +280,7 @@ async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Durat
             if let Err(e) = store.append(&turn.id, &turn.model, messages).await {
                 metrics.record_error("conversation");
                 tracing::error!(conversation = %turn.id, "could not store the turn: {e}");
+                stored = Err(e.to_string());
             }
         }
         drop(turn.guard);
@@ -294,6 +303,7 @@ async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Durat
             duration_ms = total.as_millis() as u64, cache, "generation done"
         ),
     }
+    stored
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("REQUEST_TIMEOUT", "server.request_timeout: per-request time limit, e.g. 10m or 600 (default 30m; 0 = none)"),
     ("LLM_RESPONSE_CACHE_TTL", "cache.ttl: how long a cached response lives, e.g. 1h or 3600"),
     ("REDIS_URL", "cache.redis_url: share the response cache through Redis, e.g. redis://127.0.0.1:6379"),
+    ("DATABASE_URL", "database.url: keep conversations and stored responses in PostgreSQL, e.g. postgres://hearth@127.0.0.1:5432/hearth"),
 ];
 
 /// How environment variables are looked up: [`process_env`] in the binary, a map in tests.
@@ -197,6 +198,9 @@ pub struct FileConfig {
     pub keys: Vec<crate::service::accounts::KeySpec>,
     /// Providers, routes, breakers and the price of local CPU time.
     pub routing: crate::routing::RoutingConfig,
+    /// PostgreSQL for conversations and stored responses (`database.url`, `DATABASE_URL`);
+    /// `None` keeps them in the data directory's SQLite database.
+    pub database_url: Option<String>,
     /// The file read, if any.
     pub source: Option<PathBuf>,
 }
@@ -213,6 +217,7 @@ impl Default for FileConfig {
             pull: default_pull_limits(),
             keys: Vec::new(),
             routing: Default::default(),
+            database_url: None,
             source: None,
         }
     }
@@ -279,6 +284,14 @@ struct RawFile {
     providers: Option<BTreeMap<String, routing::RawProvider>>,
     routes: Option<BTreeMap<String, routing::RawRoute>>,
     routing: Option<routing::RawRouting>,
+    database: Option<RawDatabase>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    #[serde(default, deserialize_with = "scalar::database_url")]
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -450,6 +463,10 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
     };
 
     let routing = routing::routing(raw.providers, raw.routes, raw.routing, &personas, base, &at)?;
+    let database_url = match env("DATABASE_URL").filter(|v| !v.trim().is_empty()) {
+        Some(v) => Some(scalar::parse_database_url(&v).map_err(|message| ConfigError::Env { var: "DATABASE_URL".into(), message })?),
+        None => raw.database.and_then(|d| d.url),
+    };
 
     Ok(FileConfig {
         server,
@@ -461,6 +478,7 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
         pull,
         keys,
         routing,
+        database_url,
         source: None,
     })
 }

@@ -92,6 +92,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     crate::resources::budget::parse_budget(s, 0).map_err(|_| err())
 }
 
+/// A PostgreSQL URL (`postgres://` or `postgresql://`), checked without connecting; the
+/// message never repeats a password.
+pub fn parse_database_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err("must be a postgres:// URL, e.g. postgres://hearth@127.0.0.1:5432/hearth (absent = the embedded SQLite database)".into());
+    }
+    s.parse::<tokio_postgres::Config>().map(|_| s.to_string()).map_err(|_| "is not a PostgreSQL URL hearth can read".into())
+}
+
+pub fn database_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    read(d, "a postgres:// URL", parse_database_url)
+}
+
 pub fn parse_redis_url(s: &str) -> Result<String, String> {
     use redis::IntoConnectionInfo;
     let s = s.trim();

@@ -61,6 +61,7 @@ fn shipped_config_shows_every_key() {
         (vec!["providers", "lan", "price"], "providers:\n  p:\n    kind: ollama\n    url: http://x\n    price:\n      zz_probe: 1\n"),
         (vec!["routes", "ab", "targets", "1"], "routes:\n  r:\n    strategy: split\n    targets:\n      - zz_probe: 1\n"),
         (vec!["routing"], "routing:\n  zz_probe: 1\n"),
+        (vec!["database"], "database:\n  zz_probe: 1\n"),
         (vec!["routing", "breaker"], "routing:\n  breaker:\n    zz_probe: 1\n"),
     ];
     for (path, probe) in sections {

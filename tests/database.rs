@@ -1,0 +1,240 @@
+//! Conversations and stored responses in PostgreSQL (`DATABASE_URL`) against the embedded
+//! SQLite: the same checks on both, with the same results; two servers sharing one
+//! PostgreSQL; and PostgreSQL stopped under load (503 with the reason, then answers again,
+//! and no half turn stored). PostgreSQL is Debian's, initialised in a temporary directory and
+//! run as the `postgres` user when the tests run as root, on a free loopback port.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{run_python, temp_dir, Server, SMOL};
+
+/// PostgreSQL's programs: `HEARTH_TEST_PG_BIN`, else Debian's newest installed version.
+fn pg_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HEARTH_TEST_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL must be installed (scripts/test.sh installs Debian's postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|b| b.join("postgres").is_file())
+        .collect();
+    versions.sort_by_key(|p| p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0));
+    versions.pop().expect("no PostgreSQL under /usr/lib/postgresql")
+}
+
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command run as the `postgres` user when we are root (PostgreSQL refuses root).
+fn as_postgres(program: PathBuf) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A PostgreSQL server on a free loopback port, stopped (fast shutdown) when dropped.
+struct Postgres {
+    child: Option<Child>,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let dir = temp_dir("postgres");
+        if running_as_root() {
+            let id = |flag: &str| -> u32 {
+                let out = Command::new("id").args([flag, "postgres"]).output().expect("id postgres");
+                String::from_utf8_lossy(&out.stdout).trim().parse().expect("the postgres user exists")
+            };
+            std::os::unix::fs::chown(&dir, Some(id("-u")), Some(id("-g"))).expect("chown the PostgreSQL directory");
+        }
+        let data = dir.join("data");
+        let status = as_postgres(pg_bin().join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "hearth", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(status.success(), "initdb failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut pg = Postgres { child: None, data, port };
+        pg.run();
+        pg
+    }
+
+    fn run(&mut self) {
+        let child = as_postgres(pg_bin().join("postgres"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"])
+            .arg("-k")
+            .arg(self.data.parent().expect("dir"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Command::new(pg_bin().join("pg_isready")).args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"]).status().is_ok_and(|s| s.success()) {
+            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Fast shutdown (SIGINT): connections are cut, the server exits.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://hearth@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A turn's HTTP status (0: no answer) and body.
+type Seen = (u16, String);
+
+fn turn(s: &Server, id: &str, text: &str) -> reqwest::blocking::Response {
+    s.post("/api/chat", &json!({"model": SMOL, "conversation_id": id, "stream": false, "use_cache": false,
+        "messages": [{"role": "user", "content": text}], "options": {"temperature": 0, "num_predict": 4}}))
+}
+
+fn roles(s: &Server, id: &str) -> Vec<String> {
+    let c: Value = s.get(&format!("/api/conversations/{id}")).json().expect("conversation");
+    c["messages"].as_array().expect("messages").iter().map(|m| m["role"].as_str().unwrap_or("").to_string()).collect()
+}
+
+/// The same conversation and stored-response work on a store; what it leaves, as exact state.
+fn suite(env: &[(&str, &str)]) -> Value {
+    let ids_dir = temp_dir("suite");
+    let ids = ids_dir.join("ids.json");
+    let ids = ids.to_str().expect("utf8");
+    {
+        let s = Server::start_with_env(&[], env);
+        for t in 0..3 {
+            assert_eq!(turn(&s, "c1", &format!("Turn {t}.")).status(), 200);
+        }
+        assert_eq!(turn(&s, "c2", "Hello.").status(), 200);
+        let url = format!("http://{}/v1", s.addr);
+        run_python("responses_client.py", &[("OPENAI_BASE_URL", &url), ("MODEL", SMOL), ("IDS_FILE", ids), ("PHASE", "first")]);
+    }
+    // A restart: everything is still there.
+    let s = Server::start_with_env(&[], env);
+    let url = format!("http://{}/v1", s.addr);
+    run_python("responses_client.py", &[("OPENAI_BASE_URL", &url), ("MODEL", SMOL), ("IDS_FILE", ids), ("PHASE", "second")]);
+    assert_eq!(turn(&s, "c1", "Turn 3.").status(), 200);
+    let list: Value = s.get("/api/conversations").json().expect("list");
+    let listed: Vec<(String, u64)> = list["conversations"].as_array().expect("conversations").iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["message_count"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(s.client.delete(s.url("/api/conversations/c2")).send().expect("delete").status(), 200);
+    let health: Value = s.get("/health").json().expect("health");
+    json!({ "c1": roles(&s, "c1"), "listed": listed, "c2_after_delete": s.get("/api/conversations/c2").status().as_u16(), "database": health["database"] })
+}
+
+#[test]
+fn conversations_and_stored_responses_behave_alike_on_sqlite_and_postgresql() {
+    let data = temp_dir("sqlite-suite");
+    let sqlite = suite(&[("HEARTH_DATA", data.to_str().expect("utf8"))]);
+    let pg = Postgres::start();
+    let url = pg.url();
+    let postgres = suite(&[("DATABASE_URL", &url)]);
+    let alternating: Vec<&str> = ["user", "assistant"].iter().cycle().take(8).copied().collect();
+    assert_eq!(sqlite["c1"], json!(alternating), "{sqlite}");
+    assert_eq!(sqlite["listed"], json!([["c1", 8], ["c2", 2]]), "{sqlite}");
+    assert_eq!(sqlite["c2_after_delete"], 404);
+    assert_eq!((sqlite["database"].as_str(), postgres["database"].as_str()), (Some("sqlite"), Some("postgres")));
+    for key in ["c1", "listed", "c2_after_delete"] {
+        assert_eq!(sqlite[key], postgres[key], "{key}: sqlite {sqlite} postgres {postgres}");
+    }
+
+    // Two servers on one PostgreSQL share conversations: a turn on one sees the other's.
+    let (a, b) = (Server::start_with_env(&[], &[("DATABASE_URL", &url)]), Server::start_with_env(&[], &[("DATABASE_URL", &url)]));
+    assert_eq!(turn(&a, "shared", "I am on the first server.").status(), 200);
+    let r: Value = turn(&b, "shared", "And now on the second.").json().expect("json");
+    assert_eq!(roles(&a, "shared"), ["user", "assistant", "user", "assistant"]);
+    // The second server put the first server's turn in front of its prompt.
+    let alone: Value = turn(&b, "alone", "And now on the second.").json().expect("json");
+    assert!(r["prompt_eval_count"].as_u64() > alone["prompt_eval_count"].as_u64(), "{r} {alone}");
+}
+
+#[test]
+fn postgresql_stopped_under_load_gives_503_then_answers_and_stores_no_half_turn() {
+    let mut pg = Postgres::start();
+    let url = pg.url();
+    let s = Server::start_with_env(&[], &[("DATABASE_URL", &url)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each turn's status and body, in order.
+    let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+    let load = {
+        let (stop, seen, client, url) = (stop.clone(), seen.clone(), s.client.clone(), s.url("/api/chat"));
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                let body = json!({"model": SMOL, "conversation_id": "busy", "stream": false, "use_cache": false,
+                    "messages": [{"role": "user", "content": format!("Turn {n}.")}], "options": {"num_predict": 4}});
+                let (status, text) = match client.post(&url).json(&body).send() {
+                    Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                };
+                seen.lock().expect("lock").push((status, text));
+                if status != 200 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+    };
+    let wait_until = |what: &str, ok: &dyn Fn(&[Seen]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ok(&seen.lock().expect("lock")) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", seen.lock().expect("lock"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let count = |v: &[Seen], status: u16| v.iter().filter(|(s, _)| *s == status).count();
+    wait_until("two answers", &|v| count(v, 200) >= 2);
+    pg.stop();
+    wait_until("two refusals", &|v| count(v, 503) >= 2);
+    // Reading a conversation while the database is down: 503 with the reason, Retry-After.
+    let resp = s.get("/api/conversations/busy");
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp.text().expect("body").contains("unavailable"));
+    let ok_before = count(&seen.lock().expect("lock"), 200);
+    pg.run();
+    wait_until("two answers after the restart", &|v| count(v, 200) >= ok_before + 2);
+    stop.store(true, Ordering::Release);
+    load.join().expect("load thread");
+
+    let seen = seen.lock().expect("lock");
+    // Every request was answered or refused with 503 naming the database: nothing else.
+    for (status, body) in seen.iter() {
+        assert!(*status == 200 || (*status == 503 && body.contains("database")), "{status}: {body}");
+    }
+    // Each answered turn is stored whole, and nothing of a refused one.
+    let stored = roles(&s, "busy");
+    assert_eq!(stored.len(), 2 * count(&seen, 200), "{stored:?}");
+    assert!(stored.chunks(2).all(|t| t == ["user", "assistant"]), "{stored:?}");
+}
