@@ -238,3 +238,43 @@ fn postgresql_stopped_under_load_gives_503_then_answers_and_stores_no_half_turn(
     assert_eq!(stored.len(), 2 * count(&seen, 200), "{stored:?}");
     assert!(stored.chunks(2).all(|t| t == ["user", "assistant"]), "{stored:?}");
 }
+
+#[test]
+fn servers_sharing_postgresql_count_a_keys_usage_together() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let (key, entry) = crate::security::new_key("team", "generate");
+    let config = temp_dir("usage").join("hearth.yaml");
+    std::fs::write(&config, format!("database:\n  url: {url}\nauth:\n  keys:\n{entry}")).expect("write config");
+    let start = || Server::start_with(&["--config", config.to_str().expect("utf8")]);
+    let (a, b) = (start(), start());
+    let post = |s: &Server, model: &str| {
+        s.client
+            .post(s.url("/api/chat"))
+            .bearer_auth(&key)
+            .json(&json!({"model": model, "stream": false, "messages": [{"role": "user", "content": "Hi."}], "options": {"num_predict": 4}}))
+            .send()
+            .expect("request")
+    };
+    // Two requests on the first server (refused as unknown models after admission), one
+    // answered on the second.
+    assert_eq!(post(&a, "no-such-model").status(), 404);
+    assert_eq!(post(&a, "no-such-model").status(), 404);
+    let answered: Value = post(&b, SMOL).json().expect("answer");
+    let (prompt, completion) = (answered["prompt_eval_count"].as_u64().expect("prompt"), answered["eval_count"].as_u64().expect("eval"));
+    // Either server shows all three requests and the answer's tokens (counted in the
+    // background, so wait for them).
+    for s in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: Value = s.client.get(s.url("/api/usage")).bearer_auth(&key).send().expect("usage").json().expect("json");
+            let u = &v["keys"][0]["usage"];
+            let seen = (u["requests"].as_u64(), u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64());
+            if seen == (Some(3), Some(prompt), Some(completion)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "usage never reached 3 requests, {prompt}+{completion} tokens: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -195,3 +195,29 @@ fn round_robin_spreads_requests_a_node_that_joins_takes_traffic_and_cache_aware_
     let fleet = routes["providers"].as_array().expect("providers").iter().find(|p| p["name"] == "fleet").expect("fleet");
     assert_eq!(fleet["fleet"]["policy"], "cache_aware", "{fleet}");
 }
+
+#[test]
+fn a_host_name_with_several_addresses_is_one_node_per_address() {
+    let node = Server::start();
+    let port = node.port();
+    let config = temp_dir("fleet-dns").join("hearth.yaml");
+    std::fs::write(&config, format!("providers:\n  fleet:\n    kind: hearth\n    nodes: [http://localhost:{port}]\n    policy: round_robin\n    health_check: 1s\n")).expect("write config");
+    let s = Server::start_with(&["--config", config.to_str().expect("path")]);
+    // What this machine's resolver says `localhost` is (often 127.0.0.1 and ::1).
+    let mut addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port)).expect("resolve localhost").collect();
+    addrs.sort();
+    addrs.dedup();
+    let expected: Vec<String> = if addrs.len() > 1 { addrs.iter().map(|a| format!("http://{a}")).collect() } else { vec![format!("http://localhost:{port}")] };
+    wait_for(&s, "the nodes looked up", |s| {
+        let mut urls: Vec<String> = nodes_up(s).into_iter().map(|(u, _)| u).collect();
+        urls.sort();
+        urls == expected
+    });
+    // The node listens on 127.0.0.1 only: an IPv6 address of the name is down, and every
+    // request is answered by the IPv4 one.
+    let v4 = expected.iter().find(|u| u.contains("127.0.0.1") || u.contains("localhost")).expect("an IPv4 node").clone();
+    wait_for(&s, "only the IPv4 address up", |s| nodes_up(s).iter().all(|(u, up)| *up == (*u == v4)));
+    for i in 0..3 {
+        assert_eq!(ask(&s, say(&format!("Name {i}."))).0, v4);
+    }
+}

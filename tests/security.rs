@@ -91,7 +91,7 @@ fn an_origin_without_a_scheme_is_refused_at_start_naming_the_variable() {
 }
 
 /// `hearth key new`'s key and its `auth.keys` entry, indented for the config file.
-fn new_key(name: &str, scopes: &str) -> (String, String) {
+pub(crate) fn new_key(name: &str, scopes: &str) -> (String, String) {
     let out = hearth().args(["key", "new", name, "--scopes", scopes]).output().expect("hearth key new");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).expect("utf8");

@@ -36,11 +36,19 @@ pub struct Keys {
     table: RwLock<Arc<HashMap<[u8; 32], Arc<Account>>>>,
     /// Where the keys' rate limits are counted when several servers share them (Redis).
     shared: Option<Arc<SharedLimits>>,
+    /// Where their usage is counted for every server (a PostgreSQL conversation store).
+    ledger: Option<crate::conversations::ConversationStore>,
 }
 
 impl Keys {
+    #[cfg(test)]
     pub fn new(specs: &[KeySpec], shared: Option<Arc<SharedLimits>>) -> Keys {
-        let keys = Keys { shared, ..Keys::default() };
+        Keys::counted(specs, shared, None)
+    }
+
+    /// Keys whose usage is also counted in `ledger` (shared with other servers).
+    pub fn counted(specs: &[KeySpec], shared: Option<Arc<SharedLimits>>, ledger: Option<crate::conversations::ConversationStore>) -> Keys {
+        let keys = Keys { shared, ledger, ..Keys::default() };
         keys.replace(specs);
         keys
     }
@@ -55,7 +63,7 @@ impl Keys {
             .map(|spec| {
                 let account = match old.get(&spec.sha256).filter(|a| a.name == spec.name) {
                     Some(a) => a.carried_over(spec, now),
-                    None => Account::new(spec, now).sharing(self.shared.clone()),
+                    None => Account::new(spec, now).sharing(self.shared.clone()).counted_in(self.ledger.clone()),
                 };
                 (spec.sha256, Arc::new(account))
             })

@@ -44,13 +44,25 @@ async fn usage(State(app): State<AppState>, Key(caller, _): Key) -> Json<Value> 
         Some(a) if !a.allows(Scope::Admin) => vec![std::sync::Arc::clone(a)],
         _ => app.keys.accounts(),
     };
+    // With PostgreSQL, usage as every server sharing it counted it; else this server's.
+    let counted = match &app.service.conversations {
+        Some(store) => store.key_usage().await.unwrap_or_else(|e| {
+            tracing::warn!("key usage from the database: {e}");
+            None
+        }),
+        None => None,
+    };
     let keys: Vec<Value> = accounts
         .iter()
         .map(|a| {
+            let usage = match &counted {
+                Some(all) => crate::service::accounts::Account::usage_from(all.get(&a.name).copied().unwrap_or_default()),
+                None => a.usage(),
+            };
             json!({
                 "name": a.name,
                 "scopes": a.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-                "usage": a.usage(),
+                "usage": usage,
                 "limits": a.remaining(now),
             })
         })

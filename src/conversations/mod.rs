@@ -14,6 +14,7 @@
 
 mod postgres;
 mod responses;
+pub use postgres::KeyUsage;
 pub use responses::TurnMessages;
 
 use std::collections::HashMap;
@@ -355,6 +356,23 @@ impl ConversationStore {
             rows.collect()
         })
         .await
+    }
+
+    /// Adds to API key `name`'s usage in PostgreSQL, where every server sharing it counts;
+    /// `false` (nothing done) on SQLite, where each server counts its own in memory.
+    pub async fn add_key_usage(&self, name: &str, usage: KeyUsage) -> Result<bool, ConversationError> {
+        match &self.inner.postgres {
+            Some(pg) => pg.add_usage(name, usage).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Every API key's usage as all servers counted it (PostgreSQL); `None` on SQLite.
+    pub async fn key_usage(&self) -> Result<Option<HashMap<String, KeyUsage>>, ConversationError> {
+        match &self.inner.postgres {
+            Some(pg) => Ok(Some(pg.key_usage().await?.into_iter().collect())),
+            None => Ok(None),
+        }
     }
 
     /// Waits for this process's turn on conversation `id` and holds it until the guard drops.

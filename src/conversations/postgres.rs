@@ -50,7 +50,21 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          messages    TEXT NOT NULL,
          body        TEXT NOT NULL
      );",
+), (
+    2,
+    "CREATE TABLE key_usage (
+         name              TEXT PRIMARY KEY,
+         requests          BIGINT NOT NULL DEFAULT 0,
+         limited           BIGINT NOT NULL DEFAULT 0,
+         prompt_tokens     BIGINT NOT NULL DEFAULT 0,
+         completion_tokens BIGINT NOT NULL DEFAULT 0,
+         cost              DOUBLE PRECISION NOT NULL DEFAULT 0
+     );",
 )];
+
+/// What one API key used, as every server sharing the database counted it: requests,
+/// refusals, prompt and completion tokens, and cost.
+pub type KeyUsage = (i64, i64, i64, i64, f64);
 
 pub(super) struct PgStore {
     pool: Pool,
@@ -242,6 +256,31 @@ impl PgStore {
         let client = self.client().await?;
         let n = client.execute("DELETE FROM responses WHERE id = $1", &[&id]).await.map_err(|e| self.error(e))?;
         Ok(n > 0)
+    }
+}
+
+impl PgStore {
+    /// Adds to key `name`'s usage.
+    pub(super) async fn add_usage(&self, name: &str, (requests, limited, prompt, completion, cost): KeyUsage) -> Result<(), ConversationError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO key_usage (name, requests, limited, prompt_tokens, completion_tokens, cost) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (name) DO UPDATE SET requests = key_usage.requests + EXCLUDED.requests,
+                     limited = key_usage.limited + EXCLUDED.limited, prompt_tokens = key_usage.prompt_tokens + EXCLUDED.prompt_tokens,
+                     completion_tokens = key_usage.completion_tokens + EXCLUDED.completion_tokens, cost = key_usage.cost + EXCLUDED.cost",
+                &[&name, &requests, &limited, &prompt, &completion, &cost],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Every key's usage.
+    pub(super) async fn key_usage(&self) -> Result<Vec<(String, KeyUsage)>, ConversationError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT name, requests, limited, prompt_tokens, completion_tokens, cost FROM key_usage", &[]).await.map_err(|e| self.error(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))).collect())
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Account {
     state: Mutex<State>,
     /// The buckets in Redis, when configured.
     shared: Option<Arc<super::shared_limits::SharedLimits>>,
+    /// Where usage is also counted for every server sharing it (a PostgreSQL store).
+    ledger: Option<crate::conversations::ConversationStore>,
 }
 
 #[derive(Debug)]
@@ -144,6 +146,25 @@ impl Account {
                 usage: Usage::default(),
             }),
             shared: None,
+            ledger: None,
+        }
+    }
+
+    /// The same account counting its usage in a shared database too.
+    pub fn counted_in(mut self, ledger: Option<crate::conversations::ConversationStore>) -> Account {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Adds to the shared usage, in the background (a slow database never delays a request).
+    fn to_ledger(&self, usage: crate::conversations::KeyUsage) {
+        if let (Some(ledger), Ok(runtime)) = (self.ledger.clone(), tokio::runtime::Handle::try_current()) {
+            let name = self.name.clone();
+            runtime.spawn(async move {
+                if let Err(e) = ledger.add_key_usage(&name, usage).await {
+                    tracing::debug!(key = %name, "usage not counted in the database: {e}");
+                }
+            });
         }
     }
 
@@ -155,7 +176,7 @@ impl Account {
 
     /// The same key after a config reload: new scopes and limits, usage and buckets kept.
     pub fn carried_over(&self, spec: &KeySpec, now: Instant) -> Account {
-        let fresh = Account::new(spec, now).sharing(self.shared.clone());
+        let fresh = Account::new(spec, now).sharing(self.shared.clone()).counted_in(self.ledger.clone());
         {
             let old = self.lock();
             let mut new = fresh.lock();
@@ -204,6 +225,12 @@ impl Account {
     /// Admits one request against the buckets in Redis when there are any (and Redis
     /// answers), else against this server's own.
     pub async fn admit_anywhere(&self) -> Result<(), Refusal> {
+        let verdict = self.admit_shared_or_here().await;
+        self.to_ledger(if verdict.is_ok() { (1, 0, 0, 0, 0.0) } else { (0, 1, 0, 0, 0.0) });
+        verdict
+    }
+
+    async fn admit_shared_or_here(&self) -> Result<(), Refusal> {
         let Some(shared) = &self.shared else { return self.admit(Instant::now()) };
         match shared.admit(&self.name, &self.limits).await {
             Ok(verdict) => {
@@ -226,6 +253,7 @@ impl Account {
     pub fn charge(&self, metrics: &crate::metrics::Metrics, model: &str, prompt_tokens: u64, completion_tokens: u64) {
         let cost = metrics.record_key_usage(&self.name, model, prompt_tokens, completion_tokens);
         self.record(prompt_tokens, completion_tokens, cost, Instant::now());
+        self.to_ledger((0, 0, i64::try_from(prompt_tokens).unwrap_or(i64::MAX), i64::try_from(completion_tokens).unwrap_or(i64::MAX), cost));
         if let (Some(shared), Ok(runtime)) = (self.shared.clone(), tokio::runtime::Handle::try_current()) {
             let (name, limits, tokens) = (self.name.clone(), self.limits, prompt_tokens.saturating_add(completion_tokens));
             runtime.spawn(async move {
@@ -251,6 +279,12 @@ impl Account {
 
     pub fn usage(&self) -> Usage {
         self.lock().usage.clone()
+    }
+
+    /// Usage as a shared database counted it.
+    pub fn usage_from(counted: crate::conversations::KeyUsage) -> Usage {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Usage { requests: n(counted.0), limited: n(counted.1), prompt_tokens: n(counted.2), completion_tokens: n(counted.3), cost: counted.4 }
     }
 
     /// The key's limits and what is left of each now, for `/api/usage`.
