@@ -34,8 +34,9 @@
 //!                name means (`provider/model`), a route's plan (fallback order, a split's
 //!                sticky pick), breakers, counts, cost and feedback, the providers' upkeep.
 //! - `cache`      the response cache: bytes under hashed keys, in memory or in Redis.
-//! - `conversations` server-side conversations in SQLite (WAL), one turn at a time per id;
-//!                the Responses API's stored responses (`responses`) in the same database.
+//! - `conversations` server-side conversations in SQLite (WAL), or in PostgreSQL shared by
+//!                several servers (`postgres`, with each API key's usage), one turn at a time
+//!                per id; the Responses API's stored responses (`responses`) in the same database.
 //! - `metrics`    the Prometheus registry and its JSON view with percentiles.
 //! - `prompts`    named prompt templates with `{variable}` placeholders.
 //! - `bench`      `hearth bench`: prefill/decode speed, latency percentiles, throughput.
