@@ -194,11 +194,7 @@ pub fn forward(mut engine: UnboundedReceiver<Event>, mut record: Record) -> Unbo
                         w.done(&c, first_token);
                     }
                     let ttft = first_token.map(|t| t.duration_since(record.started));
-                    let end = match finish(record, &answer, &c, ttft, false).await {
-                        Ok(()) => Event::Done(c),
-                        Err(reason) => Event::Failed(EngineError::NotStored(reason)),
-                    };
-                    let _ = tx.send(end);
+                    let _ = tx.send(finish(record, &answer, c, ttft, false).await);
                     return;
                 }
                 Some(Event::Failed(e)) => {
@@ -260,19 +256,15 @@ pub async fn replay(cached: CachedAnswer, mut record: Record) -> UnboundedReceiv
     if let Some(w) = record.watch.take() {
         w.done(&c, Some(replay_started));
     }
-    let end = match finish(record, &answer, &c, ttft, true).await {
-        Ok(()) => Event::Done(c),
-        Err(reason) => Event::Failed(EngineError::NotStored(reason)),
-    };
-    let _ = tx.send(end);
+    let _ = tx.send(finish(record, &answer, c, ttft, true).await);
     rx
 }
 
-/// Stores the turn, counts the tokens, and logs the request's one summary line. Fails (with
-/// the reason) only when the turn could not be stored.
-async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Duration>, hit: bool) -> Result<(), String> {
+/// Stores the turn, counts the tokens, and logs the request's one summary line; returns the
+/// answer's last event: `Done`, or `Failed` when its turn could not be stored.
+async fn finish(record: Record, answer: &str, c: Completion, ttft: Option<Duration>, hit: bool) -> Event {
     let Record { conversation, metrics, model, persona, started, log_prompt, account, .. } = record;
-    let mut stored = Ok(());
+    let mut not_stored = None;
     if let Some(turn) = conversation {
         if let Some(store) = &turn.store {
             let mut messages = turn.new_messages;
@@ -280,7 +272,7 @@ async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Durat
             if let Err(e) = store.append(&turn.id, &turn.model, messages).await {
                 metrics.record_error("conversation");
                 tracing::error!(conversation = %turn.id, "could not store the turn: {e}");
-                stored = Err(e.to_string());
+                not_stored = Some(EngineError::NotStored(e.to_string()));
             }
         }
         drop(turn.guard);
@@ -303,7 +295,7 @@ async fn finish(record: Record, answer: &str, c: &Completion, ttft: Option<Durat
             duration_ms = total.as_millis() as u64, cache, "generation done"
         ),
     }
-    stored
+    not_stored.map_or(Event::Done(c), Event::Failed)
 }
 
 #[cfg(test)]
