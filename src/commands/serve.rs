@@ -39,7 +39,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => ConversationStore::open(&data_dir)?,
     };
     tracing::info!(database = conversations.kind(), "conversations and stored responses: {}", conversations.path().display());
-    let conversations_kind = conversations.kind();
     let metrics = Metrics::new(file.pricing.clone());
     let threads = f64::from(engine.load.threads.max(1));
     let router = Router::new(Table::build(&file.routing, threads, &file::process_env).map_err(anyhow::Error::msg)?);
@@ -72,7 +71,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     // With PostgreSQL, each key's usage is counted there too, for every server.
-    let ledger = (conversations_kind == "postgres").then(|| service.conversations.clone()).flatten();
+    let ledger = service.conversations.clone().filter(ConversationStore::is_shared);
     let keys = Arc::new(Keys::counted(&file.keys, shared_limits, ledger));
     if keys.is_empty() && !local.ip().is_loopback() {
         tracing::warn!("--insecure-no-auth: {local} serves without API keys; anyone who can reach it may generate, read conversations, and pull or delete models");

@@ -151,11 +151,15 @@ pub struct ConversationStore {
 struct StoreInner {
     /// The database file, or the PostgreSQL URL without its password.
     path: PathBuf,
-    /// One connection is enough: each call is a short transaction, and a single writer is what
-    /// SQLite wants anyway. `None` when the store is PostgreSQL's.
-    conn: Option<Mutex<Connection>>,
-    postgres: Option<postgres::PgStore>,
+    db: Db,
     turns: Arc<Mutex<TurnLocks>>,
+}
+
+enum Db {
+    /// One connection is enough: each call is a short transaction, and a single writer is what
+    /// SQLite wants anyway.
+    Sqlite(Mutex<Connection>),
+    Postgres(postgres::PgStore),
 }
 
 /// Per-conversation turn mutexes. An entry lives only while someone holds or waits for its
@@ -191,8 +195,7 @@ impl ConversationStore {
         Ok(Self {
             inner: Arc::new(StoreInner {
                 path,
-                conn: Some(Mutex::new(conn)),
-                postgres: None,
+                db: Db::Sqlite(Mutex::new(conn)),
                 turns: Arc::new(Mutex::new(HashMap::new())),
             }),
         })
@@ -203,16 +206,28 @@ impl ConversationStore {
     pub async fn connect(url: &str) -> Result<Self, ConversationError> {
         let pg = postgres::PgStore::open(url).await?;
         Ok(Self {
-            inner: Arc::new(StoreInner { path: PathBuf::from(&pg.shown), conn: None, postgres: Some(pg), turns: Arc::new(Mutex::new(HashMap::new())) }),
+            inner: Arc::new(StoreInner { path: PathBuf::from(&pg.shown), db: Db::Postgres(pg), turns: Arc::new(Mutex::new(HashMap::new())) }),
         })
     }
 
     /// Which database this is, for logs and `/health`: `sqlite` or `postgres`.
     pub fn kind(&self) -> &'static str {
-        if self.inner.postgres.is_some() {
+        if self.is_shared() {
             "postgres"
         } else {
             "sqlite"
+        }
+    }
+
+    /// Whether other servers may share this store (PostgreSQL), so what it counts is theirs too.
+    pub fn is_shared(&self) -> bool {
+        self.postgres().is_some()
+    }
+
+    fn postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.inner.db {
+            Db::Postgres(pg) => Some(pg),
+            Db::Sqlite(_) => None,
         }
     }
 
@@ -224,7 +239,7 @@ impl ConversationStore {
     /// The conversation with its whole history, or `None` if the id is unknown.
     pub async fn get(&self, id: &str) -> Result<Option<Conversation>, ConversationError> {
         validate_id(id)?;
-        if let Some(pg) = &self.inner.postgres {
+        if let Some(pg) = self.postgres() {
             return pg.get(id).await;
         }
         let id = id.to_owned();
@@ -252,7 +267,7 @@ impl ConversationStore {
     /// The messages of a conversation, oldest first; empty if the id is unknown.
     pub async fn history(&self, id: &str) -> Result<Vec<StoredMessage>, ConversationError> {
         validate_id(id)?;
-        if let Some(pg) = &self.inner.postgres {
+        if let Some(pg) = self.postgres() {
             return pg.history(id).await;
         }
         let id = id.to_owned();
@@ -269,7 +284,7 @@ impl ConversationStore {
         messages: Vec<(String, String)>,
     ) -> Result<(), ConversationError> {
         validate_id(id)?;
-        if let Some(pg) = &self.inner.postgres {
+        if let Some(pg) = self.postgres() {
             return pg.append(id, model, &messages).await;
         }
         let id = id.to_owned();
@@ -317,7 +332,7 @@ impl ConversationStore {
     /// Deletes a conversation and its messages; `true` if it existed.
     pub async fn delete(&self, id: &str) -> Result<bool, ConversationError> {
         validate_id(id)?;
-        if let Some(pg) = &self.inner.postgres {
+        if let Some(pg) = self.postgres() {
             return pg.delete(id).await;
         }
         let id = id.to_owned();
@@ -331,7 +346,7 @@ impl ConversationStore {
 
     /// Up to `limit` conversations, most recently updated first.
     pub async fn list(&self, limit: usize) -> Result<Vec<ConversationSummary>, ConversationError> {
-        if let Some(pg) = &self.inner.postgres {
+        if let Some(pg) = self.postgres() {
             return pg.list(limit).await;
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -359,17 +374,17 @@ impl ConversationStore {
     }
 
     /// Adds to API key `name`'s usage in PostgreSQL, where every server sharing it counts;
-    /// `false` (nothing done) on SQLite, where each server counts its own in memory.
-    pub async fn add_key_usage(&self, name: &str, usage: KeyUsage) -> Result<bool, ConversationError> {
-        match &self.inner.postgres {
-            Some(pg) => pg.add_usage(name, usage).await.map(|()| true),
-            None => Ok(false),
+    /// nothing on SQLite, where each server counts its own in memory.
+    pub async fn add_key_usage(&self, name: &str, usage: KeyUsage) -> Result<(), ConversationError> {
+        match self.postgres() {
+            Some(pg) => pg.add_usage(name, usage).await,
+            None => Ok(()),
         }
     }
 
     /// Every API key's usage as all servers counted it (PostgreSQL); `None` on SQLite.
     pub async fn key_usage(&self) -> Result<Option<HashMap<String, KeyUsage>>, ConversationError> {
-        match &self.inner.postgres {
+        match self.postgres() {
             Some(pg) => Ok(Some(pg.key_usage().await?.into_iter().collect())),
             None => Ok(None),
         }
@@ -400,7 +415,7 @@ impl ConversationStore {
         let result = tokio::task::spawn_blocking(move || {
             // A panic mid-call rolled its transaction back when the `Transaction` dropped, so
             // the connection is still sound after a poison.
-            let Some(conn) = &inner.conn else {
+            let Db::Sqlite(conn) = &inner.db else {
                 return Err(rusqlite::Error::InvalidPath(inner.path.clone()));
             };
             let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);

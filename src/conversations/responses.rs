@@ -30,7 +30,7 @@ impl ConversationStore {
         validate_id(id)?;
         let (id, previous) = (id.to_owned(), previous.map(str::to_owned));
         let messages = serde_json::to_string(&messages).unwrap_or_else(|_| "[]".into());
-        if let Some(pg) = &self.inner.postgres {
+        if let Some(pg) = self.postgres() {
             return pg.put_response(&id, previous.as_deref(), &messages, &body).await;
         }
         self.with_conn(move |conn| {
@@ -46,7 +46,7 @@ impl ConversationStore {
     /// The response object stored under `id`.
     pub async fn response(&self, id: &str) -> Result<Option<String>, ConversationError> {
         validate_id(id)?;
-        if let Some(pg) = &self.inner.postgres {
+        if let Some(pg) = self.postgres() {
             return pg.response(id).await;
         }
         let id = id.to_owned();
@@ -59,7 +59,7 @@ impl ConversationStore {
         validate_id(id)?;
         let id = id.to_owned();
         let limit = i64::try_from(MAX_MESSAGES).unwrap_or(i64::MAX);
-        let turns: Vec<String> = match &self.inner.postgres {
+        let turns: Vec<String> = match self.postgres() {
             Some(pg) => pg.response_chain(&id).await?,
             None => self
             .with_conn(move |conn| {
@@ -92,7 +92,7 @@ impl ConversationStore {
     /// longer be continued themselves.
     pub async fn delete_response(&self, id: &str) -> Result<bool, ConversationError> {
         validate_id(id)?;
-        if let Some(pg) = &self.inner.postgres {
+        if let Some(pg) = self.postgres() {
             return pg.delete_response(id).await;
         }
         let id = id.to_owned();

@@ -32,7 +32,8 @@ fn contents(history: &[StoredMessage]) -> Vec<(&str, &str)> {
 }
 
 fn message_rows(store: &ConversationStore, id: &str) -> i64 {
-    let conn = store.inner.conn.as_ref().expect("a SQLite store").lock().expect("connection lock");
+    let Db::Sqlite(conn) = &store.inner.db else { panic!("a SQLite store") };
+    let conn = conn.lock().expect("connection lock");
     conn.query_row("SELECT COUNT(*) FROM messages WHERE conversation_id = ?1", [id], |r| r.get(0))
         .expect("count messages")
 }
@@ -126,7 +127,8 @@ async fn store_methods_refuse_invalid_ids() {
 async fn wal_mode_and_pragmas_are_set() {
     let dir = TempDir::new("wal");
     let store = ConversationStore::open(&dir.0).expect("open");
-    let conn = store.inner.conn.as_ref().expect("a SQLite store").lock().expect("connection lock");
+    let Db::Sqlite(conn) = &store.inner.db else { panic!("a SQLite store") };
+    let conn = conn.lock().expect("connection lock");
     let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).expect("mode");
     assert_eq!(mode, "wal");
     let fk: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).expect("fk");

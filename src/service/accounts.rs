@@ -158,9 +158,9 @@ impl Account {
 
     /// Adds to the shared usage, in the background (a slow database never delays a request).
     fn to_ledger(&self, usage: crate::conversations::KeyUsage) {
-        if let (Some(ledger), Ok(runtime)) = (self.ledger.clone(), tokio::runtime::Handle::try_current()) {
+        if let Some(ledger) = self.ledger.clone() {
             let name = self.name.clone();
-            runtime.spawn(async move {
+            in_background(async move {
                 if let Err(e) = ledger.add_key_usage(&name, usage).await {
                     tracing::debug!(key = %name, "usage not counted in the database: {e}");
                 }
@@ -254,9 +254,9 @@ impl Account {
         let cost = metrics.record_key_usage(&self.name, model, prompt_tokens, completion_tokens);
         self.record(prompt_tokens, completion_tokens, cost, Instant::now());
         self.to_ledger((0, 0, i64::try_from(prompt_tokens).unwrap_or(i64::MAX), i64::try_from(completion_tokens).unwrap_or(i64::MAX), cost));
-        if let (Some(shared), Ok(runtime)) = (self.shared.clone(), tokio::runtime::Handle::try_current()) {
+        if let Some(shared) = self.shared.clone() {
             let (name, limits, tokens) = (self.name.clone(), self.limits, prompt_tokens.saturating_add(completion_tokens));
-            runtime.spawn(async move {
+            in_background(async move {
                 if let Err(e) = shared.take_tokens(&name, &limits, tokens).await {
                     tracing::debug!(key = %name, "tokens not counted in the shared rate limits: {e}");
                 }
@@ -302,6 +302,14 @@ impl Account {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs a count's write to a shared store without making the request wait for it; outside a
+/// runtime (a unit test's plain thread) there is nothing to share it with, and it is skipped.
+fn in_background(write: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(write);
     }
 }
 
