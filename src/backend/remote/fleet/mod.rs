@@ -331,25 +331,23 @@ impl Fleet {
         }
     }
 
-    /// Starts `job` on the first node that takes it; `hold` (the fleet's own limit) is kept
-    /// until the answer ends.
-    pub(super) async fn generate<T: Send + 'static>(self: Arc<Self>, model: String, job: GenerateJob, hold: T) -> Result<Submitted, EngineError> {
-        let keys = prefix_keys(&model, &job.prompt);
+    /// Runs `call` on `model` at each node in the plan's order until one takes it; returns
+    /// that node, its count of this request (held until the answer ends) and what it gave.
+    /// A failure another node may not have moves on; one that is the request's own does not.
+    async fn first_taker<T, Fut>(&self, keys: &[u64], model: &str, mut call: impl FnMut(Arc<super::RemoteModel>) -> Fut) -> Result<(Arc<Node>, InFlight, T), EngineError>
+    where
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
+    {
         let mut last = None;
-        for node in self.plan(&keys) {
+        for node in self.plan(keys) {
             if !self.allow(&node) {
                 continue;
             }
             let running = InFlight::new(&node);
-            match node.provider.model(&model).generate(job.clone()).await {
-                Ok(mut submitted) => {
+            match call(node.provider.model(model)).await {
+                Ok(answer) => {
                     node.state().breaker.success();
-                    if self.spec.policy == FleetPolicy::CacheAware {
-                        self.owners.lock().unwrap_or_else(PoisonError::into_inner).record(&keys, &node.url);
-                    }
-                    submitted.events = hold_until_done(submitted.events, (running, hold));
-                    submitted.answered_by = Some(format!("{}@{}/{model}", self.name, node.url));
-                    return Ok(submitted);
+                    return Ok((node, running, answer));
                 }
                 Err(e) if moves_on(&e) => {
                     tracing::warn!(fleet = %self.name, node = %node.url, "node failed before answering, trying the next: {e}");
@@ -362,26 +360,21 @@ impl Fleet {
         Err(last.unwrap_or_else(|| self.none_up()))
     }
 
-    pub(super) async fn embed(self: Arc<Self>, model: String, job: EmbedJob) -> Result<Embedded, EngineError> {
-        let mut last = None;
-        for node in self.plan(&[]) {
-            if !self.allow(&node) {
-                continue;
-            }
-            let _running = InFlight::new(&node);
-            match node.provider.model(&model).embed(job.clone()).await {
-                Ok(embedded) => {
-                    node.state().breaker.success();
-                    return Ok(embedded);
-                }
-                Err(e) if moves_on(&e) => {
-                    self.failed(&node, &e);
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
+    /// Starts `job` on the first node that takes it; `hold` (the fleet's own limit) is kept
+    /// until the answer ends.
+    pub(super) async fn generate<T: Send + 'static>(self: Arc<Self>, model: String, job: GenerateJob, hold: T) -> Result<Submitted, EngineError> {
+        let keys = prefix_keys(&model, &job.prompt);
+        let (node, running, mut submitted) = self.first_taker(&keys, &model, |m| m.generate(job.clone())).await?;
+        if self.spec.policy == FleetPolicy::CacheAware {
+            self.owners.lock().unwrap_or_else(PoisonError::into_inner).record(&keys, &node.url);
         }
-        Err(last.unwrap_or_else(|| self.none_up()))
+        submitted.events = hold_until_done(submitted.events, (running, hold));
+        submitted.answered_by = Some(format!("{}@{}/{model}", self.name, node.url));
+        Ok(submitted)
+    }
+
+    pub(super) async fn embed(self: Arc<Self>, model: String, job: EmbedJob) -> Result<Embedded, EngineError> {
+        self.first_taker(&[], &model, |m| m.embed(job.clone())).await.map(|(_, _, embedded)| embedded)
     }
 
     fn none_up(&self) -> EngineError {
