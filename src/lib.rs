@@ -36,7 +36,9 @@
 //! - `cache`      the response cache: bytes under hashed keys, in memory or in Redis.
 //! - `conversations` server-side conversations in SQLite (WAL), or in PostgreSQL shared by
 //!                several servers (`postgres`, with each API key's usage), one turn at a time
-//!                per id; the Responses API's stored responses (`responses`) in the same database.
+//!                per id (across servers on PostgreSQL); the Responses API's stored responses
+//!                (`responses`), routes' attributions and feedback, and on PostgreSQL the
+//!                profiles (`shared`), in the same database.
 //! - `metrics`    the Prometheus registry and its JSON view with percentiles.
 //! - `prompts`    named prompt templates with `{variable}` placeholders.
 //! - `bench`      `hearth bench`: prefill/decode speed, latency percentiles, throughput.
@@ -47,7 +49,8 @@
 //!                assembled prompt, embed, tokenize and render), with typed `Event`s back. `llama` is llama.cpp
 //!                behind it (render, trim history, tokenize, submit); `remote` is another
 //!                server behind it (a provider: Ollama's, OpenAI's or Anthropic's API), or
-//!                a fleet of hearth nodes picked per request (`remote::fleet`); `breaker`
+//!                a fleet of hearth nodes picked per request (`remote::fleet`, its prefix
+//!                owners in memory and Redis: `fleet::owners`); `breaker`
 //!                is the circuit breaker routes and fleets share;
 //!                `fake` is a deterministic stand-in for the tests of the layers above
 //!                (`cfg(test)`).
@@ -73,7 +76,8 @@
 //! spec. A layer
 //! may use any layer below it (the API builds `engine::grammar` values, the service reads
 //! `store` entries), never one above. `cache`, `conversations`, `metrics` and `prompts` are
-//! leaves the service uses; `config` and `api` are edges that turn outside input into the
+//! leaves: the service uses them, `routing` keeps feedback in `conversations`, and a fleet
+//! shares its prefix owners through `cache`'s Redis connection; `config` and `api` are edges that turn outside input into the
 //! types below them; `bench` and `commands` sit on top.
 
 //! The library's public surface is what the binary and the integration tests use (`cli`,

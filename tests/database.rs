@@ -127,22 +127,54 @@ fn roles(s: &Server, id: &str) -> Vec<String> {
     c["messages"].as_array().expect("messages").iter().map(|m| m["role"].as_str().unwrap_or("").to_string()).collect()
 }
 
-/// The same conversation and stored-response work on a store; what it leaves, as exact state.
+/// A config with one route, `chat`, whose only target is SmolLM2.
+fn route_config() -> PathBuf {
+    let config = temp_dir("route").join("hearth.yaml");
+    std::fs::write(&config, format!("routes:\n  chat:\n    strategy: fallback\n    targets:\n      - model: {SMOL}\n")).expect("write config");
+    config
+}
+
+/// An answer through the `chat` route; its request id.
+fn routed(s: &Server, text: &str) -> String {
+    let resp = s.post("/api/chat", &json!({"model": "chat", "stream": false, "use_cache": false, "messages": [{"role": "user", "content": text}], "options": {"num_predict": 4}}));
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-request-id"].to_str().expect("id").to_string()
+}
+
+/// The `chat` route's target's feedback as `/api/routes` shows it.
+fn route_feedback(s: &Server) -> Value {
+    let routes: Value = s.get("/api/routes").json().expect("routes");
+    routes["routes"][0]["targets"][0]["feedback"].clone()
+}
+
+fn tavern(s: &Server) -> u16 {
+    s.post("/llm/generate", &json!({"prompt": "What's on the menu?", "scenario": "tavern"})).status().as_u16()
+}
+
+/// The same conversation, stored-response, profile and feedback work on a store; what it
+/// leaves, as exact state.
 fn suite(env: &[(&str, &str)]) -> Value {
     let ids_dir = temp_dir("suite");
     let ids = ids_dir.join("ids.json");
     let ids = ids.to_str().expect("utf8");
-    {
-        let s = Server::start_with_env(&[], env);
+    let config = route_config();
+    let args = ["--config", config.to_str().expect("utf8")];
+    let answered = {
+        let s = Server::start_with_env(&args, env);
         for t in 0..3 {
             assert_eq!(turn(&s, "c1", &format!("Turn {t}.")).status(), 200);
         }
         assert_eq!(turn(&s, "c2", "Hello.").status(), 200);
         let url = format!("http://{}/v1", s.addr);
         run_python("responses_client.py", &[("OPENAI_BASE_URL", &url), ("MODEL", SMOL), ("IDS_FILE", ids), ("PHASE", "first")]);
-    }
+        let conf: Value = s.post("/llm/configure", &json!({"scenario": "tavern", "system": "You keep a tavern.", "temperature": 0, "max_tokens": 4})).json().expect("json");
+        assert_eq!(conf["stored"], true, "{conf}");
+        let id = routed(&s, "Rate me.");
+        assert_eq!(s.post("/api/feedback", &json!({"request_id": id, "score": 1, "label": "good"})).status(), 200);
+        id
+    };
     // A restart: everything is still there.
-    let s = Server::start_with_env(&[], env);
+    let s = Server::start_with_env(&args, env);
     let url = format!("http://{}/v1", s.addr);
     run_python("responses_client.py", &[("OPENAI_BASE_URL", &url), ("MODEL", SMOL), ("IDS_FILE", ids), ("PHASE", "second")]);
     assert_eq!(turn(&s, "c1", "Turn 3.").status(), 200);
@@ -150,7 +182,20 @@ fn suite(env: &[(&str, &str)]) -> Value {
     let listed: Vec<(String, u64)> = list["conversations"].as_array().expect("conversations").iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["message_count"].as_u64().unwrap_or(0))).collect();
     assert_eq!(s.client.delete(s.url("/api/conversations/c2")).send().expect("delete").status(), 200);
     let health: Value = s.get("/health").json().expect("health");
-    json!({ "c1": roles(&s, "c1"), "listed": listed, "c2_after_delete": s.get("/api/conversations/c2").status().as_u16(), "database": health["database"] })
+    // Feedback on an answer the server before the restart gave.
+    let late_feedback = s.post("/api/feedback", &json!({"request_id": answered, "score": 0})).status().as_u16();
+    json!({ "c1": roles(&s, "c1"), "listed": listed, "c2_after_delete": s.get("/api/conversations/c2").status().as_u16(), "database": health["database"],
+            "profile": tavern(&s), "late_feedback": late_feedback, "feedback": route_feedback(&s) })
+}
+
+/// Polls `ok` for up to 30 s: what another server wrote in the background, or its periodic
+/// read of the database, takes a moment to show.
+fn eventually(what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -165,7 +210,9 @@ fn conversations_and_stored_responses_behave_alike_on_sqlite_and_postgresql() {
     assert_eq!(sqlite["listed"], json!([["c1", 8], ["c2", 2]]), "{sqlite}");
     assert_eq!(sqlite["c2_after_delete"], 404);
     assert_eq!((sqlite["database"].as_str(), postgres["database"].as_str()), (Some("sqlite"), Some("postgres")));
-    for key in ["c1", "listed", "c2_after_delete"] {
+    assert_eq!((sqlite["profile"].as_u64(), sqlite["late_feedback"].as_u64()), (Some(200), Some(200)), "{sqlite}");
+    assert_eq!(sqlite["feedback"], json!({"count": 2, "scored": 2, "mean_score": 0.5, "labels": {"good": 1}}), "{sqlite}");
+    for key in ["c1", "listed", "c2_after_delete", "profile", "late_feedback", "feedback"] {
         assert_eq!(sqlite[key], postgres[key], "{key}: sqlite {sqlite} postgres {postgres}");
     }
 
@@ -177,6 +224,43 @@ fn conversations_and_stored_responses_behave_alike_on_sqlite_and_postgresql() {
     // The second server put the first server's turn in front of its prompt.
     let alone: Value = turn(&b, "alone", "And now on the second.").json().expect("json");
     assert!(r["prompt_eval_count"].as_u64() > alone["prompt_eval_count"].as_u64(), "{r} {alone}");
+}
+
+#[test]
+fn servers_sharing_postgresql_share_profiles_feedback_and_one_turn_at_a_time() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let config = route_config();
+    let start = || Server::start_with_env(&["--config", config.to_str().expect("utf8")], &[("DATABASE_URL", &url)]);
+    let (a, b) = (start(), start());
+
+    // A profile stored through one server is used through the other.
+    assert_eq!(tavern(&b), 404);
+    let conf: Value = a.post("/llm/configure", &json!({"scenario": "tavern", "system": "You keep a tavern.", "temperature": 0, "max_tokens": 4})).json().expect("json");
+    assert_eq!(conf["stored"], true, "{conf}");
+    assert_eq!(tavern(&a), 200);
+    eventually("the profile on the second server", || tavern(&b) == 200);
+
+    // Feedback on the first server's answer, sent to the second, counts on both.
+    let id = routed(&a, "Rate me.");
+    eventually("the answer known to the second server", || b.post("/api/feedback", &json!({"request_id": id, "score": 0.25, "label": "meh"})).status() == 200);
+    let expected = json!({"count": 1, "scored": 1, "mean_score": 0.25, "labels": {"meh": 1}});
+    assert_eq!((route_feedback(&a), route_feedback(&b)), (expected.clone(), expected));
+
+    // Six turns on one conversation at once, three through each server: each sees every
+    // turn stored before it, so no two prompts have the same length.
+    let prompts: Vec<u64> = std::thread::scope(|scope| {
+        let threads: Vec<_> = [&a, &b, &a, &b, &a, &b]
+            .into_iter()
+            .map(|s| scope.spawn(move || turn(s, "busy", "Next.").json::<Value>().expect("json")["prompt_eval_count"].as_u64().expect("prompt count")))
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("turn")).collect()
+    });
+    let mut distinct = prompts.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "two turns read the same history: {prompts:?}");
+    assert_eq!(roles(&a, "busy").len(), 12);
 }
 
 #[test]

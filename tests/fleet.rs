@@ -2,7 +2,7 @@
 //! conversation that keeps its node while it lives and moves, whole, to another when that
 //! node is killed with SIGKILL, with no request failing that had not started streaming;
 //! round-robin spreading requests, a node that joins taking traffic, and cache-aware keeping
-//! each conversation on one node.
+//! each conversation on one node, also across two fronts sharing Redis.
 
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,12 +11,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{temp_dir, Server, SMOL};
+use crate::support::{temp_dir, Redis, Server, SMOL};
 
 fn front(nodes: &[String], policy: &str) -> Server {
+    front_with(nodes, policy, "")
+}
+
+/// A front over `nodes`, with `extra` config lines.
+fn front_with(nodes: &[String], policy: &str, extra: &str) -> Server {
     let list = nodes.iter().map(|n| format!("http://{n}")).collect::<Vec<_>>().join(", ");
     let config = temp_dir("fleet").join("hearth.yaml");
-    let text = format!("providers:\n  fleet:\n    kind: hearth\n    nodes: [{list}]\n    policy: {policy}\n    health_check: 1s\n");
+    let text = format!("providers:\n  fleet:\n    kind: hearth\n    nodes: [{list}]\n    policy: {policy}\n    health_check: 1s\n{extra}");
     std::fs::write(&config, text).expect("write config");
     let s = Server::start_with(&["--config", config.to_str().expect("path")]);
     wait_for(&s, "fleet/smollm2:135m listed", |s| {
@@ -219,5 +224,36 @@ fn a_host_name_with_several_addresses_is_one_node_per_address() {
     wait_for(&s, "only the IPv4 address up", |s| nodes_up(s).iter().all(|(u, up)| *up == (*u == v4)));
     for i in 0..3 {
         assert_eq!(ask(&s, say(&format!("Name {i}."))).0, v4);
+    }
+}
+
+#[test]
+fn cache_aware_fronts_sharing_redis_send_a_conversation_to_one_node_whichever_front_it_reaches() {
+    let nodes: Vec<Server> = (0..3).map(|_| Server::start()).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let redis = Redis::start(None);
+    let shared = format!("cache:\n  redis_url: {}\n", redis.url());
+    let fronts = [front_with(&urls, "cache_aware", &shared), front_with(&urls, "cache_aware", &shared)];
+    let routes: Value = fronts[0].get("/api/routes").json().expect("routes");
+    let fleet = routes["providers"].as_array().expect("providers").iter().find(|p| p["name"] == "fleet").expect("fleet");
+    assert_eq!(fleet["fleet"]["prefix_owners"], "redis", "{fleet}");
+
+    // The fronts break ties between equal nodes in turn; one request through the second
+    // puts their turns out of step, so without the shared owners they would pick apart.
+    ask(&fronts[1], say("Out of step."));
+    // Four conversations kept by their client, each turn through the other front.
+    for c in 0..4 {
+        let mut messages: Vec<Value> = Vec::new();
+        let mut served = Vec::new();
+        for t in 0..4 {
+            messages.push(json!({"role": "user", "content": format!("Conversation {c}, turn {t}.")}));
+            let mut body = say("");
+            body["messages"] = json!(messages);
+            body["use_cache"] = json!(false);
+            let (node, answer) = ask(&fronts[t % 2], body);
+            messages.push(answer["message"].clone());
+            served.push(node);
+        }
+        assert!(served.iter().all(|n| *n == served[0]), "conversation {c} moved between nodes: {served:?}");
     }
 }

@@ -242,7 +242,10 @@ async fn delete_conversation(State(app): State<AppState>, PathParam(id): PathPar
         return ApiError::from(e).into_response();
     }
     // Wait for a turn in progress, so its answer isn't stored after the delete.
-    let _turn = store.turn(&id).await;
+    let _turn = match store.turn(&id).await {
+        Ok(t) => t,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     match store.delete(&id).await {
         Ok(true) => Json(json!({ "deleted": id })).into_response(),
         Ok(false) => ApiError::not_found(format!("conversation '{id}' not found")).into_response(),

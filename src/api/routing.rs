@@ -1,7 +1,7 @@
 //! The routing layer's routes: `GET /api/routes` (each route's targets with weights, breaker
 //! states and counts; the providers with their models and health) and `POST /api/feedback`
 //! (an outcome attached to the variant and target that served a request, found by its
-//! `X-Request-Id`).
+//! `X-Request-Id`, on whichever server sharing the database served it).
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn list(State(app): State<AppState>) -> Json<Value> {
-    Json(app.service.router.view())
+    Json(app.service.router.view_shared().await)
 }
 
 #[derive(Deserialize)]
@@ -45,6 +45,7 @@ async fn feedback(State(app): State<AppState>, JsonBody(req): JsonBody<FeedbackR
         .service
         .router
         .feedback(&id, req.score, label.as_deref())
-        .ok_or_else(|| ApiError::not_found(format!("no answer from a route has request id {id:?} (feedback applies to answers served through a route, while the last 100,000 are remembered)")))?;
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no answer from a route has request id {id:?} (feedback applies to answers served through a route, for 30 days)")))?;
     Ok(Json(json!({ "request_id": id, "route": a.route, "variant": a.variant, "target": a.target })))
 }

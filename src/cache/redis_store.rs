@@ -2,7 +2,8 @@
 //! connection and the "down" window, and must never make a request wait on a dead server: every
 //! call is bounded by a short timeout, and after a failure it refuses at once for `DOWN_FOR`
 //! before trying to reconnect. It knows nothing of counters or of what a value means: the
-//! shared rate limits (`service::shared_limits`) bring their own script to `eval`.
+//! shared rate limits (`service::shared_limits`) bring their own script to `eval`, and a
+//! fleet's prefix owners (`backend::remote::fleet::owners`) read theirs with `get_many`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex as StdMutex;
@@ -138,6 +139,13 @@ impl RedisStore {
     pub(crate) async fn eval(&self, script: &str, keys: &[String], args: &[String]) -> Result<Vec<i64>, RedisFailure> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+        self.run(&cmd, Attempt::RespectDownWindow).await
+    }
+
+    /// The string values of `keys` (MGET), `None` for each that is missing.
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, RedisFailure> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
         self.run(&cmd, Attempt::RespectDownWindow).await
     }
 

@@ -41,10 +41,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(database = conversations.kind(), "conversations and stored responses: {}", conversations.path().display());
     let metrics = Metrics::new(file.pricing.clone());
     let threads = f64::from(engine.load.threads.max(1));
-    let router = Router::new(Table::build(&file.routing, threads, &file::process_env).map_err(anyhow::Error::msg)?);
+    let router = Router::new(Table::build(&file.routing, threads, &file::process_env).map_err(anyhow::Error::msg)?).with_ledger(conversations.clone());
     if !file.routing.providers.is_empty() || !file.routing.routes.is_empty() {
         tracing::info!(providers = file.routing.providers.len(), routes = file.routing.routes.len(), "routing configured");
     }
+    let shared = conversations.is_shared().then(|| conversations.clone());
+    let service_shares_profiles = shared.is_some();
     let service = Service::new(
         manager.clone(),
         cache,
@@ -53,9 +55,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         catalog(&file, Default::default()),
         settings(&file, log_prompts),
     )
-    .with_profiles(profiles_path(&data_dir))
-    .map_err(anyhow::Error::msg)?
     .with_router(router.clone());
+    // Profiles live in the shared database when there is one, else beside the conversations.
+    let service = match shared {
+        Some(store) => service.with_shared_profiles(store).await.map_err(anyhow::Error::msg).context("profiles")?,
+        None => service.with_profiles(profiles_path(&data_dir)).map_err(anyhow::Error::msg)?,
+    };
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -110,6 +115,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }));
     }
+    if service_shares_profiles {
+        tokio::spawn(refresh_profiles(state.service.clone(), stop_rx.clone()));
+    }
     {
         let lifecycle = Arc::clone(&lifecycle);
         tokio::spawn(async move {
@@ -145,6 +153,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Models are unloaded before the process ends, so their conversations' caches reach disk.
     manager.close(MODELS_CLOSE).await;
     Ok(())
+}
+
+/// How often profiles stored by other servers sharing the database are looked for.
+const PROFILE_REFRESH: Duration = Duration::from_secs(2);
+
+/// Picks up the profiles other servers store in the shared database, until shutdown.
+async fn refresh_profiles(service: crate::service::Service, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PROFILE_REFRESH);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        match service.refresh_profiles().await {
+            Ok(true) => tracing::info!("profiles changed in the shared database: reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::debug!("could not read the shared profiles: {e}"),
+        }
+    }
 }
 
 fn catalog(file: &FileConfig, profiles: std::collections::BTreeMap<String, crate::service::catalog::Persona>) -> Catalog {

@@ -5,15 +5,17 @@
 //! conversation from interleaving. It does not render prompts, call the engine or know any wire
 //! format; content is stored exactly as given.
 //!
-//! `responses` keeps the Responses API's stored responses in the same database. With
-//! `database.url` (`DATABASE_URL`) both live in PostgreSQL instead (`postgres`), shared by
-//! every hearth pointed at it; the answers are the same either way.
+//! `responses` keeps the Responses API's stored responses in the same database, and `shared`
+//! the routes' feedback (and, on PostgreSQL, the profiles). With `database.url`
+//! (`DATABASE_URL`) all of it lives in PostgreSQL instead (`postgres`), shared by every hearth
+//! pointed at it; the answers are the same either way.
 //!
 //! Limit: a conversation keeps at most [`MAX_MESSAGES`] messages. An append that would go past
 //! it deletes the oldest messages, in the same transaction, so the count stays at the limit.
 
 mod postgres;
 mod responses;
+mod shared;
 pub use postgres::KeyUsage;
 pub use responses::TurnMessages;
 
@@ -35,7 +37,7 @@ const DB_FILE: &str = "conversations.db";
 
 /// `PRAGMA user_version` of the schema this code writes. Bump it together with a migration in
 /// `migrate`; a database from a newer hearth is refused rather than guessed at.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Long enough to ride out another process's checkpoint, short enough that a stuck lock
 /// surfaces as an error instead of a hung request.
@@ -192,6 +194,8 @@ impl ConversationStore {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         migrate(&mut conn, &path)?;
+        conn.execute("DELETE FROM served WHERE created_at < ?1", params![now_millis() - shared::SERVED_KEPT_MS])
+            .map_err(|source| ConversationError::Database { path: path.clone(), source })?;
         Ok(Self {
             inner: Arc::new(StoreInner {
                 path,
@@ -390,11 +394,12 @@ impl ConversationStore {
         }
     }
 
-    /// Waits for this process's turn on conversation `id` and holds it until the guard drops.
-    /// Turns on one id run one at a time in arrival order (tokio's mutex is FIFO); other ids are
-    /// unaffected. The id is only a map key here: validate it before calling. Hold the guard
-    /// across read-history -> generate -> append so two requests can't interleave.
-    pub async fn turn(&self, id: &str) -> TurnGuard {
+    /// Waits for the turn on conversation `id` and holds it until the guard drops. Turns on one
+    /// id run one at a time, in arrival order within this process (tokio's mutex is FIFO) and,
+    /// on PostgreSQL, across every server sharing it; other ids are unaffected. The id is only
+    /// a key here: validate it before calling. Hold the guard across read-history -> generate
+    /// -> append so two requests can't interleave. Fails only when PostgreSQL can't be reached.
+    pub async fn turn(&self, id: &str) -> Result<TurnGuard, ConversationError> {
         let mutex = {
             let mut turns = self.inner.turns.lock().unwrap_or_else(PoisonError::into_inner);
             // Drops entries a cancelled waiter left behind; live ones have another `Arc` out.
@@ -402,7 +407,11 @@ impl ConversationStore {
             Arc::clone(turns.entry(id.to_owned()).or_default())
         };
         let guard = mutex.lock_owned().await;
-        TurnGuard { guard: Some(guard), id: id.to_owned(), turns: Arc::clone(&self.inner.turns) }
+        let mut turn = TurnGuard { guard: Some(guard), shared: None, id: id.to_owned(), turns: Arc::clone(&self.inner.turns) };
+        if let Some(pg) = self.postgres() {
+            turn.shared = Some(pg.lock_turn(id).await?);
+        }
+        Ok(turn)
     }
 
     /// Runs `f` on the connection on the blocking pool and maps SQLite errors to ours.
@@ -430,6 +439,8 @@ impl ConversationStore {
 /// forgets the conversation's lock if nobody else wants it.
 pub struct TurnGuard {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// The turn across servers (PostgreSQL), released first.
+    shared: Option<postgres::PgTurn>,
     id: String,
     turns: Arc<Mutex<TurnLocks>>,
 }
@@ -444,6 +455,7 @@ impl Drop for TurnGuard {
     fn drop(&mut self) {
         // Release first so our `Arc` is gone before counting; `turn` clones under the same map
         // lock, so a count of 1 means nobody holds, waits for, or is about to wait for it.
+        drop(self.shared.take());
         drop(self.guard.take());
         let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
         if turns.get(&self.id).is_some_and(|m| Arc::strong_count(m) == 1) {
@@ -481,6 +493,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ConversationError> 
         tx.execute_batch(SCHEMA_V1).map_err(db_err)?;
     }
     tx.execute_batch(responses::SCHEMA_V2).map_err(db_err)?;
+    tx.execute_batch(shared::SCHEMA_V3).map_err(db_err)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_err)?;
     tx.commit().map_err(db_err)
 }

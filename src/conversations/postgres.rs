@@ -7,15 +7,19 @@
 //! While the server can't be reached a call fails at once with `Unavailable` (503 with the
 //! reason) rather than waiting; each checkout verifies its connection, so the first call
 //! after the server is back succeeds. An append is one transaction: a turn is stored whole or
-//! not at all. Must not: log the URL's password.
+//! not at all. A conversation's turns are one at a time across servers too: each holds an
+//! advisory lock on a connection of its own (`lock_turn`). Must not: log the URL's password.
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::NoTls;
 
+use super::shared::SERVED_KEPT_MS;
 use super::{now_millis, Conversation, ConversationError, ConversationSummary, StoredMessage, MAX_MESSAGES};
 
 /// Connections kept open to the server.
@@ -24,6 +28,8 @@ const POOL_SIZE: usize = 16;
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// Held while migrating, so fronts starting together migrate one after another.
 const MIGRATION_LOCK: i64 = 0x6865_6172_7468;
+/// Turn locks (each a connection) one server holds at once; more turns wait for one.
+const TURN_CONNECTIONS: usize = 32;
 
 /// Each version's schema change, applied in order.
 const MIGRATIONS: &[(i32, &str)] = &[(
@@ -60,6 +66,31 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          completion_tokens BIGINT NOT NULL DEFAULT 0,
          cost              DOUBLE PRECISION NOT NULL DEFAULT 0
      );",
+), (
+    3,
+    "CREATE TABLE served (
+         request_id   TEXT PRIMARY KEY,
+         route        TEXT NOT NULL,
+         variant      TEXT,
+         target       TEXT NOT NULL,
+         target_route TEXT NOT NULL,
+         created_at   BIGINT NOT NULL
+     );
+     CREATE INDEX served_created_at ON served(created_at);
+     CREATE TABLE feedback (
+         request_id TEXT NOT NULL,
+         route      TEXT NOT NULL,
+         target     TEXT NOT NULL,
+         score      DOUBLE PRECISION,
+         label      TEXT,
+         created_at BIGINT NOT NULL
+     );
+     CREATE INDEX feedback_target ON feedback(route, target);
+     CREATE TABLE profiles (
+         name       TEXT PRIMARY KEY,
+         body       TEXT NOT NULL,
+         updated_at BIGINT NOT NULL
+     );",
 )];
 
 /// What one API key used, as every server sharing the database counted it: requests,
@@ -68,8 +99,20 @@ pub type KeyUsage = (i64, i64, i64, i64, f64);
 
 pub(super) struct PgStore {
     pool: Pool,
+    /// For the turn locks' own connections.
+    config: tokio_postgres::Config,
+    /// Turn locks held at once by this server, each on a connection of its own.
+    turn_connections: Arc<Semaphore>,
     /// The URL without its password, for messages.
     pub(super) shown: String,
+}
+
+/// A conversation's turn held across servers: a session advisory lock on a connection of its
+/// own. Dropping it closes the connection, and the server releases the lock with it, so a
+/// server that dies mid-turn can't leave the conversation locked.
+pub(super) struct PgTurn {
+    _client: tokio_postgres::Client,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// `url` with any password replaced.
@@ -88,7 +131,7 @@ impl PgStore {
     pub(super) async fn open(url: &str) -> Result<PgStore, ConversationError> {
         let shown = hide_password(url);
         let config = tokio_postgres::Config::from_str(url).map_err(|e| ConversationError::BadUrl { url: shown.clone(), reason: e.to_string() })?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -97,8 +140,10 @@ impl PgStore {
             .recycle_timeout(Some(CONNECT_WAIT))
             .build()
             .map_err(|e| ConversationError::BadUrl { url: shown.clone(), reason: e.to_string() })?;
-        let store = PgStore { pool, shown };
+        let store = PgStore { pool, config, turn_connections: Arc::new(Semaphore::new(TURN_CONNECTIONS)), shown };
         store.migrate().await?;
+        let client = store.client().await?;
+        client.execute("DELETE FROM served WHERE created_at < $1", &[&(now_millis() - SERVED_KEPT_MS)]).await.map_err(|e| store.error(e))?;
         Ok(store)
     }
 
@@ -108,7 +153,7 @@ impl PgStore {
 
     /// A server's SQL error is the query's (500); a connection lost, refused or shutting
     /// down is the server's absence (503).
-    fn error(&self, e: tokio_postgres::Error) -> ConversationError {
+    pub(super) fn error(&self, e: tokio_postgres::Error) -> ConversationError {
         match e.code().map(|c| c.code()) {
             Some(code) if !(code.starts_with("08") || code.starts_with("57") || code.starts_with("53")) => {
                 ConversationError::Postgres { url: self.shown.clone(), reason: e.to_string() }
@@ -117,8 +162,24 @@ impl PgStore {
         }
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, ConversationError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, ConversationError> {
         self.pool.get().await.map_err(|e| self.unavailable(e))
+    }
+
+    /// Waits until no other server is in a turn on conversation `id`, and holds the turn.
+    pub(super) async fn lock_turn(&self, id: &str) -> Result<PgTurn, ConversationError> {
+        let permit = Arc::clone(&self.turn_connections).acquire_owned().await.map_err(|e| self.unavailable(e))?;
+        let (client, connection) = tokio::time::timeout(CONNECT_WAIT, self.config.connect(NoTls))
+            .await
+            .map_err(|_| self.unavailable("no connection within 3 s"))?
+            .map_err(|e| self.unavailable(e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("a turn lock's connection ended: {e}");
+            }
+        });
+        client.execute("SELECT pg_advisory_lock($1)", &[&turn_key(id)]).await.map_err(|e| self.error(e))?;
+        Ok(PgTurn { _client: client, _permit: permit })
     }
 
     async fn migrate(&self) -> Result<(), ConversationError> {
@@ -282,6 +343,14 @@ impl PgStore {
         let rows = client.query("SELECT name, requests, limited, prompt_tokens, completion_tokens, cost FROM key_usage", &[]).await.map_err(|e| self.error(e))?;
         Ok(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))).collect())
     }
+}
+
+/// The advisory lock key of conversation `id`'s turns (64 bits of a SHA-256, so ids can't
+/// meet the migration lock's key but by chance).
+fn turn_key(id: &str) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("hearth turn\u{0}{id}").as_bytes());
+    i64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
 async fn read_history(client: &impl deadpool_postgres::GenericClient, id: &str) -> Result<Vec<StoredMessage>, tokio_postgres::Error> {

@@ -169,20 +169,20 @@ async fn append_drops_the_oldest_past_the_limit() {
 async fn turns_serialize_per_conversation() {
     let dir = TempDir::new("turn");
     let store = ConversationStore::open(&dir.0).expect("open");
-    let first = store.turn("a").await;
+    let first = store.turn("a").await.expect("turn");
 
     // A second turn on "a" must wait; one on "b" must not.
     let waiting = tokio::time::timeout(Duration::from_millis(50), store.turn("a")).await;
     assert!(waiting.is_err(), "turn(\"a\") was granted while another was held");
     let other = tokio::time::timeout(Duration::from_secs(5), store.turn("b")).await;
-    let other = other.expect("turn(\"b\") must not wait for \"a\"");
+    let other = other.expect("turn(\"b\") must not wait for \"a\"").expect("turn");
 
     let first_done = Arc::new(AtomicBool::new(false));
     let second = tokio::spawn({
         let store = store.clone();
         let first_done = Arc::clone(&first_done);
         async move {
-            let _turn = store.turn("a").await;
+            let _turn = store.turn("a").await.expect("turn");
             let saw_flag = first_done.load(Ordering::SeqCst);
             let history = store.history("a").await.expect("history");
             store.append("a", "m", msgs(&[("user", "second")])).await.expect("append");
@@ -208,15 +208,15 @@ async fn turn_map_is_pruned_after_guards_drop() {
     let store = ConversationStore::open(&dir.0).expect("open");
     let map_len = || store.inner.turns.lock().expect("turn map").len();
 
-    let a = store.turn("a").await;
-    let b = store.turn("b").await;
+    let a = store.turn("a").await.expect("turn");
+    let b = store.turn("b").await.expect("turn");
     assert_eq!(map_len(), 2);
 
     // A waiter keeps the entry alive after the holder leaves, then takes it over.
     let waiter = tokio::spawn({
         let store = store.clone();
         async move {
-            let _turn = store.turn("a").await;
+            let _turn = store.turn("a").await.expect("turn");
         }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -228,7 +228,7 @@ async fn turn_map_is_pruned_after_guards_drop() {
     // A waiter cancelled after the lock was handed to it leaves an entry nobody refers to;
     // the next turn sweeps it.
     store.inner.turns.lock().expect("turn map").insert("stale".to_owned(), Arc::default());
-    let _d = store.turn("d").await;
+    let _d = store.turn("d").await.expect("turn");
     let keys: Vec<String> = store.inner.turns.lock().expect("turn map").keys().cloned().collect();
     assert_eq!(keys, ["d"]);
 }

@@ -6,7 +6,9 @@
 //!
 //! The `Router` is a cheap-to-share handle: its table (providers, routes, settings) is swapped
 //! whole on a config reload, so a request keeps the table it started with; breakers, counts
-//! and feedback live beside the table, keyed by name, and survive a reload.
+//! and feedback live beside the table, keyed by name, and survive a reload. Which target
+//! served each answer, and the feedback on it, also go to the server's database (its
+//! `ledger`), so feedback may reach any server sharing it and counts everyone's.
 //!
 //! Must not: start generations (the service does, per attempt) or know a wire format.
 
@@ -25,6 +27,7 @@ use serde_json::{json, Value};
 use self::breaker::{Breaker, BreakerSettings};
 use self::stats::{Served, Stats};
 use crate::backend::remote::{Provider, RemoteModel};
+use crate::conversations::{ConversationError, ConversationStore};
 use crate::spec::options::OptionPatch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +198,21 @@ pub struct Attribution {
     pub target_route: String,
 }
 
+impl Attribution {
+    /// The (route, target) counts its feedback goes to: the split's variant, and the target
+    /// itself unless it is that variant.
+    pub fn rows(&self) -> Vec<(String, String)> {
+        let mut rows = Vec::new();
+        if let Some(v) = &self.variant {
+            rows.push((self.route.clone(), v.clone()));
+        }
+        if self.variant.is_none() || self.target_route != self.route {
+            rows.push((self.target_route.clone(), self.target.clone()));
+        }
+        rows
+    }
+}
+
 #[derive(Default)]
 struct State {
     breakers: HashMap<String, Breaker>,
@@ -210,11 +228,21 @@ struct State {
 pub struct Router {
     table: Arc<RwLock<Arc<Table>>>,
     state: Arc<Mutex<State>>,
+    /// Where answers' attributions and feedback are kept for every server sharing the
+    /// database (the server's conversation store); without it, only in memory.
+    ledger: Option<ConversationStore>,
 }
 
 impl Router {
     pub fn new(table: Table) -> Router {
-        Router { table: Arc::new(RwLock::new(Arc::new(table))), state: Arc::default() }
+        Router { table: Arc::new(RwLock::new(Arc::new(table))), state: Arc::default(), ledger: None }
+    }
+
+    /// Keeps attributions and feedback in `store` too, so feedback may reach any server
+    /// sharing it and `view_shared` counts everyone's.
+    pub fn with_ledger(mut self, store: ConversationStore) -> Router {
+        self.ledger = Some(store);
+        self
     }
 
     pub fn table(&self) -> Arc<Table> {
@@ -285,8 +313,17 @@ impl Router {
         state.health.insert(provider.to_string(), (up, now, result.err()));
     }
 
-    /// Remembers which target served `request_id`, for `/api/feedback`.
+    /// Remembers which target served `request_id`, for `/api/feedback` (in the ledger too, in
+    /// the background).
     pub fn remember(&self, request_id: &str, served: Attribution) {
+        if let (Some(ledger), Ok(rt)) = (&self.ledger, tokio::runtime::Handle::try_current()) {
+            let (ledger, id, a) = (ledger.clone(), request_id.to_string(), served.clone());
+            rt.spawn(async move {
+                if let Err(e) = ledger.remember_served(&id, &a).await {
+                    tracing::warn!(request_id = %id, "could not record which target answered, for feedback: {e}");
+                }
+            });
+        }
         let mut state = self.state();
         if state.served.insert(request_id.to_string(), served).is_none() {
             state.order.push_back(request_id.to_string());
@@ -298,17 +335,50 @@ impl Router {
         }
     }
 
-    /// Attaches an outcome to the variant and target that served `request_id`.
-    pub fn feedback(&self, request_id: &str, score: Option<f64>, label: Option<&str>) -> Option<Attribution> {
+    /// Attaches an outcome to the variant and target that served `request_id`: found in this
+    /// server's memory, else in the ledger (another server may have served it). `None` when
+    /// nobody knows the id.
+    pub async fn feedback(&self, request_id: &str, score: Option<f64>, label: Option<&str>) -> Result<Option<Attribution>, ConversationError> {
+        let known = self.state().served.get(request_id).cloned();
+        let a = match (known, &self.ledger) {
+            (Some(a), _) => a,
+            (None, Some(ledger)) => match ledger.served(request_id).await? {
+                Some(a) => a,
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        if let Some(ledger) = &self.ledger {
+            ledger.add_feedback(request_id, a.rows(), score, label.map(str::to_string)).await?;
+        }
         let mut state = self.state();
-        let a = state.served.get(request_id)?.clone();
-        if let Some(v) = &a.variant {
-            state.stats.entry((a.route.clone(), v.clone())).or_default().feedback(score, label);
+        for row in a.rows() {
+            state.stats.entry(row).or_default().feedback(score, label);
         }
-        if a.variant.is_none() || a.target_route != a.route {
-            state.stats.entry((a.target_route.clone(), a.target.clone())).or_default().feedback(score, label);
+        Ok(Some(a))
+    }
+
+    /// [`Router::view`] with each target's feedback as the ledger counts it over every server;
+    /// this server's own counts, and the ledger's error, when it can't be read.
+    pub async fn view_shared(&self) -> Value {
+        let mut view = self.view();
+        let Some(ledger) = &self.ledger else { return view };
+        match ledger.feedback_totals().await {
+            Ok(totals) => {
+                for route in view["routes"].as_array_mut().into_iter().flatten() {
+                    let name = route["name"].as_str().unwrap_or_default().to_string();
+                    for t in route["targets"].as_array_mut().into_iter().flatten() {
+                        let target = t["name"].as_str().unwrap_or_default().to_string();
+                        let total = totals.get(&(name.clone(), target)).cloned().unwrap_or_default();
+                        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                        let labels = total.labels.iter().map(|(l, c)| (l.clone(), n(*c))).collect();
+                        t["feedback"] = stats::feedback_view(n(total.count), n(total.scored), total.score_sum, &labels);
+                    }
+                }
+            }
+            Err(e) => view["feedback_error"] = json!(e.to_string()),
         }
-        Some(a)
+        view
     }
 
     /// `GET /api/routes`: each route's targets with weights, breaker states and counts, and

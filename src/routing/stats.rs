@@ -87,14 +87,20 @@ impl Stats {
             "ttft_ms": percentiles(&self.ttft),
             "tokens": { "input": self.input_tokens, "output": self.output_tokens },
             "cost": self.cost,
-            "feedback": {
-                "count": self.feedback_count,
-                "scored": self.scored,
-                "mean_score": (self.scored > 0).then(|| self.feedback_sum / self.scored as f64),
-                "labels": self.labels,
-            },
+            "feedback": feedback_view(self.feedback_count, self.scored, self.feedback_sum, &self.labels),
         })
     }
+}
+
+/// A target's feedback as `/api/routes` shows it: how much, how much had a score, the mean
+/// score, and each label's count.
+pub fn feedback_view(count: u64, scored: u64, score_sum: f64, labels: &BTreeMap<String, u64>) -> Value {
+    json!({
+        "count": count,
+        "scored": scored,
+        "mean_score": (scored > 0).then(|| score_sum / scored as f64),
+        "labels": labels,
+    })
 }
 
 /// p50, p95 and p99 of the window (nearest rank), and how many samples they come from.

@@ -54,8 +54,8 @@ fn zero_weight_variants_get_nothing() {
     }
 }
 
-#[test]
-fn breakers_counts_and_feedback_are_kept_by_name() {
+#[tokio::test]
+async fn breakers_counts_and_feedback_are_kept_by_name() {
     let router = Router::new(Table { breaker: BreakerSettings { failures: 2, cooldown: Duration::from_secs(60) }, ..Table::default() });
     let fail = Outcome::Failed { kind: "upstream", moved_on: true };
     router.report("chat", "lan/x", Some("lan/x"), fail);
@@ -65,8 +65,8 @@ fn breakers_counts_and_feedback_are_kept_by_name() {
     router.report("chat", "lan/x", Some("lan/x"), Outcome::Skipped);
     router.report("chat", "x", Some("x"), Outcome::Served(Served { input_tokens: 3, output_tokens: 4, ..Default::default() }));
     router.remember("req-1", Attribution { route: "chat".into(), variant: None, target: "x".into(), target_route: "chat".into() });
-    assert!(router.feedback("req-1", Some(1.0), None).is_some());
-    assert!(router.feedback("nope", Some(1.0), None).is_none());
+    assert!(router.feedback("req-1", Some(1.0), None).await.expect("feedback").is_some());
+    assert!(router.feedback("nope", Some(1.0), None).await.expect("feedback").is_none());
     let state = router.state();
     let lan = &state.stats[&("chat".to_string(), "lan/x".to_string())];
     assert_eq!((lan.requests, lan.errors, lan.fallbacks, lan.skipped), (2, 2, 2, 1));
@@ -90,4 +90,33 @@ fn a_failed_health_check_opens_the_providers_breakers_only() {
     assert!(router.allow("wan/y"), "another provider's is not");
     router.provider_health("lan", Ok(()));
     assert!(!router.allow("lan/x"), "a good check doesn't close it: a probe does, after the cooldown");
+}
+
+#[tokio::test]
+async fn feedback_reaches_any_router_sharing_the_ledger_and_counts_everyones() {
+    let dir = std::env::temp_dir().join(format!("hearth-ledger-{}", uuid::Uuid::new_v4()));
+    let store = ConversationStore::open(&dir).expect("open");
+    let route = RouteSpec { name: "ab".into(), strategy: Strategy::Split, targets: vec![target("a", 1), target("b", 1)] };
+    let table = || Table { routes: BTreeMap::from([("ab".to_string(), Arc::new(route.clone()))]), ..Table::default() };
+    // Two servers: one answered, the other gets the feedback.
+    let (served, other) = (Router::new(table()).with_ledger(store.clone()), Router::new(table()).with_ledger(store.clone()));
+    let a = Attribution { route: "ab".into(), variant: Some("a".into()), target: "a".into(), target_route: "ab".into() };
+    served.remember("req-1", a.clone());
+    // The ledger is written in the background.
+    for _ in 0..500 {
+        if store.served("req-1").await.expect("served").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(other.feedback("req-1", Some(1.0), Some("good")).await.expect("feedback"), Some(a));
+    assert_eq!(served.feedback("req-1", Some(0.0), None).await.expect("feedback").map(|a| a.target), Some("a".to_string()));
+    assert_eq!(other.feedback("req-2", Some(1.0), None).await.expect("feedback"), None);
+    for r in [&served, &other] {
+        let view = r.view_shared().await;
+        let targets = &view["routes"][0]["targets"];
+        assert_eq!(targets[0]["feedback"], serde_json::json!({"count": 2, "scored": 2, "mean_score": 0.5, "labels": {"good": 1}}), "{view}");
+        assert_eq!(targets[1]["feedback"]["count"], 0, "{view}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

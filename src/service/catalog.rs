@@ -2,7 +2,8 @@
 //! run time through `/llm/configure`), and prompt templates (built in, plus the config file's).
 //!
 //! A `Catalog` is immutable; a reload or a new profile builds a new one and swaps it in, so a
-//! request keeps the catalog it started with.
+//! request keeps the catalog it started with. Profiles live in `profiles.json` in the data
+//! directory, or as rows of the shared database (`profile_json`) when it is PostgreSQL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -150,35 +151,47 @@ pub fn load_profiles(path: &Path) -> Result<BTreeMap<String, Persona>, String> {
     let stored: Vec<StoredProfile> = serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))?;
     stored
         .into_iter()
-        .map(|p| {
-            let options = OptionPatch::from_map(&p.options).map_err(|e| format!("{}: profile {}: {e}", path.display(), p.name))?;
-            let persona = Persona {
-                name: p.name.clone(),
-                model: p.model,
-                system: p.system,
-                options: with_stop(options, p.stop),
-                examples: Vec::new(),
-                adapter: None,
-                description: p.description,
-            };
-            Ok((p.name, persona))
-        })
+        .map(|p| from_stored(p).map(|p| (p.name.clone(), p)).map_err(|e| format!("{}: {e}", path.display())))
         .collect()
+}
+
+fn from_stored(p: StoredProfile) -> Result<Persona, String> {
+    let options = OptionPatch::from_map(&p.options).map_err(|e| format!("profile {}: {e}", p.name))?;
+    Ok(Persona {
+        name: p.name,
+        model: p.model,
+        system: p.system,
+        options: with_stop(options, p.stop),
+        examples: Vec::new(),
+        adapter: None,
+        description: p.description,
+    })
+}
+
+fn to_stored(p: &Persona) -> StoredProfile {
+    StoredProfile {
+        name: p.name.clone(),
+        model: p.model.clone(),
+        system: p.system.clone(),
+        options: options_map(&p.options),
+        stop: Vec::new(),
+        description: p.description.clone(),
+    }
+}
+
+/// A profile as one JSON object, the shape a database row keeps (the file's list items).
+pub fn profile_json(p: &Persona) -> String {
+    serde_json::to_string(&to_stored(p)).unwrap_or_default()
+}
+
+/// A profile back from [`profile_json`]'s text.
+pub fn profile_from_json(text: &str) -> Result<Persona, String> {
+    from_stored(serde_json::from_str(text).map_err(|e| format!("a stored profile is damaged: {e}"))?)
 }
 
 /// Writes the profiles atomically (a temporary file renamed over the old one).
 pub fn save_profiles(path: &Path, profiles: &BTreeMap<String, Persona>) -> Result<(), String> {
-    let stored: Vec<StoredProfile> = profiles
-        .values()
-        .map(|p| StoredProfile {
-            name: p.name.clone(),
-            model: p.model.clone(),
-            system: p.system.clone(),
-            options: options_map(&p.options),
-            stop: Vec::new(),
-            description: p.description.clone(),
-        })
-        .collect();
+    let stored: Vec<StoredProfile> = profiles.values().map(to_stored).collect();
     let text = serde_json::to_string_pretty(&stored).map_err(|e| e.to_string())?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

@@ -225,12 +225,23 @@ pub struct Service {
     settings: Arc<RwLock<ServiceSettings>>,
     /// Generations running now, bounded by `max_concurrent_requests`.
     running: Arc<std::sync::atomic::AtomicUsize>,
-    /// Where `/llm/configure` keeps profiles; `None` keeps them in memory only.
-    profiles_file: Option<std::path::PathBuf>,
+    /// Where `/llm/configure` keeps profiles.
+    profiles_home: ProfileHome,
     /// One profile write at a time.
     profiles_lock: Arc<tokio::sync::Mutex<()>>,
     /// Providers and routes.
     pub router: crate::routing::Router,
+}
+
+/// Where `/llm/configure`'s profiles are kept.
+#[derive(Clone)]
+enum ProfileHome {
+    /// Nowhere but memory (`hearth run`, tests).
+    Memory,
+    /// `profiles.json` in the data directory.
+    File(std::path::PathBuf),
+    /// The shared database (PostgreSQL), where every server sees them.
+    Database(ConversationStore),
 }
 
 /// Request limits and logging choices of the service layer.
@@ -270,7 +281,7 @@ impl Service {
             catalog: Arc::new(RwLock::new(Arc::new(catalog))),
             settings: Arc::new(RwLock::new(settings)),
             running: Arc::default(),
-            profiles_file: None,
+            profiles_home: ProfileHome::Memory,
             profiles_lock: Arc::default(),
             router: crate::routing::Router::default(),
         }
@@ -288,16 +299,49 @@ impl Service {
         let mut c = (*self.catalog()).clone();
         c.profiles = profiles;
         self.set_catalog(c);
-        self.profiles_file = Some(path);
+        self.profiles_home = ProfileHome::File(path);
         Ok(self)
+    }
+
+    /// Keeps profiles in the shared database (PostgreSQL), loaded now; `refresh_profiles`
+    /// picks up what other servers store.
+    pub async fn with_shared_profiles(mut self, store: ConversationStore) -> Result<Service, String> {
+        self.profiles_home = ProfileHome::Database(store);
+        self.refresh_profiles().await.map_err(|e| e.to_string())?;
+        Ok(self)
+    }
+
+    /// Reads the shared database's profiles and swaps them in if they changed; `false` when
+    /// nothing changed or profiles are not shared.
+    pub async fn refresh_profiles(&self) -> Result<bool, ServiceError> {
+        let ProfileHome::Database(store) = &self.profiles_home else { return Ok(false) };
+        let _one_writer = self.profiles_lock.lock().await;
+        let texts = store.profiles().await?.unwrap_or_default();
+        let profiles = texts
+            .iter()
+            .map(|t| catalog::profile_from_json(t).map(|p| (p.name.clone(), p)))
+            .collect::<Result<std::collections::BTreeMap<_, _>, _>>()
+            .map_err(ServiceError::Internal)?;
+        if self.catalog().profiles == profiles {
+            return Ok(false);
+        }
+        let mut c = (*self.catalog()).clone();
+        c.profiles = profiles;
+        self.set_catalog(c);
+        Ok(true)
     }
 
     /// Stores (or replaces) a profile and makes it usable at once.
     pub async fn store_profile(&self, profile: catalog::Persona) -> Result<(), ServiceError> {
+        if let ProfileHome::Database(store) = &self.profiles_home {
+            store.put_profile(&profile.name, &catalog::profile_json(&profile)).await?;
+            self.refresh_profiles().await?;
+            return Ok(());
+        }
         let _one_writer = self.profiles_lock.lock().await;
         let mut c = (*self.catalog()).clone();
         c.profiles.insert(profile.name.clone(), profile);
-        if let Some(path) = self.profiles_file.clone() {
+        if let ProfileHome::File(path) = self.profiles_home.clone() {
             let profiles = c.profiles.clone();
             tokio::task::spawn_blocking(move || catalog::save_profiles(&path, &profiles))
                 .await
@@ -425,7 +469,7 @@ impl Service {
             Some(id) => {
                 let store = self.conversations.as_ref().ok_or_else(|| ServiceError::Invalid("conversations are not available here".into()))?;
                 crate::conversations::validate_id(id)?;
-                let guard = store.turn(id).await;
+                let guard = store.turn(id).await?;
                 let history = store.history(id).await?;
                 Some((id.clone(), guard, history))
             }

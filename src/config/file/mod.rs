@@ -462,7 +462,11 @@ fn parse_with_base(text: &str, origin: &str, base: Option<&Path>, env: Env<'_>) 
         max_bytes: Some(raw_pull.max_bytes.unwrap_or(DEFAULT_PULL_MAX_BYTES)),
     };
 
-    let routing = routing::routing(raw.providers, raw.routes, raw.routing, &personas, base, &at)?;
+    let mut routing = routing::routing(raw.providers, raw.routes, raw.routing, &personas, base, &at)?;
+    // Fronts sharing the cache's Redis share their fleets' prefix owners there too.
+    for fleet in routing.providers.iter_mut().filter_map(|p| p.fleet.as_mut()) {
+        fleet.owners_redis = cache.redis_url.clone();
+    }
     let database_url = match env("DATABASE_URL").filter(|v| !v.trim().is_empty()) {
         Some(v) => Some(scalar::parse_database_url(&v).map_err(|message| ConfigError::Env { var: "DATABASE_URL".into(), message })?),
         None => raw.database.and_then(|d| d.url),

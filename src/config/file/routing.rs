@@ -204,7 +204,7 @@ fn provider(name: String, raw: RawProvider, at: At<'_>) -> Result<ProviderSpec, 
                 RawPolicy::RoundRobin => FleetPolicy::RoundRobin,
                 RawPolicy::LeastLoaded => FleetPolicy::LeastLoaded,
             };
-            let spec = FleetSpec { nodes: nodes.clone(), policy, balance_threshold: raw.balance_threshold.unwrap_or(4), breaker: BreakerSettings::default() };
+            let spec = FleetSpec { nodes: nodes.clone(), policy, balance_threshold: raw.balance_threshold.unwrap_or(4), breaker: BreakerSettings::default(), owners_redis: None };
             (nodes.join(", "), Some(spec))
         }
         (true, Some(_), _) => return Err(here("url", "a fleet (kind: hearth) lists its nodes' URLs under nodes, not url".into())),

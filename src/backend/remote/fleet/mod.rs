@@ -16,11 +16,11 @@
 //! name that resolves to several addresses is one node per address, looked up at each check,
 //! so a node that joins takes traffic from the next check on.
 //!
+//! Which node served each prefix is kept by `owners`: in this front's memory, and in Redis
+//! when `cache.redis_url` is set, so fronts side by side send a conversation to one node.
+//!
 //! Must not: retry a request whose answer has started, or keep a prefix's text (only hashes).
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -30,9 +30,11 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use self::owners::PrefixOwners;
+use self::owners::prefix_keys;
 use super::{describe, Provider, ProviderKind, ProviderSpec};
 use crate::backend::breaker::{Breaker, BreakerSettings};
-use crate::backend::{EmbedJob, Embedded, EngineError, Event, GenerateJob, ModelInstance, PromptSpec, Submitted};
+use crate::backend::{EmbedJob, Embedded, EngineError, Event, GenerateJob, ModelInstance, Submitted};
 
 /// How a fleet picks a node for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,77 +65,12 @@ pub struct FleetSpec {
     pub balance_threshold: usize,
     /// The nodes' breakers.
     pub breaker: BreakerSettings,
+    /// The Redis (`cache.redis_url`) where fronts share which node served each prefix.
+    pub owners_redis: Option<String>,
 }
 
-/// Prefix hashes remembered (about 16 bytes of map each, plus the node's URL shared).
-const OWNERS_KEPT: usize = 200_000;
-/// A generate prompt is compared in pieces of this many bytes.
-const PIECE: usize = 1024;
 /// How long one node's check may take.
 const CHECK_WAIT: Duration = Duration::from_secs(5);
-
-/// Which node served each prefix last, oldest forgotten first.
-#[derive(Default)]
-struct Owners {
-    map: HashMap<u64, (Arc<str>, u64)>,
-    order: VecDeque<(u64, u64)>,
-    stamp: u64,
-}
-
-impl Owners {
-    /// The node that served the longest of `keys` (each key a longer prefix than the last).
-    fn owner(&self, keys: &[u64]) -> Option<Arc<str>> {
-        keys.iter().rev().find_map(|k| self.map.get(k).map(|(url, _)| Arc::clone(url)))
-    }
-
-    fn record(&mut self, keys: &[u64], url: &str) {
-        let url: Arc<str> = Arc::from(url);
-        for &k in keys {
-            self.stamp += 1;
-            self.map.insert(k, (Arc::clone(&url), self.stamp));
-            self.order.push_back((k, self.stamp));
-        }
-        while self.map.len() > OWNERS_KEPT {
-            let Some((k, stamp)) = self.order.pop_front() else { break };
-            // Only the key's latest record counts: an older one in the queue is stale.
-            if self.map.get(&k).is_some_and(|(_, s)| *s == stamp) {
-                self.map.remove(&k);
-            }
-        }
-        // Stale records left in the queue are dropped once it is twice the map.
-        if self.order.len() > 2 * OWNERS_KEPT.max(self.map.len()) {
-            let map = &self.map;
-            self.order.retain(|(k, stamp)| map.get(k).is_some_and(|(_, s)| s == stamp));
-        }
-    }
-}
-
-/// Running hashes of a prompt's prefixes, shortest first: one per chat message, or per 1 KiB
-/// of a generate prompt. Two requests share a key exactly when they share that prefix (and
-/// the model, tools and system prompt).
-pub(super) fn prefix_keys(model: &str, prompt: &PromptSpec) -> Vec<u64> {
-    let mut h = DefaultHasher::new();
-    model.hash(&mut h);
-    let mut keys = Vec::new();
-    match prompt {
-        PromptSpec::Chat { messages, tools } => {
-            serde_json::to_string(tools).unwrap_or_default().hash(&mut h);
-            for m in messages {
-                m.role.hash(&mut h);
-                m.content.hash(&mut h);
-                keys.push(h.finish());
-            }
-        }
-        PromptSpec::Generate { prompt, system, template, raw, .. } => {
-            (system, template, raw).hash(&mut h);
-            for piece in prompt.as_bytes().chunks(PIECE) {
-                piece.hash(&mut h);
-                keys.push(h.finish());
-            }
-        }
-    }
-    keys
-}
 
 /// A node as the policy sees it.
 #[derive(Debug, Clone, Copy)]
@@ -279,7 +216,7 @@ pub(super) struct Fleet {
     template: ProviderSpec,
     key: Option<String>,
     nodes: RwLock<Vec<Arc<Node>>>,
-    owners: Mutex<Owners>,
+    owners: PrefixOwners,
     turn: AtomicUsize,
 }
 
@@ -288,7 +225,8 @@ impl Fleet {
         let mut template = spec.clone();
         template.kind = ProviderKind::Ollama;
         template.fleet = None;
-        let f = Fleet { name: spec.name.clone(), spec: fleet, template, key, nodes: RwLock::default(), owners: Mutex::default(), turn: AtomicUsize::new(0) };
+        let owners = PrefixOwners::new(&spec.name, fleet.owners_redis.as_deref())?;
+        let f = Fleet { name: spec.name.clone(), spec: fleet, template, key, nodes: RwLock::default(), owners, turn: AtomicUsize::new(0) };
         let nodes = f.spec.nodes.iter().map(|u| f.node(u)).collect::<Result<Vec<_>, _>>()?;
         *f.nodes.write().unwrap_or_else(PoisonError::into_inner) = nodes;
         Ok(f)
@@ -307,14 +245,14 @@ impl Fleet {
     }
 
     /// The nodes to try for a request with these prefix keys, in order.
-    fn plan(&self, keys: &[u64]) -> Vec<Arc<Node>> {
+    async fn plan(&self, keys: &[u64]) -> Vec<Arc<Node>> {
+        let owner = match self.spec.policy {
+            FleetPolicy::CacheAware => self.owners.owner(keys).await,
+            _ => None,
+        };
         let nodes = self.nodes();
         let now = Instant::now();
         let standing: Vec<Standing> = nodes.iter().map(|n| n.standing(now, &self.spec.breaker)).collect();
-        let owner = match self.spec.policy {
-            FleetPolicy::CacheAware => self.owners.lock().unwrap_or_else(PoisonError::into_inner).owner(keys),
-            _ => None,
-        };
         let owner = owner.and_then(|url| nodes.iter().position(|n| *n.url == *url));
         let turn = self.turn.fetch_add(1, Ordering::AcqRel);
         order(self.spec.policy, &standing, owner, turn, self.spec.balance_threshold).into_iter().map(|i| Arc::clone(&nodes[i])).collect()
@@ -339,7 +277,7 @@ impl Fleet {
         Fut: std::future::Future<Output = Result<T, EngineError>>,
     {
         let mut last = None;
-        for node in self.plan(keys) {
+        for node in self.plan(keys).await {
             if !self.allow(&node) {
                 continue;
             }
@@ -366,7 +304,7 @@ impl Fleet {
         let keys = prefix_keys(&model, &job.prompt);
         let (node, running, mut submitted) = self.first_taker(&keys, &model, |m| m.generate(job.clone())).await?;
         if self.spec.policy == FleetPolicy::CacheAware {
-            self.owners.lock().unwrap_or_else(PoisonError::into_inner).record(&keys, &node.url);
+            self.owners.record(&keys, &node.url);
         }
         submitted.events = hold_until_done(submitted.events, (running, hold));
         submitted.answered_by = Some(format!("{}@{}/{model}", self.name, node.url));
@@ -462,6 +400,7 @@ impl Fleet {
         json!({
             "policy": self.spec.policy.as_str(),
             "balance_threshold": self.spec.balance_threshold,
+            "prefix_owners": if self.owners.is_shared() { "redis" } else { "local" },
             "nodes": self.nodes().iter().map(|n| n.view(now, &self.spec.breaker)).collect::<Vec<_>>(),
         })
     }
@@ -503,5 +442,6 @@ fn hold_until_done<T: Send + 'static>(mut events: UnboundedReceiver<Event>, hold
     rx
 }
 
+mod owners;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,8 @@
 //! Unit tests of the fleet's pure parts: the policies' order, prefix keys, the owners' bound.
 
+use super::owners::{Owners, OWNERS_KEPT};
 use super::*;
+use crate::backend::PromptSpec;
 use crate::spec::template::TemplateMessage;
 
 fn standing(loads: &[(bool, usize)]) -> Vec<Standing> {
