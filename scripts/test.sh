@@ -15,6 +15,8 @@ command -v qemu-x86_64 >/dev/null || missing+=(qemu-user)
 # PostgreSQL for the shared conversation store's tests (they start their own server as the
 # postgres user, in a temporary directory, on a free loopback port).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+# A real headless browser for the web page's tests (tests/ui.rs), driven over DevTools.
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -16,7 +16,8 @@
 //!                `layer` (health, metrics, cache, templates, conversations, reload),
 //!                `routing` (routes' state, feedback), `seed` (the seeds' routes), `observe` (request ids, request logs and metrics),
 //!                `guard` (browser origins, CORS, loopback host names), `auth` (API keys,
-//!                scopes, rate limits), `listen` (the accept loop: header timeout, connection
+//!                scopes, rate limits), `ui` (the web page's files, built in),
+//!                `listen` (the accept loop: header timeout, connection
 //!                cap, graceful shutdown), `lifecycle` (reload, and ending streams at
 //!                shutdown), `error` (the one error -> status table).
 //! - `service`    the shared request path (`Service::start`, `Service::embed`): persona, prompt
@@ -109,7 +110,8 @@
 //!   host on a loopback bind, reaches a handler.
 //! - No model is loaded unless its estimate fits the RAM budget next to what is loaded or still
 //!   being freed.
-//! - Once keys are configured, no request but `/health` reaches a handler without a valid key
+//! - Once keys are configured, no request but `/health`, the page's static files (`/ui`) and a
+//!   browser's `GET /` (a redirect to them) reaches a handler without a valid key
 //!   holding the route's scope; no key is stored or logged, only its SHA-256.
 //! - No pull asked over the network connects to a loopback, private, link-local or reserved
 //!   address outside `pull.allow`.

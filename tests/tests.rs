@@ -21,6 +21,7 @@ mod kv_pool;
 mod hostile;
 mod scheduling;
 mod support;
+mod ui;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;

@@ -104,6 +104,8 @@ pub fn required_scope(method: &Method, path: &str) -> Need {
     use Scope::*;
     let scope = match path {
         "/health" => return Need::Nothing,
+        // The page's static files: no data in them; the page sends the key with its calls.
+        p if super::ui::is_ui_path(p) && (method == Method::GET || method == Method::HEAD) => return Need::Nothing,
         "/" | "/api/version" | "/api/usage" => return Need::AnyKey,
         "/api/generate" | "/api/chat" | "/v1/chat/completions" | "/v1/completions" | "/generate" | "/llm/generate" => Generate,
         "/api/templates" | "/api/templates/render" | "/api/personas" | "/api/conversations" => Generate,
@@ -163,7 +165,11 @@ pub async fn authorize(State(app): State<AppState>, mut req: Request, next: Next
     if app.keys.is_empty() {
         return next.run(req).await;
     }
-    let need = required_scope(req.method(), req.uri().path());
+    let need = match (req.method(), req.uri().path()) {
+        // A browser opening the server is sent to the page (which asks for the key).
+        (&Method::GET, "/") if super::ui::wants_html(req.headers()) => Need::Nothing,
+        (method, path) => required_scope(method, path),
+    };
     if need == Need::Nothing {
         return next.run(req).await;
     }

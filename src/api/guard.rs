@@ -5,7 +5,9 @@
 //! - A request with an `Origin` outside the allow list is refused (403) before any work. The
 //!   list is Ollama's defaults (loopback origins on any port and the app schemes local clients
 //!   use) plus `server.origins` / `HEARTH_ORIGINS`; `*` allows every origin. Clients that send
-//!   no `Origin` (curl, the SDKs, scripts) are not affected.
+//!   no `Origin` (curl, the SDKs, scripts) are not affected. The server's own page (`/ui`) is
+//!   same-origin: an `Origin` naming the request's own `Host` is allowed when that host is an
+//!   IP address or a loopback name (a DNS name could be rebound, so it goes in the list).
 //! - Allowed origins get CORS answers (tower-http's layer): preflights, and the headers that
 //!   let the page read the response. Never with credentials: hearth sets no cookies.
 //! - On a loopback bind, a `Host` that is not a loopback name or address is refused (403): that
@@ -127,7 +129,8 @@ pub async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = origin.to_str().is_ok_and(|o| guard.allows_origin(o));
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let allowed = origin.to_str().is_ok_and(|o| guard.allows_origin(o) || host.is_some_and(|h| same_origin(o, h)));
         if !allowed {
             return refuse(
                 req.uri().path(),
@@ -139,6 +142,20 @@ pub async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
         }
     }
     next.run(req).await
+}
+
+/// The page this server served itself (`/ui`) calling it: the origin is this very host and
+/// port, and the host is an IP address or a loopback name. A DNS name is left to the allow
+/// list: a page on a name rebound to this server's address would be "same-origin" too.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let origin = origin.to_ascii_lowercase();
+    let host = host.trim().to_ascii_lowercase();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host.as_str(), |(n, _)| n),
+    };
+    let literal = name.parse::<IpAddr>().is_ok() || is_loopback_host(&host);
+    literal && origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")).is_some_and(|o| o == host)
 }
 
 fn refuse(path: &str, message: String) -> Response {
@@ -240,5 +257,15 @@ mod tests {
             assert!(!g.allows_host(bad), "{bad}");
         }
         assert!(Guard::new(&[], false).allows_host("my-server.lan:11434"));
+    }
+
+    #[test]
+    fn the_servers_own_page_is_same_origin_only_on_an_address() {
+        assert!(same_origin("http://10.0.0.5:11434", "10.0.0.5:11434"));
+        assert!(same_origin("http://[fe80::1]:11434", "[fe80::1]:11434"));
+        assert!(same_origin("http://localhost:11434", "localhost:11434"));
+        assert!(!same_origin("http://10.0.0.5:11435", "10.0.0.5:11434"), "another port");
+        assert!(!same_origin("http://box.example:11434", "box.example:11434"), "a name could be rebound");
+        assert!(!same_origin("http://10.0.0.5:11434.evil", "10.0.0.5:11434"));
     }
 }

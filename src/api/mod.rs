@@ -22,6 +22,7 @@ pub mod seed;
 pub mod store;
 pub mod tokens;
 pub mod tools;
+pub mod ui;
 #[cfg(test)]
 mod tests;
 
@@ -120,7 +121,7 @@ pub fn router(state: AppState) -> Router {
     let guard = Arc::clone(&state.guard);
     let authorize = axum::middleware::from_fn_with_state(state.clone(), auth::authorize);
     Router::new()
-        .route("/", get(root).head(root))
+        .route("/", get(ui::root).head(ui::root))
         .route("/api/version", get(version).head(version))
         .route("/api/generate", post(generate))
         .route("/api/chat", post(chat))
@@ -139,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .merge(seed::routes())
         .merge(tokens::routes())
         .merge(anthropic::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -159,10 +161,6 @@ pub fn router(state: AppState) -> Router {
 /// Serves until `shutdown` resolves, then stops accepting and lets open responses finish.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, max_connections: usize, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     listen::serve(listener, router(state), max_connections, shutdown).await
-}
-
-async fn root() -> &'static str {
-    "Ollama is running"
 }
 
 async fn version() -> Json<serde_json::Value> {

@@ -16,6 +16,9 @@ pub struct FileServer {
     pub cut_after: Arc<AtomicU64>,
     /// When set, Range headers are ignored (a server without resume support).
     pub ignore_range: Arc<AtomicBool>,
+    /// Microseconds to wait after each 64 KiB sent (0: as fast as it goes), so a download
+    /// lasts long enough to report progress on its way.
+    pub pace_us: Arc<AtomicU64>,
 }
 
 impl FileServer {
@@ -25,16 +28,17 @@ impl FileServer {
         let sent = Arc::new(AtomicU64::new(0));
         let cut_after = Arc::new(AtomicU64::new(0));
         let ignore_range = Arc::new(AtomicBool::new(false));
-        let (s, c, i) = (sent.clone(), cut_after.clone(), ignore_range.clone());
+        let pace_us = Arc::new(AtomicU64::new(0));
+        let (s, c, i, p) = (sent.clone(), cut_after.clone(), ignore_range.clone(), pace_us.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
-                let (file, s, c, i) = (file.clone(), s.clone(), c.clone(), i.clone());
+                let (file, s, c, i, p) = (file.clone(), s.clone(), c.clone(), i.clone(), p.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &file, &s, &c, &i);
+                    let _ = serve(stream, &file, &s, &c, &i, &p);
                 });
             }
         });
-        FileServer { port, sent, cut_after, ignore_range }
+        FileServer { port, sent, cut_after, ignore_range, pace_us }
     }
 
     pub fn url(&self, name: &str) -> String {
@@ -42,7 +46,7 @@ impl FileServer {
     }
 }
 
-fn serve(mut stream: TcpStream, file: &PathBuf, sent: &AtomicU64, cut: &AtomicU64, ignore_range: &AtomicBool) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, file: &PathBuf, sent: &AtomicU64, cut: &AtomicU64, ignore_range: &AtomicBool, pace_us: &AtomicU64) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut start = 0u64;
     let mut first = String::new();
@@ -85,6 +89,10 @@ fn serve(mut stream: TcpStream, file: &PathBuf, sent: &AtomicU64, cut: &AtomicU6
     for chunk in body.chunks(64 * 1024) {
         stream.write_all(chunk)?;
         sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        let pace = pace_us.load(Ordering::SeqCst);
+        if pace > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(pace));
+        }
     }
     stream.flush()?;
     // Closing early (after a cut) ends the response short of its Content-Length.
