@@ -105,7 +105,7 @@ fn the_models_view_pulls_with_progress_loads_and_unloads_and_the_live_view_match
     std::fs::create_dir_all(&models).expect("models dir");
     std::os::unix::fs::symlink(model_path(SMOL), models.join(format!("{SMOL}.gguf"))).expect("link the model");
     let config = dir.join("hearth.yaml");
-    std::fs::write(&config, "pull:\n  allow: [127.0.0.1]\n").expect("config");
+    std::fs::write(&config, format!("pull:\n  allow: [127.0.0.1]\nroutes:\n  chat:\n    strategy: fallback\n    targets:\n      - model: {SMOL}\n")).expect("config");
     let s = Server::start_with_env(&["--models", models.to_str().expect("utf8"), "--config", config.to_str().expect("utf8")], &[("OLLAMA_MODELS", dir.join("no-ollama").to_str().expect("utf8"))]);
     let mut b = Browser::start();
     b.open(&format!("http://{}/ui#models", s.addr));
@@ -133,8 +133,9 @@ fn the_models_view_pulls_with_progress_loads_and_unloads_and_the_live_view_match
     b.screenshot(screenshots().as_deref(), "models");
     let answered = s.post("/api/generate", &json!({"model": SMOL, "prompt": "Hello.", "stream": false, "options": {"num_predict": 4, "temperature": 0}}));
     assert_eq!(answered.status(), 200);
-    // The same request again: a cache hit.
+    // The same request again: a cache hit. And one through the route.
     assert_eq!(s.post("/api/generate", &json!({"model": SMOL, "prompt": "Hello.", "stream": false, "options": {"num_predict": 4, "temperature": 0}})).status(), 200);
+    assert_eq!(s.post("/api/generate", &json!({"model": "chat", "prompt": "Hi.", "stream": false, "options": {"num_predict": 4}})).status(), 200);
     b.eval("location.hash = 'live'; true");
     let ps: Value = s.get("/api/ps").json().expect("ps");
     let metrics: Value = s.get("/api/metrics").json().expect("metrics");
@@ -149,6 +150,16 @@ fn the_models_view_pulls_with_progress_loads_and_unloads_and_the_live_view_match
                  model: seg ? [seg.dataset.model, seg.dataset.bytes] : null, used: bar.dataset.used }; })()";
     b.wait_for("the live view to match /api/ps and /api/metrics", &format!("JSON.stringify({shown}) === {}", js(&expected.to_string())));
     assert_eq!(metrics["cache"]["hit"], 1, "{metrics}");
+    // The Prometheus text says the same.
+    let text = s.get("/metrics").text().expect("metrics");
+    assert!(text.lines().any(|l| l == "hearth_cache_requests_total{result=\"hit\"} 1"), "{text}");
+    // The route's row shows what /api/routes counts; the charts hold the server's buckets.
+    let routes: Value = s.get("/api/routes").json().expect("routes");
+    let served = routes["routes"][0]["targets"][0]["requests"].as_u64().expect("requests");
+    assert_eq!(served, 1);
+    b.wait_for("the route's row", &format!("document.querySelector('#route-table tr[data-route=chat] .requests')?.textContent === '{served}'"));
+    let named: u64 = metrics["requests"].as_array().expect("requests").iter().filter(|r| r["model"] != "none").filter_map(|r| r["count"].as_u64()).sum();
+    assert_eq!(metrics["recent"]["requests"].as_array().map(|r| r.iter().filter_map(Value::as_u64).sum::<u64>()), Some(named), "{metrics}");
     b.screenshot(screenshots().as_deref(), "live");
 
     // Unload and delete the pulled model from the models view.
@@ -162,7 +173,8 @@ fn the_models_view_pulls_with_progress_loads_and_unloads_and_the_live_view_match
     b.eval(&format!("{}.querySelector('button.delete').click(); true", row("pulled:latest")));
     b.wait_for("the pulled model gone", &format!("!{}", row("pulled:latest")));
     let tags: Value = s.get("/api/tags").json().expect("tags");
-    assert_eq!(tags["models"].as_array().map(Vec::len), Some(1), "{tags}");
+    let names: Vec<&str> = tags["models"].as_array().expect("models").iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names, [SMOL, "chat"]);
     assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
 }
 

@@ -69,6 +69,8 @@ struct Inner {
     /// Two concurrent scrapes each reset and refill the snapshot gauges; serialising them keeps
     /// each rendering consistent with its own snapshot.
     scrape: Mutex<()>,
+    /// The last ten minutes in buckets, for charts.
+    recent: Mutex<recent::Recent>,
 
     requests: IntCounterVec,
     request_duration: HistogramVec,
@@ -120,6 +122,13 @@ impl Metrics {
         let status = status.to_string();
         self.inner.requests.with_label_values(&[route, model_label(model), &status]).inc();
         self.inner.request_duration.with_label_values(&[route]).observe(latency.as_secs_f64());
+        if model_label(model) != NO_MODEL {
+            self.recent().request(self.inner.started.elapsed().as_secs());
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, recent::Recent> {
+        self.inner.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// One finished generation (streamed or not), with its token counts and timings.
@@ -128,6 +137,7 @@ impl Metrics {
         let label = [model_label(model)];
         inner.prompt_tokens.with_label_values(&label).inc_by(prompt_tokens);
         inner.generated_tokens.with_label_values(&label).inc_by(generated_tokens);
+        self.recent().tokens(inner.started.elapsed().as_secs(), generated_tokens);
         if let Some(ttft) = ttft {
             inner.ttft.with_label_values(&label).observe(ttft.as_secs_f64());
         }
@@ -293,6 +303,7 @@ impl Metrics {
             "version": crate::VERSION,
             "uptime_seconds": inner.started.elapsed().as_secs_f64(),
             "requests": requests,
+            "recent": self.recent().view(inner.started.elapsed().as_secs()),
             "latency": latency,
             "generation": generation,
             "cache": cache,
@@ -384,6 +395,7 @@ impl Inner {
             started: Instant::now(),
             pricing: RwLock::new(pricing),
             scrape: Mutex::new(()),
+            recent: Mutex::new(recent::Recent::default()),
         };
         let build_info = IntGaugeVec::new(Opts::new("hearth_build_info", "Always 1; the version is the label."), &["version"])?;
         build_info.with_label_values(&[crate::VERSION]).set(1);
@@ -482,5 +494,6 @@ fn percentiles(m: &Metric) -> Value {
     })
 }
 
+mod recent;
 #[cfg(test)]
 mod tests;

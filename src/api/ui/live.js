@@ -1,7 +1,8 @@
 // The live view: the RAM budget with each loaded model's share (from /api/ps), queue depth,
 // request and token rates and the cache hit rate (from /api/metrics, sampled every 2 s while
-// the page is open, the rates from the difference between samples), the last ten minutes of
-// them as charts, and, when routes exist, each route's targets with their traffic, latency,
+// the page is open, the rates from the difference between samples); charts of the last ten
+// minutes (requests and tokens from the server's own ten-second buckets, queue depth as this
+// page sampled it); and, when routes exist, each route's targets with their traffic, latency,
 // errors, breaker and feedback (from /api/routes).
 import { getJson, el, bytes } from "./app.js";
 
@@ -13,16 +14,19 @@ const COLORS = ["#c8552a", "#2a7fc8", "#3a9a5b", "#a34fc2", "#c89a2a", "#2ab0b0"
 /** Totals the rates are differences of: requests that named a model (not this page's own
  * polling, labelled "none"), generated tokens. */
 function totals(m) {
-  const requests = (m.requests || []).filter((r) => r.model && r.model !== "none" && r.model !== "unknown").reduce((n, r) => n + r.count, 0);
+  const requests = (m.requests || []).filter((r) => r.model && r.model !== "none").reduce((n, r) => n + r.count, 0);
   const tokens = Object.values(m.generation || {}).reduce((n, g) => n + (g.generated_tokens || 0), 0);
   return { requests, tokens };
 }
 
-function chart(id, values) {
+/** A line over `slots` places, the newest value at the right edge. */
+function chart(id, values, slots) {
   const svg = $(id);
   const max = Math.max(1, ...values);
-  const step = 300 / Math.max(1, KEEP - 1);
-  const offset = KEEP - values.length;
+  const step = 300 / Math.max(1, slots - 1);
+  // One value is a dot's worth of line.
+  if (values.length === 1) values = [values[0], values[0]];
+  const offset = slots - values.length;
   const points = values.map((v, i) => `${((offset + i) * step).toFixed(1)},${(78 - (v / max) * 74).toFixed(1)}`).join(" ");
   const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
   line.setAttribute("points", points);
@@ -30,8 +34,13 @@ function chart(id, values) {
   svg.dataset.max = String(max);
 }
 
+/** The server's ten-second buckets, the current (still filling) one last. */
+function buckets(recent, key) {
+  return recent?.[key] || [];
+}
+
 export function initLive() {
-  const history = { rate: [], tps: [], queue: [] };
+  const history = { queue: [] };
   let last = null;
 
   function push(name, v) {
@@ -97,14 +106,12 @@ export function initLive() {
         const tps = Math.max(0, (t.tokens - last.tokens) / dt);
         $("live-rate").textContent = rate.toFixed(2);
         $("live-tps").textContent = tps.toFixed(1);
-        push("rate", rate);
-        push("tps", tps);
       }
       push("queue", queue);
       last = { at: now, ...t };
-      chart("chart-rate", history.rate);
-      chart("chart-tps", history.tps);
-      chart("chart-queue", history.queue);
+      chart("chart-rate", buckets(metrics.recent, "requests"), 60);
+      chart("chart-tps", buckets(metrics.recent, "generated_tokens"), 60);
+      chart("chart-queue", history.queue, KEEP);
       $("live-error").hidden = true;
       routes(await getJson("/api/routes"));
     } catch (e) {

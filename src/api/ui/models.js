@@ -5,6 +5,11 @@ import { api, getJson, ndjson, el, bytes } from "./app.js";
 
 const $ = (id) => document.getElementById(id);
 
+/** A model of this server's store (not a provider's model or a route, listed beside them). */
+function isLocal(m) {
+  return m.origin !== "route" && m.origin !== "provider";
+}
+
 /** How often the table is read again while it is shown (loads and unloads finish later). */
 const PERIOD_MS = 2000;
 
@@ -25,7 +30,7 @@ export function initModels() {
       // A model's estimate changes only with its file: asked once per name and digest.
       const shows = await Promise.all((tags.models || []).map(async (m) => {
         const key = `${m.name}@${m.digest}`;
-        if (!m.details) return null;
+        if (!isLocal(m)) return null;
         if (!shown.has(key)) shown.set(key, await getJson("/api/show", { method: "POST", body: { model: m.name } }).catch(() => null));
         return shown.get(key);
       }));
@@ -41,7 +46,7 @@ export function initModels() {
     const estimate = show?.ram_estimate?.total;
     const until = running?.expires_at ? new Date(running.expires_at) : null;
     const loadedText = running ? (until && until.getFullYear() < 9000 ? `until ${until.toLocaleTimeString()}` : "loaded") : "";
-    const local = Boolean(m.details);
+    const local = isLocal(m);
     const actions = el("td", {});
     if (local) {
       actions.append(
