@@ -16,12 +16,14 @@
 
 pub mod auth;
 mod locate;
+mod personas;
 mod routing;
 pub(crate) mod scalar;
 #[cfg(test)]
 mod tests;
 
 use locate::{invalid_at, yaml_error};
+use personas::{persona, template_error, RawPersona, RawTemplate};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,11 +36,11 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::service::catalog::{with_stop, Persona};
+use crate::service::catalog::Persona;
 use crate::spec::options::OptionPatch;
 use crate::cache::CacheSettings;
 use crate::metrics::Pricing;
-use crate::prompts::{self, PromptError, PromptTemplate};
+use crate::prompts::{self, PromptTemplate};
 use crate::resources::keep_alive::KeepAlive;
 
 /// The environment variables without a flag of their own, read over the file, and what each
@@ -232,10 +234,10 @@ impl FileConfig {
     }
 
     /// A prompt template by exact name.
-    pub fn template(&self, name: &str) -> Result<&PromptTemplate, PromptError> {
+    pub fn template(&self, name: &str) -> Result<&PromptTemplate, prompts::PromptError> {
         self.templates
             .get(name)
-            .ok_or_else(|| PromptError::NotFound(name.to_string()))
+            .ok_or_else(|| prompts::PromptError::NotFound(name.to_string()))
     }
 }
 
@@ -339,52 +341,6 @@ impl<'de> Deserialize<'de> for Price {
             .map(Price)
             .ok_or_else(|| de::Error::custom("a price may not be null"))
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPersona {
-    #[serde(default, deserialize_with = "scalar::model_name")]
-    model: Option<String>,
-    system: Option<String>,
-    options: Option<serde_json::Map<String, Value>>,
-    stop: Option<Vec<String>>,
-    examples: Option<Vec<RawExample>>,
-    adapter: Option<PathBuf>,
-    description: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExample {
-    role: Role,
-    content: String,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTemplate {
-    template: String,
-    families: Option<BTreeMap<String, String>>,
-    description: Option<String>,
 }
 
 // ---- parsing ----
@@ -522,59 +478,6 @@ fn overlay_env(server: &mut ServerFile, cache: &mut CacheSettings, env: Env<'_>)
     Ok(())
 }
 
-fn persona(
-    key: &str,
-    raw: RawPersona,
-    default_model: Option<&str>,
-    base: Option<&Path>,
-    at: &dyn Fn(&[&str], String) -> ConfigError,
-) -> Result<Persona, ConfigError> {
-    let name = crate::store::normalize_name(key)
-        .map_err(|e| at(&["personas", key], format!("a persona name must be a valid model name: {e}")))?;
-    let model = raw.model.or_else(|| default_model.map(str::to_string)).ok_or_else(|| {
-        at(
-            &["personas", key],
-            "no model: set `model` here or `server.default_model`".to_string(),
-        )
-    })?;
-    if raw.system.as_deref().is_some_and(|s| s.trim().is_empty()) {
-        return Err(at(
-            &["personas", key, "system"],
-            "is empty; leave it out for no system prompt".to_string(),
-        ));
-    }
-    let options = option_patch(&raw.options.unwrap_or_default(), &["personas", key, "options"], at)?;
-    let stop = raw.stop.unwrap_or_default();
-    if stop.iter().any(String::is_empty) {
-        return Err(at(&["personas", key, "stop"], "a stop sequence may not be empty".to_string()));
-    }
-    let stop_check = serde_json::Map::from_iter([("stop".to_string(), Value::from(stop.clone()))]);
-    if let Err(e) = OptionPatch::from_map(&stop_check) {
-        return Err(at(&["personas", key, "stop"], e.reason));
-    }
-    let adapter = raw.adapter.map(|p| resolve(base, p));
-    // Only a file on disk has a directory to check against; `parse` touches no files.
-    if let (Some(adapter), Some(_)) = (&adapter, base) {
-        if !adapter.is_file() {
-            return Err(at(&["personas", key, "adapter"], format!("{} is not a file", adapter.display())));
-        }
-    }
-    Ok(Persona {
-        name,
-        model,
-        system: raw.system,
-        options: with_stop(options, stop),
-        examples: raw
-            .examples
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| (e.role.as_str().to_string(), e.content))
-            .collect(),
-        adapter,
-        description: raw.description,
-    })
-}
-
 /// Ollama's `options` object at `path`, as a patch; an error names its option.
 fn option_patch(options: &serde_json::Map<String, Value>, path: &[&str], at: &dyn Fn(&[&str], String) -> ConfigError) -> Result<OptionPatch, ConfigError> {
     let at_option = |option: &str, message: String| at(&[path, &[option]].concat(), message);
@@ -597,17 +500,6 @@ fn check_origins(origins: &[String]) -> Result<(), String> {
     match origins.iter().find(|o| o.trim() != "*" && !o.contains("://")) {
         Some(o) => Err(format!("origin {o:?} has no scheme: write it as a browser sends it, e.g. https://app.example or http://host:*")),
         None => Ok(()),
-    }
-}
-
-fn template_error(key: &str, e: PromptError, at: &dyn Fn(&[&str], String) -> ConfigError) -> ConfigError {
-    let message = e.to_string();
-    match &e {
-        PromptError::Syntax { family: Some(f), .. } | PromptError::FamilyVariables { family: f, .. } => {
-            at(&["templates", key, "families", f], message)
-        }
-        PromptError::Syntax { family: None, .. } => at(&["templates", key, "template"], message),
-        _ => at(&["templates", key], message),
     }
 }
 
