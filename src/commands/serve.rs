@@ -45,8 +45,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !file.routing.providers.is_empty() || !file.routing.routes.is_empty() {
         tracing::info!(providers = file.routing.providers.len(), routes = file.routing.routes.len(), "routing configured");
     }
+    // PostgreSQL, shared with other servers: profiles and keys' usage are kept there too.
     let shared = conversations.is_shared().then(|| conversations.clone());
-    let service_shares_profiles = shared.is_some();
     let service = Service::new(
         manager.clone(),
         cache,
@@ -57,7 +57,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .with_router(router.clone());
     // Profiles live in the shared database when there is one, else beside the conversations.
-    let service = match shared {
+    let service = match shared.clone() {
         Some(store) => service.with_shared_profiles(store).await.map_err(anyhow::Error::msg).context("profiles")?,
         None => service.with_profiles(profiles_path(&data_dir)).map_err(anyhow::Error::msg)?,
     };
@@ -75,9 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) if !file.keys.is_empty() => Some(Arc::new(crate::service::shared_limits::SharedLimits::new(url).map_err(anyhow::Error::msg)?)),
         _ => None,
     };
-    // With PostgreSQL, each key's usage is counted there too, for every server.
-    let ledger = service.conversations.clone().filter(ConversationStore::is_shared);
-    let keys = Arc::new(Keys::counted(&file.keys, shared_limits, ledger));
+    let keys = Arc::new(Keys::counted(&file.keys, shared_limits, shared.clone()));
     if keys.is_empty() && !local.ip().is_loopback() {
         tracing::warn!("--insecure-no-auth: {local} serves without API keys; anyone who can reach it may generate, read conversations, and pull or delete models");
     } else if !keys.is_empty() {
@@ -115,7 +113,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }));
     }
-    if service_shares_profiles {
+    if shared.is_some() {
         tokio::spawn(refresh_profiles(state.service.clone(), stop_rx.clone()));
     }
     {

@@ -8,6 +8,9 @@ import { initLive } from "./live.js";
 
 const KEY = "hearth-api-key";
 
+/** The page's element with this id. */
+export const $ = (id) => document.getElementById(id);
+
 /** An answer the API refused: its status and its own message. */
 export class ApiError extends Error {
   constructor(status, message) {
@@ -21,16 +24,16 @@ let asking = null;
 /** Asks for the API key once; concurrent callers share the one dialog. */
 function askKey(message) {
   if (asking) return asking;
-  const dialog = document.getElementById("key-dialog");
-  const input = document.getElementById("key-input");
-  document.getElementById("key-error").textContent = message || "";
+  const dialog = $("key-dialog");
+  const input = $("key-input");
+  $("key-error").textContent = message || "";
   input.value = "";
   asking = new Promise((resolve) => {
     dialog.addEventListener("close", () => {
       const key = input.value.trim();
       if (key) sessionStorage.setItem(KEY, key);
       asking = null;
-      document.getElementById("forget-key").hidden = !sessionStorage.getItem(KEY);
+      $("forget-key").hidden = !sessionStorage.getItem(KEY);
       resolve(Boolean(key));
     }, { once: true });
   });
@@ -123,7 +126,7 @@ const views = { chat: null, models: null, live: null };
 function show(name) {
   if (!(name in views)) name = "chat";
   for (const v of Object.keys(views)) {
-    document.getElementById(`view-${v}`).hidden = v !== name;
+    $(`view-${v}`).hidden = v !== name;
     const button = document.querySelector(`nav button[data-view="${v}"]`);
     if (v === name) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
@@ -139,15 +142,15 @@ async function start() {
     b.addEventListener("click", () => { location.hash = b.dataset.view; });
   }
   window.addEventListener("hashchange", () => show(location.hash.slice(1)));
-  const forget = document.getElementById("forget-key");
+  const forget = $("forget-key");
   forget.hidden = !sessionStorage.getItem(KEY);
   forget.addEventListener("click", () => { sessionStorage.removeItem(KEY); forget.hidden = true; });
   show(location.hash.slice(1) || "chat");
   try {
     const v = await getJson("/api/version");
-    document.getElementById("server").textContent = `hearth ${v.version}${v.cpu?.variant ? ` · CPU kernels: ${v.cpu.variant}` : ""}`;
+    $("server").textContent = `hearth ${v.version}${v.cpu?.variant ? ` · CPU kernels: ${v.cpu.variant}` : ""}`;
   } catch (e) {
-    document.getElementById("server").textContent = e.message;
+    $("server").textContent = e.message;
   }
 }
 

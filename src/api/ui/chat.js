@@ -2,12 +2,11 @@
 // markdown; a stop button that aborts the request (the server drops the generation when its
 // client leaves); server-side conversations (listed, resumed, deleted through
 // /api/conversations), the current one remembered by this tab across reloads.
-import { api, getJson, ndjson, el, ApiError } from "./app.js";
+import { $, api, getJson, ndjson, el, ApiError } from "./app.js";
 import { render } from "./markdown.js";
 
 const CURRENT = "hearth-conversation";
 const MODEL = "hearth-model";
-const $ = (id) => document.getElementById(id);
 
 function newId() {
   return `ui-${crypto.randomUUID()}`;

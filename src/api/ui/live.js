@@ -4,9 +4,8 @@
 // minutes (requests and tokens from the server's own ten-second buckets, queue depth as this
 // page sampled it); and, when routes exist, each route's targets with their traffic, latency,
 // errors, breaker and feedback (from /api/routes).
-import { getJson, el, bytes } from "./app.js";
+import { $, getJson, el, bytes } from "./app.js";
 
-const $ = (id) => document.getElementById(id);
 const PERIOD_MS = 2000;
 const KEEP = 300;
 const COLORS = ["#c8552a", "#2a7fc8", "#3a9a5b", "#a34fc2", "#c89a2a", "#2ab0b0"];
@@ -40,13 +39,9 @@ function buckets(recent, key) {
 }
 
 export function initLive() {
-  const history = { queue: [] };
+  // Queue depth as this page sampled it, oldest first.
+  const queues = [];
   let last = null;
-
-  function push(name, v) {
-    history[name].push(v);
-    if (history[name].length > KEEP) history[name].shift();
-  }
 
   function ram(ps) {
     const bar = $("ram-bar");
@@ -107,11 +102,12 @@ export function initLive() {
         $("live-rate").textContent = rate.toFixed(2);
         $("live-tps").textContent = tps.toFixed(1);
       }
-      push("queue", queue);
+      queues.push(queue);
+      if (queues.length > KEEP) queues.shift();
       last = { at: now, ...t };
       chart("chart-rate", buckets(metrics.recent, "requests"), 60);
       chart("chart-tps", buckets(metrics.recent, "generated_tokens"), 60);
-      chart("chart-queue", history.queue, KEEP);
+      chart("chart-queue", queues, KEEP);
       $("live-error").hidden = true;
       routes(await getJson("/api/routes"));
     } catch (e) {

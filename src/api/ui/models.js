@@ -1,9 +1,8 @@
 // The models view: the store (size, quantization, parameters, the RAM estimate hearth would
 // reserve to load it), which are loaded and until when, and load, unload, delete and pull
 // (with its progress) through Ollama's own routes.
-import { api, getJson, ndjson, el, bytes } from "./app.js";
+import { $, api, getJson, ndjson, el, bytes } from "./app.js";
 
-const $ = (id) => document.getElementById(id);
 
 /** A model of this server's store (not a provider's model or a route, listed beside them). */
 function isLocal(m) {
