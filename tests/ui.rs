@@ -2,7 +2,8 @@
 //! a real server and SmolLM2: it loads with no console errors; a message streams an answer; a
 //! stop cancels the generation on the server; a conversation survives a reload and is deleted;
 //! a pull shows its progress; load and unload; the live view shows what `/api/ps` and
-//! `/api/metrics` say; and with API keys the page asks for one once and keeps it in the tab.
+//! `/api/metrics` say; with API keys the page asks for one once and keeps it in the tab; and
+//! the page may call its own server by address while a page of another origin may not.
 //!
 //! With `HEARTH_SCREENSHOTS=DIR` each view is saved there as a PNG (the README's come from it).
 
@@ -205,4 +206,18 @@ fn with_api_keys_the_page_is_served_asks_for_a_key_once_and_keeps_it_in_the_tab(
     assert_eq!(b.eval("document.getElementById('key-dialog').open"), json!(false));
     // The only errors are the first calls' 401s, before the key was given.
     assert!(b.errors.iter().all(|e| e.contains("401")), "{:?}", b.errors);
+}
+
+#[test]
+fn the_page_may_call_its_own_server_by_address_but_a_foreign_origin_may_not() {
+    let s = Server::start();
+    let port = s.addr.rsplit(':').next().expect("port");
+    // 127.0.0.2 is a loopback address outside the default origin list: only same-origin lets
+    // the page opened there call the API.
+    let call = |origin: &str| {
+        s.client.get(s.url("/api/tags")).header("host", format!("127.0.0.2:{port}")).header("origin", origin).send().expect("request").status().as_u16()
+    };
+    assert_eq!(call(&format!("http://127.0.0.2:{port}")), 200);
+    assert_eq!(call("http://127.0.0.2:1"), 403, "another port is another origin");
+    assert_eq!(call(&format!("http://127.0.0.3:{port}")), 403, "another address is another origin");
 }
