@@ -4,6 +4,7 @@
 mod agents;
 mod bench;
 mod convert;
+mod cpu_quota;
 mod database;
 mod embed;
 mod openai;

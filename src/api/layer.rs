@@ -102,6 +102,8 @@ async fn health(State(app): State<AppState>) -> Response {
         "status": if shutting_down { "shutting_down" } else { "ok" },
         "version": crate::VERSION,
         "cpu": crate::engine::cpu::report(),
+        // llama.cpp's threads per model: one per physical core, within the CPU quota.
+        "threads": app.manager.defaults().threads,
         "uptime_seconds": app.lifecycle.started.elapsed().as_secs_f64(),
         "models": models,
         "cache": { "backend": cache.backend, "reachable": cache.reachable, "detail": cache.detail },

@@ -45,7 +45,12 @@ pub fn model_path(name: &str) -> PathBuf {
 
 /// A `hearth` command with the test models directory.
 pub fn hearth() -> Command {
-    let mut c = Command::new(bin());
+    with_test_env(Command::new(bin()))
+}
+
+/// `c` (hearth, or a program that runs it) with the test models directory and none of the
+/// service layer's variables.
+fn with_test_env(mut c: Command) -> Command {
     c.env("HEARTH_MODELS", models_dir()).env_remove("HEARTH_HOST");
     // The service layer's variables would change what tests see: each test sets its own.
     for v in ["HEARTH_CONFIG", "REDIS_URL", "LLM_RESPONSE_CACHE_TTL", "MAX_CONCURRENT_REQUESTS", "REQUEST_TIMEOUT", "HEARTH_LOG_FORMAT"] {
@@ -107,7 +112,20 @@ impl Server {
     /// Starts `hearth serve` with `extra` flags and `env` variables; each server gets its own
     /// data directory unless `env` names one in `HEARTH_DATA`.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = hearth();
+        Server::start_command(hearth(), extra, env)
+    }
+
+    /// Starts `hearth serve` as `start_with` does, moved into the cgroup whose `cgroup.procs`
+    /// file is `procs` before it runs (a shell writes its own PID there, then execs hearth, so
+    /// the PID stays the child's).
+    pub fn start_in_cgroup(procs: &std::path::Path, extra: &[&str]) -> Server {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "echo $$ > \"$0\" && exec \"$@\""]).arg(procs).arg(bin());
+        Server::start_command(with_test_env(sh), extra, &[])
+    }
+
+    /// Starts `cmd serve ...`, where `cmd` is hearth or a program that execs it.
+    fn start_command(mut cmd: Command, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let data = match env.iter().find(|(k, _)| *k == "HEARTH_DATA") {
             Some((_, d)) => PathBuf::from(d),
             None => temp_dir("data"),
