@@ -290,6 +290,9 @@ async fn finish(record: Record, answer: &str, c: Completion, ttft: Option<Durati
             model = %model, persona, prompt_tokens = c.prompt_tokens, eval_tokens = c.eval_tokens,
             duration_ms = total.as_millis() as u64, cache, prompt = %prompt, answer = %answer, "generation done"
         ),
+        // A cache hit is not a generation: at thousands a second an info line each was a sixth
+        // of their cost. The metrics count them.
+        None if hit => tracing::debug!(model = %model, persona, eval_tokens = c.eval_tokens, cache, "answered from the cache"),
         None => tracing::info!(
             model = %model, persona, prompt_tokens = c.prompt_tokens, eval_tokens = c.eval_tokens,
             duration_ms = total.as_millis() as u64, cache, "generation done"

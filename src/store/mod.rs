@@ -20,6 +20,7 @@ pub mod modelfile;
 pub mod ollama;
 pub mod pull;
 pub mod reach;
+mod resolved;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -159,6 +160,7 @@ pub struct ModelStore {
     ollama_dir: Option<PathBuf>,
     digests: Mutex<HashMap<(PathBuf, u64, SystemTime), String>>,
     headers: headers::HeaderCache,
+    resolved: resolved::ResolvedCache,
 }
 
 const MAX_NAME_LEN: usize = 200;
@@ -214,6 +216,7 @@ impl ModelStore {
             ollama_dir,
             digests: Mutex::new(HashMap::new()),
             headers: Default::default(),
+            resolved: Default::default(),
         }
     }
 
@@ -354,7 +357,12 @@ impl ModelStore {
     /// Finds a model by name: hearth's manifest, else `NAME.gguf`, else Ollama's store.
     pub fn resolve(&self, name: &str) -> Result<ModelEntry, StoreError> {
         let wanted = normalize_name(name)?;
+        // What each path looked at was before it was read (`resolve_known` compares them).
+        let manifest = self.manifest_path(&wanted)?;
+        let mut seen = vec![(manifest.clone(), resolved::stamp(&manifest))];
         if let Some(e) = self.manifest_entry(&wanted)? {
+            seen.push((e.path.clone(), resolved::stamp(&e.path)));
+            self.remember_resolved(wanted, &e, seen);
             return Ok(e);
         }
         let mut files = vec![self.dir.join(format!("{wanted}.gguf"))];
@@ -362,9 +370,13 @@ impl ModelStore {
             files.push(self.dir.join(format!("{base}.gguf")));
         }
         for f in files {
+            let before = resolved::stamp(&f);
             if let Ok(e) = file_entry(wanted.clone(), &f, Origin::DropIn) {
+                seen.push((f, before));
+                self.remember_resolved(wanted, &e, seen);
                 return Ok(e);
             }
+            seen.push((f, before));
         }
         if let Some(e) = self.ollama_dir.as_deref().and_then(|d| ollama::resolve(d, &wanted)) {
             return Ok(e);
