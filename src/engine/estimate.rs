@@ -127,6 +127,7 @@ mod tests {
             batch_size: 512,
             weights: Default::default(),
             speculative: true,
+            exact_reuse: false,
             prefix_store_limit: 256 << 20,
         }
     }

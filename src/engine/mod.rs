@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod disk_prefixes;
 pub mod embed;
 pub mod estimate;
+pub mod exact;
 pub mod prefix;
 mod sampler;
 pub mod grammar;
@@ -52,6 +53,9 @@ pub struct LoadSettings {
     pub weights: convert::Weights,
     /// Whether few-stream decoding guesses ahead from the context (`lookup`).
     pub speculative: bool,
+    /// Exact prefix reuse (`exact`): a cached prefix is kept only as far as a fresh prefill
+    /// would compute the same KV.
+    pub exact_reuse: bool,
     /// The most the prefix store may hold, from the RAM budget (`prefix::prefix_store_bytes`
     /// also caps it by the KV cache's size).
     pub prefix_store_limit: u64,

@@ -10,6 +10,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::disk_prefixes::DiskPrefixes;
+use super::exact;
 use super::prefix::{self, PrefixStore};
 
 pub(super) fn clear_seq(ctx: &mut LlamaContext, seq: usize) {
@@ -22,6 +23,10 @@ pub(super) fn clear_seq(ctx: &mut LlamaContext, seq: usize) {
 /// positions its sequence holds in the KV cache (or it is empty and so is the sequence).
 pub(super) struct Prefixes {
     cached: Vec<Vec<LlamaToken>>,
+    /// Per slot: how far from position 0 its sequence was computed in tiled batches (`exact`).
+    tiled: Vec<usize>,
+    /// Exact reuse: `Some(batch size)`, prompts being read in chunks aligned to it.
+    exact: Option<usize>,
     store: PrefixStore<LlamaToken, SeqState>,
     /// Whether the store's bound was set from a measured state size yet.
     sized: bool,
@@ -36,7 +41,7 @@ pub(super) struct Prefixes {
 }
 
 impl Prefixes {
-    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32, store_limit: u64, disk: Option<DiskPrefixes>) -> Prefixes {
+    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32, store_limit: u64, disk: Option<DiskPrefixes>, exact: Option<usize>) -> Prefixes {
         let arch = model.meta_val_str("general.architecture").unwrap_or_default();
         let n_swa = model
             .meta_val_str(&format!("{arch}.attention.sliding_window"))
@@ -45,6 +50,8 @@ impl Prefixes {
             .unwrap_or(0);
         Prefixes {
             cached: vec![Vec::new(); slots],
+            tiled: vec![0; slots],
+            exact,
             store: PrefixStore::new(store_limit),
             sized: false,
             n_swa,
@@ -63,6 +70,17 @@ impl Prefixes {
     pub(super) fn forget(&mut self, ctx: &mut LlamaContext, seq: usize) {
         clear_seq(ctx, seq);
         self.cached[seq].clear();
+        self.tiled[seq] = 0;
+    }
+
+    /// Exact reuse: the batch size prompts are read in chunks aligned to.
+    pub(super) fn exact(&self) -> Option<usize> {
+        self.exact
+    }
+
+    /// Slot `seq` had positions `[from, to)` decoded in a batch of `batch_tokens` tokens.
+    pub(super) fn fed(&mut self, seq: usize, from: usize, to: usize, batch_tokens: usize) {
+        self.tiled[seq] = exact::advance(self.tiled[seq], from, to, batch_tokens);
     }
 
     /// Picks one of the `free` slots for `prompt` and prepares its sequence: keeps the longest
@@ -72,6 +90,11 @@ impl Prefixes {
         let candidates: Vec<(usize, &[LlamaToken])> = free.iter().map(|&s| (s, self.cached[s].as_slice())).collect();
         let (seq, common) = prefix::pick_slot(&candidates, prompt)?;
         let mut held = std::mem::take(&mut self.cached[seq]);
+        if let Some(batch) = self.exact {
+            // Only the slot's own tiled positions are known to be what a fresh read computes.
+            let keep = exact::exact_keep(common.min(self.tiled[seq]), prompt.len(), batch);
+            return Some((seq, self.trim(ctx, seq, held.len(), keep)));
+        }
         let mut keep = prefix::reusable(common, prompt.len());
         let on_disk = self.disk.as_ref().and_then(|d| d.best(prompt)).filter(|&(_, c)| c > common);
         let from_store = self.store.take_best(prompt, on_disk.map_or(common, |(_, c)| c - 1));
@@ -98,6 +121,8 @@ impl Prefixes {
                 Some((tokens, shared)) => (tokens, prefix::reusable(shared, prompt.len())),
                 None => (Vec::new(), 0),
             };
+            // Nothing is known of how a restored state was computed.
+            self.tiled[seq] = 0;
         } else if prefix::worth_saving(held.len(), keep) {
             self.save(ctx, seq, held.clone());
         }
@@ -130,9 +155,11 @@ impl Prefixes {
     /// Cuts slot `seq`'s sequence (holding `held` positions) to its first `keep`; returns what
     /// it kept: 0 after clearing it when the cut is impossible (a sliding window that no longer
     /// covers the kept end, or a recurrent state, which cannot roll back).
-    fn trim(&self, ctx: &mut LlamaContext, seq: usize, held: usize, keep: usize) -> usize {
+    fn trim(&mut self, ctx: &mut LlamaContext, seq: usize, held: usize, keep: usize) -> usize {
+        self.tiled[seq] = self.tiled[seq].min(keep);
         if keep == 0 {
             clear_seq(ctx, seq);
+            self.tiled[seq] = 0;
             return 0;
         }
         let id = seq as i32;
@@ -145,6 +172,7 @@ impl Prefixes {
         } else {
             tracing::debug!(slot = seq, keep, "cached prefix not reusable here; reading the whole prompt");
             clear_seq(ctx, seq);
+            self.tiled[seq] = 0;
             0
         }
     }
@@ -160,13 +188,14 @@ impl Prefixes {
             self.save(ctx, seq, held);
         }
         clear_seq(ctx, seq);
+        self.tiled[seq] = 0;
         true
     }
 
     /// Removes slot `seq`'s positions from `keep` on (guessed tokens that did not hold). False
     /// when the rest is not usable any more (a sliding window that no longer covers its end)
     /// and the sequence was emptied instead.
-    pub(super) fn roll_back(&self, ctx: &mut LlamaContext, seq: usize, keep: usize) -> bool {
+    pub(super) fn roll_back(&mut self, ctx: &mut LlamaContext, seq: usize, keep: usize) -> bool {
         self.trim(ctx, seq, usize::MAX, keep) == keep
     }
 

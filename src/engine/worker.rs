@@ -38,6 +38,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::abort::{AbortWatch, ABORTED};
 use super::disk_prefixes::DiskPrefixes;
 use super::embed::{EmbedJob, Embedder, FairShare};
+use super::exact;
 use crate::spec::options::{PredictLimit, SamplingOptions};
 use super::sequence::{add_draft, verify, Active, SPECULATE_MAX_STREAMS};
 use super::slot_cache::{clear_seq, Prefixes};
@@ -117,7 +118,8 @@ pub(super) fn run(
     // Logit biases toward closing JSON, computed the first time a structured answer wraps up.
     let mut closers: Option<sampler::WrapUpBias> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
-    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), settings.prefix_store_limit, disk);
+    let exact = settings.exact_reuse.then_some(settings.batch_size as usize);
+    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), settings.prefix_store_limit, disk, exact);
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
     let mut open = true;
@@ -217,6 +219,11 @@ pub(super) fn run(
                 }
             }
             continue;
+        }
+        for (seq, a) in slots.iter().enumerate() {
+            if let Some(a) = a.as_ref().filter(|a| a.n_past > a.fed_from) {
+                prefixes.fed(seq, a.fed_from, a.n_past, batch.n_tokens() as usize);
+            }
         }
         for (seq, slot) in slots.iter_mut().enumerate() {
             let Some(idx) = slot.as_ref().and_then(|a| a.logits_idx) else { continue };
@@ -323,7 +330,10 @@ fn fill_batch(batch: &mut LlamaBatch, slots: &mut [Option<Active>], ctx: &mut Ll
             }
             let Some(a) = slot.as_mut() else { continue };
             a.fed_from = a.n_past;
-            let take = a.unfed().min(room);
+            let take = match prefixes.exact() {
+                Some(batch) if !generating => exact::aligned_take(a.n_past, a.unfed(), room, batch),
+                _ => a.unfed().min(room),
+            };
             for i in 0..take {
                 let pos = a.n_past + i;
                 let last = pos + 1 == a.history.len();

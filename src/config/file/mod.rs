@@ -166,6 +166,9 @@ pub struct EngineFile {
     /// `lookup` (the default) or `off`.
     #[serde(default, deserialize_with = "scalar::speculative")]
     pub speculative: Option<bool>,
+    /// `fast` (the default) or `exact`.
+    #[serde(default, deserialize_with = "scalar::prefix_reuse")]
+    pub prefix_reuse: Option<bool>,
     /// Disk for unloaded models' saved prefixes (`serve`); 0 turns it off.
     #[serde(default, deserialize_with = "scalar::size")]
     pub disk_prefixes: Option<u64>,
