@@ -58,7 +58,8 @@
 //! - `engine`     the only module that touches llama.cpp: one worker thread per loaded model
 //!                with continuous batching over one shared KV pool and embeddings (`worker`,
 //!                `embed`), what slots keep cached and the saved prefixes (`slot_cache`,
-//!                `prefix`), speculative decoding's guesses from the context (`lookup`),
+//!                `prefix`; `exact` for reuse a fresh read agrees with bit for bit),
+//!                speculative decoding's guesses from the context (`lookup`),
 //!                decodes stopped when their client leaves (`abort`), sampling with
 //!                grammars and logprobs (`sampler`), a JSON answer's wrap-up near its
 //!                budget (`wrapup`), JSON schemas and tool calls as grammars
@@ -66,7 +67,8 @@
 //!                (`estimate`), the CPU kernels chosen for this machine and loaded from memory
 //!                (`cpu`, with the variant table build.rs shares).
 //! - `store`      model names -> manifests over content-addressed blobs, drop-in `NAME.gguf`
-//!                files and Ollama's store (read-only); `pull` (resumable downloads) and
+//!                files and Ollama's store (read-only), names resolved once per version
+//!                of their files (`resolved`); `pull` (resumable downloads) and
 //!                `reach` (which addresses a network-asked pull may connect to),
 //!                `modelfile` (create), `gguf` (the validator every file passes first).
 //! - `spec`       what a generation asks for, as values: Ollama's options as typed patches
