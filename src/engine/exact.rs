@@ -19,8 +19,9 @@
 //! records how far from position 0 its sequence was computed in batches of `TILED` tokens or
 //! more (`advance`), and a new prompt keeps at most that much of it, cut so that the chunk it
 //! resumes in is read by the same path a fresh prefill reads it by (`exact_keep`). Tokens of an
-//! answer, decoded one at a time, are read again; the prefix store and the disk's prefixes,
-//! whose history isn't recorded, are not used.
+//! answer, decoded one at a time, are read again in one tiled batch once the worker is idle
+//! (`Prefixes::retile_step`), or with the next prompt if it comes first; the prefix store and
+//! the disk's prefixes, whose history isn't recorded, are not used.
 //!
 //! Still inexact: requests decoded together (another stream's tokens change the batch, and so
 //! the path, of everyone's), and the README says so.

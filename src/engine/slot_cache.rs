@@ -6,6 +6,7 @@
 
 use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
@@ -76,6 +77,42 @@ impl Prefixes {
     /// Exact reuse: the batch size prompts are read in chunks aligned to.
     pub(super) fn exact(&self) -> Option<usize> {
         self.exact
+    }
+
+    /// Exact reuse, with the worker idle: re-reads in one tiled batch the end of a free slot's
+    /// sequence that was not computed in tiled batches (an answer decoded one token at a time),
+    /// so that the conversation's next turn can keep it. What doesn't fit in one batch is
+    /// dropped from the slot's cache. False when no slot has anything to re-read.
+    pub(super) fn retile_step(&mut self, ctx: &mut LlamaContext, batch: &mut LlamaBatch) -> bool {
+        let Some(batch_size) = self.exact else { return false };
+        let Some(seq) = (0..self.cached.len()).find(|&s| self.cached[s].len() > self.tiled[s].max(exact::TILED - 1)) else {
+            return false;
+        };
+        let len = self.cached[seq].len();
+        // At least TILED tokens, so the batch takes the tiled path.
+        let from = self.tiled[seq].min(len - exact::TILED);
+        let to = (from + batch_size).min(len);
+        if self.trim(ctx, seq, len, from) != from {
+            self.cached[seq].clear();
+            return true;
+        }
+        batch.clear();
+        for (i, &token) in self.cached[seq][from..to].iter().enumerate() {
+            let pos = from + i;
+            if batch.add(token, pos as i32, &[seq as i32], pos + 1 == to).is_err() {
+                break;
+            }
+        }
+        let read = batch.n_tokens() as usize;
+        if read < exact::TILED || ctx.decode(batch).is_err() {
+            tracing::debug!(slot = seq, "could not re-read a cached answer; dropping the slot's cache");
+            self.forget(ctx, seq);
+            return true;
+        }
+        self.cached[seq].truncate(from + read);
+        self.fed(seq, from, from + read, read);
+        tracing::debug!(slot = seq, from, to = from + read, "re-read a cached answer in a tiled batch (exact reuse)");
+        true
     }
 
     /// Slot `seq` had positions `[from, to)` decoded in a batch of `batch_tokens` tokens.

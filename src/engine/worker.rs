@@ -131,8 +131,8 @@ pub(super) fn run(
     let _death_notice = DeathNotice(dead);
 
     loop {
-        // Block only when there is nothing to do.
-        if open && waiting.is_empty() && slots.iter().all(Option::is_none) && embedder.idle() {
+        // Block only when there is nothing to do (exact reuse may have an answer to re-read).
+        if open && waiting.is_empty() && slots.iter().all(Option::is_none) && embedder.idle() && !prefixes.retile_step(&mut ctx, &mut batch) {
             match jobs.recv() {
                 Ok(work) => accept(work, &mut waiting, &mut embedder),
                 Err(_) => open = false,
