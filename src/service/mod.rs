@@ -121,10 +121,10 @@ impl From<StoreError> for ServiceError {
 }
 
 /// Finds the model: by name for the network, by name or file path for the local user. A name
-/// resolved before whose files are unchanged is answered here (a few metadata reads); otherwise
-/// the store reads manifests and file metadata on a blocking thread.
+/// the network resolved before whose files are unchanged is answered here (a few metadata
+/// reads); otherwise the store reads manifests and file metadata on a blocking thread.
 async fn resolve(manager: &ModelManager, model: &str, caller: Caller) -> Result<crate::store::ModelEntry, ServiceError> {
-    if let Some(known) = manager.store().resolve_known(model) {
+    if let Some(known) = matches!(caller, Caller::Network).then(|| manager.store().resolve_known(model)).flatten() {
         return Ok(known);
     }
     let store = Arc::clone(manager.store());
