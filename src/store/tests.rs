@@ -88,3 +88,38 @@ fn a_header_is_parsed_once_per_version_of_the_file() {
     assert!(store.header(&path).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Names resolved once per version of their files (resolved.rs).
+
+#[test]
+fn a_drop_in_is_known_until_it_changes_or_goes() {
+    let (dir, store) = temp_store("resolved-drop-in");
+    let file = dir.join("tiny:latest.gguf");
+    std::fs::write(&file, b"four").expect("write");
+    assert!(store.resolve_known("tiny").is_none(), "nothing resolved yet");
+    let first = store.resolve("tiny").expect("resolves");
+    let known = store.resolve_known("tiny").expect("known after resolve");
+    assert_eq!((known.path, known.size), (first.path, 4));
+    std::fs::write(&file, b"five!").expect("rewrite");
+    assert!(store.resolve_known("tiny").is_none(), "a changed file is resolved again");
+    assert_eq!(store.resolve("tiny").expect("resolves").size, 5);
+    std::fs::remove_file(&file).expect("remove");
+    assert!(store.resolve_known("tiny").is_none(), "a removed file is not known");
+    assert!(store.resolve("tiny").is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_manifest_appearing_over_a_drop_in_is_seen() {
+    let (dir, store) = temp_store("resolved-manifest");
+    std::fs::write(dir.join("tiny:latest.gguf"), b"four").expect("write");
+    store.resolve("tiny").expect("resolves");
+    assert!(store.resolve_known("tiny").is_some());
+    // The manifest path was looked at (absent) when the drop-in was found: anything there
+    // now makes the name resolve afresh.
+    let manifest = dir.join("manifests").join("tiny").join("latest");
+    std::fs::create_dir_all(manifest.parent().expect("parent")).expect("dirs");
+    std::fs::write(&manifest, b"{}").expect("manifest");
+    assert!(store.resolve_known("tiny").is_none());
+    let _ = std::fs::remove_dir_all(dir);
+}
