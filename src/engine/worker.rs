@@ -118,8 +118,8 @@ pub(super) fn run(
     // Logit biases toward closing JSON, computed the first time a structured answer wraps up.
     let mut closers: Option<sampler::WrapUpBias> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
-    let exact = settings.exact_reuse.then_some(settings.batch_size as usize);
-    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), settings.prefix_store_limit, disk, exact);
+    let exact_batch = settings.exact_reuse.then_some(settings.batch_size as usize);
+    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), settings.prefix_store_limit, disk, exact_batch);
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
     let mut open = true;
