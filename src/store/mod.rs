@@ -354,36 +354,6 @@ impl ModelStore {
         }))
     }
 
-    /// Finds a model by name: hearth's manifest, else `NAME.gguf`, else Ollama's store.
-    pub fn resolve(&self, name: &str) -> Result<ModelEntry, StoreError> {
-        let wanted = normalize_name(name)?;
-        // What each path looked at was before it was read (`resolve_known` compares them).
-        let manifest = self.manifest_path(&wanted)?;
-        let mut seen = vec![(manifest.clone(), resolved::stamp(&manifest))];
-        if let Some(e) = self.manifest_entry(&wanted)? {
-            seen.push((e.path.clone(), resolved::stamp(&e.path)));
-            self.remember_resolved(wanted, &e, seen);
-            return Ok(e);
-        }
-        let mut files = vec![self.dir.join(format!("{wanted}.gguf"))];
-        if let Some(base) = wanted.strip_suffix(":latest") {
-            files.push(self.dir.join(format!("{base}.gguf")));
-        }
-        for f in files {
-            let before = resolved::stamp(&f);
-            if let Ok(e) = file_entry(wanted.clone(), &f, Origin::DropIn) {
-                seen.push((f, before));
-                self.remember_resolved(wanted, &e, seen);
-                return Ok(e);
-            }
-            seen.push((f, before));
-        }
-        if let Some(e) = self.ollama_dir.as_deref().and_then(|d| ollama::resolve(d, &wanted)) {
-            return Ok(e);
-        }
-        Err(StoreError::NotFound(name.to_string()))
-    }
-
     /// For the command line: a name, or a path to a `.gguf` file (named after its file stem).
     pub fn resolve_name_or_path(&self, arg: &str) -> Result<ModelEntry, StoreError> {
         let path = Path::new(arg);
