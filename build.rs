@@ -11,6 +11,10 @@
 //! the modules' dependency on the core's shared library. The modules and the stand-in are
 //! embedded in the binary (`include_bytes!` in the generated `cpu_variants.rs`); `engine::cpu`
 //! loads the chosen one from memory at start.
+//!
+//! The modules are built from a copy of that source with hearth's own kernels written in
+//! (`KERNEL_PATCHES`, `src/engine/cpu/kernels/`): each patch names the exact text it replaces,
+//! and the build stops if a llama.cpp update moved it.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::{env, fs};
@@ -60,15 +64,16 @@ fn build_cpu_variants() {
              reads from the current directory: build from the hearth checkout, e.g. `cargo install --path .`)"
         );
     }
-    let source = llama_source();
+    let original = llama_source();
+    let source = patched_source(&original, &out.join("llama.cpp"));
     // Which llama.cpp this is (llama-cpp-sys-2's package folder names its version): saved KV
     // states are only restored by the build that wrote them (engine::disk_prefixes).
-    let build = source.parent().and_then(Path::file_name).map_or_else(|| source.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let build = original.parent().and_then(Path::file_name).map_or_else(|| original.display().to_string(), |n| n.to_string_lossy().into_owned());
     println!("cargo:rustc-env=HEARTH_LLAMA_CPP={build}");
     let mut config = cmake::Config::new(&source);
     config
         .profile("Release")
-        .out_dir(out.join("cpu-variants"))
+        .out_dir(out.join("cpu-kernels"))
         .define("BUILD_SHARED_LIBS", "ON")
         .define("GGML_BACKEND_DL", "ON")
         .define("GGML_CPU_ALL_VARIANTS", "ON")
@@ -124,6 +129,71 @@ fn llama_source() -> PathBuf {
         .unwrap_or_else(|| panic!("{} names no source directory", cache.display()));
     println!("cargo:rerun-if-changed={}", cache.display());
     PathBuf::from(source)
+}
+
+/// hearth's kernels, written into llama.cpp's CPU backend: (file under ggml/src/ggml-cpu, the
+/// exact text to find, which must occur once, what replaces it). `{kernel:NAME}` in a
+/// replacement stands for the file NAME in src/engine/cpu/kernels.
+const KERNEL_PATCHES: &[(&str, &str, &str)] = &[
+    // Q4_1 by Q8_1, two rows by two columns, where the CPU has AVX2: the kernel goes in before
+    // the one-row function, which hands it the two-by-two calls...
+    (
+        "arch/x86/quants.c",
+        "void ggml_vec_dot_q4_1_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {\n    const int qk = QK8_1;\n    const int nb = n / qk;\n\n    assert(n % qk == 0);\n    assert(nrc == 1);\n",
+        "#if defined(__AVX2__)\n{kernel:q4_1_2x2.c}#endif\n\nvoid ggml_vec_dot_q4_1_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {\n    const int qk = QK8_1;\n    const int nb = n / qk;\n\n    assert(n % qk == 0);\n#if defined(__AVX2__)\n    if (nrc == 2) {\n        hearth_vec_dot_q4_1_q8_1_2x2(nb, s, bs, vx, bx, vy, by);\n        return;\n    }\n#endif\n    assert(nrc == 1);\n",
+    ),
+    // ...and ggml asks for two-by-two calls (its `nrows`), as it already does on ARM with i8mm.
+    (
+        "ggml-cpu.c",
+        "        .vec_dot                  = ggml_vec_dot_q4_1_q8_1,\n        .vec_dot_type             = GGML_TYPE_Q8_1,\n#if defined (__ARM_FEATURE_MATMUL_INT8)\n",
+        "        .vec_dot                  = ggml_vec_dot_q4_1_q8_1,\n        .vec_dot_type             = GGML_TYPE_Q8_1,\n#if defined (__ARM_FEATURE_MATMUL_INT8) || defined(__AVX2__)\n",
+    ),
+];
+
+/// A copy of the llama.cpp source at `copy` with `KERNEL_PATCHES` applied. A file is written
+/// only when its content changed, so CMake rebuilds only what a patch or an update touched.
+fn patched_source(source: &Path, copy: &Path) -> PathBuf {
+    let kernels = Path::new("src/engine/cpu/kernels");
+    println!("cargo:rerun-if-changed={}", kernels.display());
+    let cpu = Path::new("ggml/src/ggml-cpu");
+    let patch = |rel: &Path, bytes: Vec<u8>| -> Vec<u8> {
+        let mut text = None;
+        for (file, find, replace) in KERNEL_PATCHES.iter().filter(|p| cpu.join(p.0) == rel) {
+            let t = text.get_or_insert_with(|| String::from_utf8(bytes.clone()).expect("llama.cpp's sources are UTF-8"));
+            assert_eq!(t.matches(find).count(), 1, "the text a kernel patch replaces in {file} is not there exactly once: llama.cpp changed, update KERNEL_PATCHES");
+            let mut replace = replace.to_string();
+            while let Some(start) = replace.find("{kernel:") {
+                let end = start + replace[start..].find('}').expect("a closed {kernel:NAME}");
+                let path = kernels.join(&replace[start + 8..end]);
+                let code = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+                replace.replace_range(start..=end, &code);
+            }
+            *t = t.replacen(find, &replace, 1);
+        }
+        text.map_or(bytes, String::into_bytes)
+    };
+    mirror(source, copy, Path::new(""), &patch);
+    copy.to_path_buf()
+}
+
+/// Copies the tree `from` to `to` (`rel` is the path inside both), passing each file through
+/// `patch`, and writes a file only when the copy differs.
+fn mirror(from: &Path, to: &Path, rel: &Path, patch: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>) {
+    let (src, dst) = (from.join(rel), to.join(rel));
+    let meta = fs::metadata(&src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+    if meta.is_dir() {
+        fs::create_dir_all(&dst).unwrap_or_else(|e| panic!("creating {}: {e}", dst.display()));
+        let entries = fs::read_dir(&src).unwrap_or_else(|e| panic!("listing {}: {e}", src.display()));
+        for entry in entries {
+            let entry = entry.unwrap_or_else(|e| panic!("listing {}: {e}", src.display()));
+            mirror(from, to, &rel.join(entry.file_name()), patch);
+        }
+    } else {
+        let bytes = patch(rel, fs::read(&src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display())));
+        if fs::read(&dst).ok().as_deref() != Some(&bytes[..]) {
+            fs::write(&dst, &bytes).unwrap_or_else(|e| panic!("writing {}: {e}", dst.display()));
+        }
+    }
 }
 
 /// A shared library with no code whose SONAME is ggml-base's: loaded first, it answers the
