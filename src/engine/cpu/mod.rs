@@ -13,6 +13,8 @@
 //! `HEARTH_CPU_VARIANT=<name>` forces a level (for measuring one against another, or for a CPU
 //! whose best level misbehaves); one this CPU cannot run is refused like any other.
 
+#[cfg(test)]
+mod kernel_tests;
 pub(crate) mod openmp;
 pub mod variants;
 
