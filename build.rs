@@ -13,8 +13,8 @@
 //! loads the chosen one from memory at start.
 //!
 //! The modules are built from a copy of that source with hearth's own kernels written in
-//! (`KERNEL_PATCHES`, `src/engine/cpu/kernels/`): each patch names the exact text it replaces,
-//! and the build stops if a llama.cpp update moved it.
+//! (`TWO_BY_TWO`, `src/engine/cpu/kernels/`): each patch finds the exact text it replaces, and
+//! the build stops if a llama.cpp update moved it.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::{env, fs};
@@ -131,46 +131,69 @@ fn llama_source() -> PathBuf {
     PathBuf::from(source)
 }
 
-/// hearth's kernels, written into llama.cpp's CPU backend: (file under ggml/src/ggml-cpu, the
-/// exact text to find, which must occur once, what replaces it). `{kernel:NAME}` in a
-/// replacement stands for the file NAME in src/engine/cpu/kernels.
-const KERNEL_PATCHES: &[(&str, &str, &str)] = &[
-    // Q4_1 by Q8_1, two rows by two columns, where the CPU has AVX2: the kernel goes in before
-    // the one-row function, which hands it the two-by-two calls...
-    (
-        "arch/x86/quants.c",
-        "void ggml_vec_dot_q4_1_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {\n    const int qk = QK8_1;\n    const int nb = n / qk;\n\n    assert(n % qk == 0);\n    assert(nrc == 1);\n",
-        "#if defined(__AVX2__)\n{kernel:q4_1_2x2.c}#endif\n\nvoid ggml_vec_dot_q4_1_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {\n    const int qk = QK8_1;\n    const int nb = n / qk;\n\n    assert(n % qk == 0);\n#if defined(__AVX2__)\n    if (nrc == 2) {\n        hearth_vec_dot_q4_1_q8_1_2x2(nb, s, bs, vx, bx, vy, by);\n        return;\n    }\n#endif\n    assert(nrc == 1);\n",
-    ),
-    // ...and ggml asks for two-by-two calls (its `nrows`), as it already does on ARM with i8mm.
-    (
-        "ggml-cpu.c",
-        "        .vec_dot                  = ggml_vec_dot_q4_1_q8_1,\n        .vec_dot_type             = GGML_TYPE_Q8_1,\n#if defined (__ARM_FEATURE_MATMUL_INT8)\n",
-        "        .vec_dot                  = ggml_vec_dot_q4_1_q8_1,\n        .vec_dot_type             = GGML_TYPE_Q8_1,\n#if defined (__ARM_FEATURE_MATMUL_INT8) || defined(__AVX2__)\n",
-    ),
+/// hearth's two-by-two kernels, each written into llama.cpp's x86 CPU code for CPUs with AVX2:
+/// (llama.cpp's one-row function, the file in src/engine/cpu/kernels that defines
+/// `hearth_<function without ggml_>_2x2`, the number of blocks in a row in that function's
+/// terms). llama.cpp has no batched kernel for these types on x86 (ARM has one with i8mm), so
+/// a batch of tokens went through them one row by one column at a time. Q4_K and Q6_K got the
+/// same treatment and were measured without a gain worth their code (Gemma 3 at 4 clients,
+/// 1.03x against 1.02x): llama.cpp's tiled kernels take them from 8 columns up.
+const TWO_BY_TWO: &[(&str, &str, &str)] = &[
+    ("ggml_vec_dot_q4_1_q8_1", "q4_1_2x2.c", "n / QK8_1"),
 ];
 
-/// A copy of the llama.cpp source at `copy` with `KERNEL_PATCHES` applied. A file is written
-/// only when its content changed, so CMake rebuilds only what a patch or an update touched.
+/// `text` with its one occurrence of `find` replaced; the build stops if there is not exactly
+/// one, which means llama.cpp changed and the patch needs a look.
+fn replace_once(text: &str, find: &str, replace: &str, file: &str) -> String {
+    let found = text.matches(find).count();
+    assert_eq!(found, 1, "a kernel patch looks for {find:?} in {file} once and found it {found} times: llama.cpp changed, update TWO_BY_TWO in build.rs");
+    text.replacen(find, replace, 1)
+}
+
+/// One file of llama.cpp's CPU backend with the two-by-two kernels written in: in x86's
+/// quants.c, each kernel goes before its one-row function, which hands it the two-by-two calls;
+/// in ggml-cpu.c, each type's entry asks for two-by-two calls (`nrows`) as it does on ARM.
+fn patch_cpu_file(rel: &str, mut text: String, kernels: &Path) -> String {
+    for (function, file, blocks) in TWO_BY_TWO {
+        let kernel = format!("hearth_{}_2x2", function.trim_start_matches("ggml_"));
+        if rel == "arch/x86/quants.c" {
+            let head = format!("void {function}(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {{\n");
+            let path = kernels.join(file);
+            let code = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            assert!(code.contains(&format!("static void {kernel}(")), "{} defines no {kernel}", path.display());
+            let with = format!(
+                "#if defined(__AVX2__)\n{code}#endif\n\n{head}#if defined(__AVX2__)\n    if (nrc == 2) {{\n        {kernel}({blocks}, s, bs, vx, bx, vy, by);\n        return;\n    }}\n#endif\n"
+            );
+            text = replace_once(&text, &head, &with, rel);
+        } else if rel == "ggml-cpu.c" {
+            let entry = format!("        .vec_dot                  = {function},\n");
+            let at = text.find(&entry).unwrap_or_else(|| panic!("ggml-cpu.c has no entry for {function}: update TWO_BY_TWO in build.rs"));
+            let arm = "#if defined (__ARM_FEATURE_MATMUL_INT8)\n";
+            // The type's own entry: the condition comes before the entry closes.
+            let rest = &text[at..];
+            let cond = rest.find(arm).filter(|&i| !rest[..i].contains('}'));
+            let cond = cond.unwrap_or_else(|| panic!("ggml-cpu.c's entry for {function} has no {arm:?}: update TWO_BY_TWO in build.rs"));
+            text.replace_range(at + cond..at + cond + arm.len(), "#if defined (__ARM_FEATURE_MATMUL_INT8) || defined(__AVX2__)\n");
+        }
+    }
+    text
+}
+
+/// A copy of the llama.cpp source at `copy` with the two-by-two kernels written in. A file is
+/// written only when its content changed, so CMake rebuilds only what a patch or an update
+/// touched.
 fn patched_source(source: &Path, copy: &Path) -> PathBuf {
     let kernels = Path::new("src/engine/cpu/kernels");
     println!("cargo:rerun-if-changed={}", kernels.display());
     let cpu = Path::new("ggml/src/ggml-cpu");
     let patch = |rel: &Path, bytes: Vec<u8>| -> Vec<u8> {
-        let mut text = None;
-        for (file, find, replace) in KERNEL_PATCHES.iter().filter(|p| cpu.join(p.0) == rel) {
-            let t = text.get_or_insert_with(|| String::from_utf8(bytes.clone()).expect("llama.cpp's sources are UTF-8"));
-            assert_eq!(t.matches(find).count(), 1, "the text a kernel patch replaces in {file} is not there exactly once: llama.cpp changed, update KERNEL_PATCHES");
-            let mut replace = replace.to_string();
-            while let Some(start) = replace.find("{kernel:") {
-                let end = start + replace[start..].find('}').expect("a closed {kernel:NAME}");
-                let path = kernels.join(&replace[start + 8..end]);
-                let code = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-                replace.replace_range(start..=end, &code);
+        match rel.strip_prefix(cpu).ok().and_then(Path::to_str) {
+            Some(name @ ("arch/x86/quants.c" | "ggml-cpu.c")) => {
+                let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{name} is not UTF-8"));
+                patch_cpu_file(name, text, kernels).into_bytes()
             }
-            *t = t.replacen(find, &replace, 1);
+            _ => bytes,
         }
-        text.map_or(bytes, String::into_bytes)
     };
     mirror(source, copy, Path::new(""), &patch);
     copy.to_path_buf()
