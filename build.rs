@@ -131,7 +131,7 @@ fn llama_source() -> PathBuf {
     PathBuf::from(source)
 }
 
-/// hearth's two-by-two kernels, each written into llama.cpp's x86 CPU code for CPUs with AVX2:
+/// hearth's two-by-two kernels, each written into llama.cpp's x86 CPU code for CPUs with AVX:
 /// (llama.cpp's one-row function, the file in src/engine/cpu/kernels that defines
 /// `hearth_<function without ggml_>_2x2`, the number of blocks in a row in that function's
 /// terms). llama.cpp has no batched kernel for these types on x86 (ARM has one with i8mm), so
@@ -153,6 +153,7 @@ fn replace_once(text: &str, find: &str, replace: &str, file: &str) -> String {
 /// One file of llama.cpp's CPU backend with the two-by-two kernels written in: in x86's
 /// quants.c, each kernel goes before its one-row function, which hands it the two-by-two calls;
 /// in ggml-cpu.c, each type's entry asks for two-by-two calls (`nrows`) as it does on ARM.
+/// Only the SSE4.2 variant keeps one-by-one calls.
 fn patch_cpu_file(rel: &str, mut text: String, kernels: &Path) -> String {
     for (function, file, blocks) in TWO_BY_TWO {
         let kernel = format!("hearth_{}_2x2", function.trim_start_matches("ggml_"));
@@ -162,7 +163,7 @@ fn patch_cpu_file(rel: &str, mut text: String, kernels: &Path) -> String {
             let code = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
             assert!(code.contains(&format!("static void {kernel}(")), "{} defines no {kernel}", path.display());
             let with = format!(
-                "#if defined(__AVX2__)\n{code}#endif\n\n{head}#if defined(__AVX2__)\n    if (nrc == 2) {{\n        {kernel}({blocks}, s, bs, vx, bx, vy, by);\n        return;\n    }}\n#endif\n"
+                "#if defined(__AVX__)\n{code}#endif\n\n{head}#if defined(__AVX__)\n    if (nrc == 2) {{\n        {kernel}({blocks}, s, bs, vx, bx, vy, by);\n        return;\n    }}\n#endif\n"
             );
             text = replace_once(&text, &head, &with, rel);
         } else if rel == "ggml-cpu.c" {
@@ -173,7 +174,7 @@ fn patch_cpu_file(rel: &str, mut text: String, kernels: &Path) -> String {
             let rest = &text[at..];
             let cond = rest.find(arm).filter(|&i| !rest[..i].contains('}'));
             let cond = cond.unwrap_or_else(|| panic!("ggml-cpu.c's entry for {function} has no {arm:?}: update TWO_BY_TWO in build.rs"));
-            text.replace_range(at + cond..at + cond + arm.len(), "#if defined (__ARM_FEATURE_MATMUL_INT8) || defined(__AVX2__)\n");
+            text.replace_range(at + cond..at + cond + arm.len(), "#if defined (__ARM_FEATURE_MATMUL_INT8) || defined(__AVX__)\n");
         }
     }
     text

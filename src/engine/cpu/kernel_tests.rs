@@ -1,9 +1,11 @@
 //! hearth's own kernels (build.rs `TWO_BY_TWO`) against llama.cpp's one-row kernels, in the
-//! CPU module this machine loads: a matrix product over a batch of columns must equal, bit for
-//! bit, the same product taken one column at a time. ggml hands a batch to the two-by-two
-//! kernels and a single column to its own one-row kernel, so any difference is the new kernel's.
-//! Where the CPU has no AVX2 both paths are llama.cpp's and the check holds trivially.
+//! CPU module a process loads: a matrix product over a batch of columns must equal, bit for bit,
+//! the same product taken one column at a time. ggml hands a batch to the two-by-two kernels and
+//! a single column to its own one-row kernel, so any difference is the new kernel's. One test
+//! checks the module this machine would choose; another runs that test again in a child process
+//! for every variant this CPU can run (`HEARTH_CPU_VARIANT`), since each is compiled apart.
 
+use std::process::Command;
 use std::ptr;
 
 use llama_cpp_sys_2 as sys;
@@ -101,4 +103,31 @@ fn assert_batch_independent(kind: sys::ggml_type, name: &str) {
 #[test]
 fn q4_1_products_in_a_batch_equal_the_one_row_kernels_bit_for_bit() {
     assert_batch_independent(sys::GGML_TYPE_Q4_1, "Q4_1");
+}
+
+#[test]
+fn every_variant_this_cpu_runs_passes_the_same_check() {
+    if std::env::var_os("HEARTH_CPU_VARIANT").is_some() {
+        // A child of this test (or a run with a forced variant): the check above covers it.
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let runnable: Vec<_> = super::all_variants().iter().filter(|v| v.needs.iter().all(|f| super::has(f))).collect();
+    assert!(!runnable.is_empty(), "this CPU runs at least one variant, or no test could load the kernels");
+    for variant in runnable {
+        let name = "engine::cpu::kernel_tests::q4_1_products_in_a_batch_equal_the_one_row_kernels_bit_for_bit";
+        let out = Command::new(&exe)
+            .args(["--exact", name, "--test-threads=1"])
+            .env("HEARTH_CPU_VARIANT", variant.name)
+            .output()
+            .expect("running the test binary again");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the {} kernels: {}\n{stdout}{}",
+            variant.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -6,7 +6,13 @@
 // unpacking the same weight block again. Here each weight block is unpacked, and each
 // activation block loaded, once for two products. Each of the four dot products is summed in the
 // same order with the same operations as the one-row kernel, so the results are bit for bit the
-// ones it gives: a token's logits do not depend on the batch it was decoded in.
+// ones it gives. Compiled for AVX2 and for AVX alone (Sandy Bridge, AMD parts without AVX2),
+// where the one-row kernel multiplies and adds instead of fusing the two, and so does this one.
+#if defined(__AVX2__)
+#define HEARTH_MUL_ADD(a, b, acc) _mm256_fmadd_ps(a, b, acc)
+#else
+#define HEARTH_MUL_ADD(a, b, acc) _mm256_add_ps(_mm256_mul_ps(a, b), acc)
+#endif
 static void hearth_vec_dot_q4_1_q8_1_2x2(int nb, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by) {
     const block_q4_1 * GGML_RESTRICT x0 = vx;
     const block_q4_1 * GGML_RESTRICT x1 = (const block_q4_1 *) ((const char *) vx + bx);
@@ -47,10 +53,10 @@ static void hearth_vec_dot_q4_1_q8_1_2x2(int nb, float * GGML_RESTRICT s, size_t
         const __m256i qy0 = _mm256_loadu_si256((const __m256i *) y0[ib].qs);
         const __m256i qy1 = _mm256_loadu_si256((const __m256i *) y1[ib].qs);
 
-        acc00 = _mm256_fmadd_ps(_mm256_mul_ps(dx0v, dy0v), mul_sum_us8_pairs_float(qx0, qy0), acc00);
-        acc10 = _mm256_fmadd_ps(_mm256_mul_ps(dx1v, dy0v), mul_sum_us8_pairs_float(qx1, qy0), acc10);
-        acc01 = _mm256_fmadd_ps(_mm256_mul_ps(dx0v, dy1v), mul_sum_us8_pairs_float(qx0, qy1), acc01);
-        acc11 = _mm256_fmadd_ps(_mm256_mul_ps(dx1v, dy1v), mul_sum_us8_pairs_float(qx1, qy1), acc11);
+        acc00 = HEARTH_MUL_ADD(_mm256_mul_ps(dx0v, dy0v), mul_sum_us8_pairs_float(qx0, qy0), acc00);
+        acc10 = HEARTH_MUL_ADD(_mm256_mul_ps(dx1v, dy0v), mul_sum_us8_pairs_float(qx1, qy0), acc10);
+        acc01 = HEARTH_MUL_ADD(_mm256_mul_ps(dx0v, dy1v), mul_sum_us8_pairs_float(qx0, qy1), acc01);
+        acc11 = HEARTH_MUL_ADD(_mm256_mul_ps(dx1v, dy1v), mul_sum_us8_pairs_float(qx1, qy1), acc11);
     }
 
     s[0]      = hsum_float_8(acc00) + summs00;
@@ -58,3 +64,4 @@ static void hearth_vec_dot_q4_1_q8_1_2x2(int nb, float * GGML_RESTRICT s, size_t
     s[bs]     = hsum_float_8(acc01) + summs01;
     s[bs + 1] = hsum_float_8(acc11) + summs11;
 }
+#undef HEARTH_MUL_ADD
