@@ -73,7 +73,14 @@ fn stdio_answer(mut hearth: Command) -> Output {
 #[test]
 fn one_file_picks_its_kernels_per_cpu_and_answers_alike() {
     // qemu 7.2 emulates x86 up to AVX2; the native CPU is whatever runs the tests.
-    for (cpu, expected) in [("Haswell", "haswell"), ("SandyBridge", "sandybridge"), ("Nehalem", "sse42")] {
+    let picks = [
+        ("Haswell", "haswell"),
+        ("Opteron_G5", "piledriver"),
+        ("IvyBridge", "ivybridge"),
+        ("SandyBridge", "sandybridge"),
+        ("Nehalem", "sse42"),
+    ];
+    for (cpu, expected) in picks {
         assert_eq!(variant(Some(cpu)), expected, "{cpu}");
     }
     // Answers without AVX2 and without AVX, and natively. (qemu runs AVX2 code too slowly to

@@ -300,8 +300,11 @@ mod tests {
         assert_eq!(pick(&["sse4.2", "avx"]), Some("sandybridge"));
         let haswell = ["sse4.2", "avx", "f16c", "fma", "avx2", "bmi2"];
         assert_eq!(pick(&haswell), Some("haswell"));
-        // AVX2 without BMI2 (some VIA and early AMD parts) stays on AVX.
-        assert_eq!(pick(&["sse4.2", "avx", "f16c", "fma", "avx2"]), Some("sandybridge"));
+        assert_eq!(pick(&["sse4.2", "avx", "f16c"]), Some("ivybridge"));
+        assert_eq!(pick(&["sse4.2", "avx", "f16c", "fma"]), Some("piledriver"));
+        // AVX2 without BMI2 (some VIA and early AMD parts) stays below AVX2.
+        assert_eq!(pick(&["sse4.2", "avx", "f16c", "fma", "avx2"]), Some("piledriver"));
+        assert_eq!(pick(&["sse4.2", "avx", "fma"]), Some("sandybridge"));
         let alder: Vec<&str> = haswell.iter().copied().chain(["avxvnni"]).collect();
         assert_eq!(pick(&alder), Some("alderlake"));
         let skx: Vec<&str> =
