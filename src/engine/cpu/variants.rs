@@ -27,8 +27,8 @@ const X86_64: &[Variant] = &[
     Variant { name: "sse42", needs: &["sse4.2"] },
     Variant { name: "sandybridge", needs: &["sse4.2", "avx"] },
     // F16C converts half floats (the KV cache's) in hardware: without it, attention over a long
-    // history runs through a table lookup per value, 8x slower on a 20-token follow-up at depth
-    // 1,500 tokens (SmolLM2; README, "Portable build").
+    // history runs through a table lookup per value, about 6x slower on a 20-token follow-up at
+    // depth 1,500 tokens (SmolLM2; README, "Portable build").
     Variant { name: "ivybridge", needs: &["sse4.2", "avx", "f16c"] },
     Variant { name: "piledriver", needs: &["sse4.2", "avx", "f16c", "fma"] },
     Variant { name: "haswell", needs: AVX2_LEVEL },
