@@ -13,8 +13,8 @@
 //! loads the chosen one from memory at start.
 //!
 //! The modules are built from a copy of that source with hearth's own kernels written in
-//! (`TWO_BY_TWO`, `src/engine/cpu/kernels/`): each patch finds the exact text it replaces, and
-//! the build stops if a llama.cpp update moved it.
+//! (`TWO_BY_TWO`, `REPACKED`, `src/engine/cpu/kernels/`): each patch finds the exact text it
+//! replaces, and the build stops if a llama.cpp update moved it.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::{env, fs};
@@ -66,26 +66,26 @@ fn build_cpu_variants() {
     }
     let original = llama_source();
     let source = patched_source(&original, &out.join("llama.cpp"));
-    // Which llama.cpp this is (llama-cpp-sys-2's package folder names its version): saved KV
-    // states are only restored by the build that wrote them (engine::disk_prefixes).
-    let build = original.parent().and_then(Path::file_name).map_or_else(|| original.display().to_string(), |n| n.to_string_lossy().into_owned());
+    // Which llama.cpp this is (llama-cpp-sys-2's package folder names its version) and which of
+    // hearth's kernels are in it (the repacked one gives other floats than llama.cpp's): saved
+    // KV states are only restored by the build that wrote them (engine::disk_prefixes).
+    let version = original.parent().and_then(Path::file_name).map_or_else(|| original.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let build = format!("{version}+kernels-{:016x}", kernels_digest());
     println!("cargo:rustc-env=HEARTH_LLAMA_CPP={build}");
     let mut config = cmake::Config::new(&source);
     config
         .profile("Release")
-        .out_dir(out.join("cpu-kernels"))
+        // A new folder when a setting changes: CMake keeps a configured folder's settings.
+        .out_dir(out.join("cpu-modules"))
         .define("BUILD_SHARED_LIBS", "ON")
         .define("GGML_BACKEND_DL", "ON")
         .define("GGML_CPU_ALL_VARIANTS", "ON")
         .define("GGML_NATIVE", "OFF")
         .define("GGML_OPENMP", "ON")
-        // No weight repacking. On the Sapphire Rapids machine it was slower (llama-bench
-        // --repack 0 against 1: SmolLM2 decode +10%, Gemma 3 prefill +10% without it), and its
-        // kernels take another path for more than three rows than for fewer (gemm against
-        // gemv), one more way a token's logits depend on the batch it was decoded in (README
-        // "Speculative decoding"). llamafile's kernels do the same for two rows or more, but
-        // leaving them out cost Gemma 3 a quarter of its prefill speed.
-        .define("GGML_CPU_REPACK", "OFF")
+        // Weight repacking, for hearth's own kernel only (`REPACKED`). llamafile's kernels
+        // take another path for two columns or more than for one, but leaving them out cost
+        // Gemma 3 a quarter of its prefill speed.
+        .define("GGML_CPU_REPACK", "ON")
         // Only the kernels: no llama, no tools, nothing that would need more than a compiler.
         .define("LLAMA_BUILD_COMMON", "OFF")
         .define("LLAMA_BUILD_TESTS", "OFF")
@@ -142,12 +142,87 @@ const TWO_BY_TWO: &[(&str, &str, &str)] = &[
     ("ggml_vec_dot_q4_1_q8_1", "q4_1_2x2.c", "n / QK8_1"),
 ];
 
-/// `text` with its one occurrence of `find` replaced; the build stops if there is not exactly
-/// one, which means llama.cpp changed and the patch needs a look.
-fn replace_once(text: &str, find: &str, replace: &str, file: &str) -> String {
+/// hearth's repacked kernel (`q8_0_4x8.cpp`): Q8_0 weights, and Q5_0 weights converted to Q8_0
+/// without loss (`q5_0_as_q8_0.cpp`), repacked four rows at a time and multiplied with VNNI, on
+/// x86 CPUs that have it. It is appended to x86's repack.cpp, replacing
+/// llama.cpp's generic code for that layout there (`arch-fallback.h` names the generic code as
+/// the x86 one), and it is the only repacking hearth does: llama.cpp's own choices are left out
+/// (`REPACK_EDITS`). On the Sapphire Rapids machine they were slower (llama-bench --repack 0
+/// against 1: SmolLM2 decode +10%, Gemma 3 prefill +10% without them), and their kernels take
+/// another path for more than three columns than for fewer (gemm against gemv), one more way a
+/// token's logits would depend on the batch it was decoded in (README "Speculative decoding").
+/// hearth's kernel gives every column the same operations in either path.
+const REPACKED: &str = "q8_0_4x8.cpp";
+
+/// The edits to repack.cpp, each (the exact text, what goes in its place, how many times it
+/// occurs): hearth's Q5_0 conversion (`q5_0_as_q8_0.cpp`), placed before the Q8_0 repacking it
+/// joins; the repacked row size in the kernels' row addressing (a Q5_0 tensor's repacked rows are
+/// longer than its own; for every other layout the two are equal); the allocation size; and the
+/// choice of layout, which on x86 with VNNI is hearth's for Q8_0 and 2-D Q5_0, and otherwise
+/// none (llama.cpp's choices after it are never reached).
+const REPACK_EDITS: &[(&str, &str, usize)] = &[
+    (
+        "static int repack_q8_0_to_q8_0_4_bl(struct ggml_tensor *       t,\n                                    int                        interleave_block,\n                                    const void * GGML_RESTRICT data,\n                                    size_t                     data_size) {\n",
+        "{q5_0_as_q8_0.cpp}{0}    if (t->type == GGML_TYPE_Q5_0) {\n        return hearth_repack_q5_0_to_q8_0_4_bl(t, interleave_block, data, data_size);\n    }\n",
+        1,
+    ),
+    (
+        "        const size_t src1_col_stride = ggml_row_size(PARAM_TYPE, ne10);\n",
+        "{0}        const size_t repacked_row = ne00 / ggml_blck_size(src0->type) * sizeof(BLOC_TYPE);\n",
+        1,
+    ),
+    ("src0_start * nb01", "src0_start * repacked_row", 2),
+    ("/* .get_alloc_size       = */ nullptr,  // defaults to ggml_nbytes", "/* .get_alloc_size       = */ hearth_repack_alloc_size,", 1),
+    (
+        "    if (cur->type == GGML_TYPE_Q4_0) {\n        if (ggml_cpu_has_avx2() ||",
+        "    // hearth (build.rs REPACKED): only its own kernel repacks, on x86 CPUs with VNNI.\n\
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)\n\
+    if ((cur->type == GGML_TYPE_Q8_0 || (cur->type == GGML_TYPE_Q5_0 && ggml_n_dims(cur) == 2)) && cur->ne[1] % 4 == 0) {\n\
+        return &q8_0_4x8_q8_0;\n\
+    }\n\
+#endif\n\
+    return nullptr;\n\n{0}",
+        1,
+    ),
+];
+
+/// `text` with each of the `count` occurrences of `find` replaced; the build stops if there are
+/// not exactly that many, which means llama.cpp changed and the patch needs a look.
+fn replace_exactly(text: &str, find: &str, replace: &str, count: usize, file: &str) -> String {
     let found = text.matches(find).count();
-    assert_eq!(found, 1, "a kernel patch looks for {find:?} in {file} once and found it {found} times: llama.cpp changed, update TWO_BY_TWO in build.rs");
-    text.replacen(find, replace, 1)
+    assert_eq!(found, count, "a kernel patch looks for {find:?} in {file} {count} times and found it {found} times: llama.cpp changed, update TWO_BY_TWO or REPACKED in build.rs");
+    text.replace(find, replace)
+}
+
+fn replace_once(text: &str, find: &str, replace: &str, file: &str) -> String {
+    replace_exactly(text, find, replace, 1, file)
+}
+
+fn read_kernel(kernels: &Path, file: &str) -> String {
+    let path = kernels.join(file);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// One file of llama.cpp's CPU backend with the repacked kernel written in (`REPACKED`).
+fn patch_repack_file(rel: &str, text: String, kernels: &Path) -> String {
+    match rel {
+        "arch/x86/repack.cpp" => format!("{text}\n{}", read_kernel(kernels, REPACKED)),
+        "arch-fallback.h" => {
+            // Only x86's section: the other architectures keep the generic code.
+            let start = text.find("#elif defined(__x86_64__)").expect("arch-fallback.h has an x86 section: update REPACKED in build.rs");
+            let end = start + 1 + text[start + 1..].find("#elif").expect("arch-fallback.h's x86 section ends");
+            let mut section = text[start..end].to_string();
+            for f in ["gemv", "gemm"] {
+                section = replace_once(&section, &format!("#define ggml_{f}_q8_0_4x8_q8_0_generic ggml_{f}_q8_0_4x8_q8_0\n"), "", rel);
+            }
+            format!("{}{section}{}", &text[..start], &text[end..])
+        }
+        "repack.cpp" => REPACK_EDITS.iter().fold(text, |text, (find, with, count)| {
+            let with = with.replace("{q5_0_as_q8_0.cpp}", &read_kernel(kernels, "q5_0_as_q8_0.cpp")).replace("{0}", find);
+            replace_exactly(&text, find, &with, *count, rel)
+        }),
+        _ => text,
+    }
 }
 
 /// One file of llama.cpp's CPU backend with the two-by-two kernels written in: in x86's
@@ -159,9 +234,8 @@ fn patch_cpu_file(rel: &str, mut text: String, kernels: &Path) -> String {
         let kernel = format!("hearth_{}_2x2", function.trim_start_matches("ggml_"));
         if rel == "arch/x86/quants.c" {
             let head = format!("void {function}(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {{\n");
-            let path = kernels.join(file);
-            let code = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-            assert!(code.contains(&format!("static void {kernel}(")), "{} defines no {kernel}", path.display());
+            let code = read_kernel(kernels, file);
+            assert!(code.contains(&format!("static void {kernel}(")), "{file} defines no {kernel}");
             let with = format!(
                 "#if defined(__AVX__)\n{code}#endif\n\n{head}#if defined(__AVX__)\n    if (nrc == 2) {{\n        {kernel}({blocks}, s, bs, vx, bx, vy, by);\n        return;\n    }}\n#endif\n"
             );
@@ -193,11 +267,28 @@ fn patched_source(source: &Path, copy: &Path) -> PathBuf {
                 let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{name} is not UTF-8"));
                 patch_cpu_file(name, text, kernels).into_bytes()
             }
+            Some(name @ ("arch/x86/repack.cpp" | "arch-fallback.h" | "repack.cpp")) => {
+                let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{name} is not UTF-8"));
+                patch_repack_file(name, text, kernels).into_bytes()
+            }
             _ => bytes,
         }
     };
     mirror(source, copy, Path::new(""), &patch);
     copy.to_path_buf()
+}
+
+/// A digest of hearth's kernel sources and of this script's patches.
+fn kernels_digest() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut files: Vec<_> = fs::read_dir("src/engine/cpu/kernels").expect("listing the kernels").map(|e| e.expect("listing the kernels").path()).collect();
+    files.push(PathBuf::from("build.rs"));
+    files.sort();
+    for f in files {
+        fs::read(&f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display())).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Copies the tree `from` to `to` (`rel` is the path inside both), passing each file through

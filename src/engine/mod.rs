@@ -16,6 +16,7 @@ pub mod prefix;
 mod sampler;
 pub mod grammar;
 pub mod lookup;
+mod pages;
 mod sequence;
 mod slot_cache;
 pub mod text;
@@ -266,6 +267,11 @@ impl LoadedModel {
         let source = converted.as_ref().map_or_else(|| path.to_path_buf(), convert::Converted::path);
         let mut model = LlamaModel::load_from_file(backend, &source, &params)
             .map_err(|e| load_err(format!("{e} (llama.cpp could not read it; see the log)")))?;
+        // The pages of weights copied at load (repacked) are not read again: not kept resident.
+        match pages::release(&source) {
+            Ok(bytes) => tracing::debug!(mib = bytes >> 20, "handed back the model file's mapped pages"),
+            Err(e) => tracing::warn!(error = %e, "could not hand back the model file's mapped pages"),
+        }
         drop(converted);
         let adapter = match adapters {
             [] => None,

@@ -1,9 +1,15 @@
-//! hearth's own kernels (build.rs `TWO_BY_TWO`) against llama.cpp's one-row kernels, in the
+//! hearth's own kernels (build.rs `TWO_BY_TWO`, `REPACKED`) against the one-column path, in the
 //! CPU module a process loads: a matrix product over a batch of columns must equal, bit for bit,
-//! the same product taken one column at a time. ggml hands a batch to the two-by-two kernels and
-//! a single column to its own one-row kernel, so any difference is the new kernel's. One test
-//! checks the module this machine would choose; another runs that test again in a child process
-//! for every variant this CPU can run (`HEARTH_CPU_VARIANT`), since each is compiled apart.
+//! the same product taken one column at a time.
+//! - Q4_1: ggml hands a batch to the two-by-two kernel and a single column to llama.cpp's
+//!   one-row kernel, so any difference is the new kernel's.
+//! - Q8_0 held in the repacking buffer (as llama.cpp loads weights): where the module has VNNI,
+//!   hearth's repacked kernel takes both paths (gemm for groups of four columns, gemv for the
+//!   rest); elsewhere nothing is repacked, and the test checks that it isn't.
+//!
+//! One test checks the module this machine would choose; another runs the tests again in a
+//! child process for every variant this CPU can run (`HEARTH_CPU_VARIANT`), since each is
+//! compiled apart.
 
 use std::process::Command;
 use std::ptr;
@@ -21,11 +27,45 @@ fn values(n: usize, mut seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The CPU module's repacking buffer type (llama.cpp puts weights there when a layout is chosen
+/// for them), and whether the module has VNNI, which hearth's repacked kernel needs.
+///
+/// # Safety
+/// `dev` is the CPU device.
+unsafe fn repacking(dev: sys::ggml_backend_dev_t) -> (sys::ggml_backend_buffer_type_t, bool) {
+    // SAFETY: the functions are the CPU module's own, by the names it registers; both lists end
+    // with a null entry.
+    unsafe {
+        let reg = sys::ggml_backend_dev_backend_reg(dev);
+        let get = |name: &std::ffi::CStr| sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr());
+        let extra: sys::ggml_backend_dev_get_extra_bufts_t = std::mem::transmute(get(c"ggml_backend_dev_get_extra_bufts"));
+        let mut list = extra.expect("the CPU module lists its extra buffer types")(dev);
+        let mut found = ptr::null_mut();
+        while !list.is_null() && !(*list).is_null() {
+            if std::ffi::CStr::from_ptr(sys::ggml_backend_buft_name(*list)).to_bytes() == b"CPU_REPACK" {
+                found = *list;
+            }
+            list = list.add(1);
+        }
+        assert!(!found.is_null(), "the CPU module has a repacking buffer type (build.rs sets GGML_CPU_REPACK)");
+        let features: sys::ggml_backend_get_features_t = std::mem::transmute(get(c"ggml_backend_get_features"));
+        let mut feature = features.expect("the CPU module lists its features")(reg);
+        let mut vnni = false;
+        while !(*feature).name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*feature).name).to_bytes();
+            vnni |= matches!(name, b"AVX512_VNNI" | b"AVX_VNNI");
+            feature = feature.add(1);
+        }
+        (found, vnni)
+    }
+}
+
 /// (the product over `batch` columns, the products of each column alone), for `rows` weight
-/// rows of `k` values quantized to `kind`.
-fn batched_and_alone(kind: sys::ggml_type, k: usize, rows: usize, batch: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+/// rows of `k` values quantized to `kind`; with `repacked`, the weights are held in the
+/// repacking buffer, and None means the module chose no repacked layout for them.
+fn batched_and_alone(kind: sys::ggml_type, k: usize, rows: usize, batch: usize, repacked: bool) -> Option<(Vec<f32>, Vec<Vec<f32>>)> {
     super::super::backend().expect("the CPU kernels load");
-    // SAFETY: the calls below follow ggml's documented use: a no-alloc context holds the tensor
+    // SAFETY: the calls below follow ggml's documented use: no-alloc contexts hold the tensor
     // descriptions, the CPU backend allocates and computes them, and every pointer passed is
     // either from ggml or a live Vec of the size ggml asked for.
     unsafe {
@@ -33,14 +73,36 @@ fn batched_and_alone(kind: sys::ggml_type, k: usize, rows: usize, batch: usize) 
         assert!(!dev.is_null(), "a CPU device is registered");
         let backend = sys::ggml_backend_dev_init(dev, ptr::null());
         assert!(!backend.is_null(), "the CPU backend starts");
-        let params = sys::ggml_init_params {
-            mem_size: sys::ggml_tensor_overhead() * (4 * batch + 8) + sys::ggml_graph_overhead(),
-            mem_buffer: ptr::null_mut(),
-            no_alloc: true,
-        };
-        let ctx = sys::ggml_init(params);
         let (k64, rows64, batch64) = (k as i64, rows as i64, batch as i64);
-        let w = sys::ggml_new_tensor_2d(ctx, kind, k64, rows64);
+        let context = |tensors: usize| {
+            sys::ggml_init(sys::ggml_init_params {
+                mem_size: sys::ggml_tensor_overhead() * tensors + sys::ggml_graph_overhead(),
+                mem_buffer: ptr::null_mut(),
+                no_alloc: true,
+            })
+        };
+        let weights_ctx = context(1);
+        let w = sys::ggml_new_tensor_2d(weights_ctx, kind, k64, rows64);
+        let (buft, vnni) = repacking(dev);
+        let weights_buffer = if repacked {
+            sys::ggml_backend_alloc_ctx_tensors_from_buft(weights_ctx, buft)
+        } else {
+            sys::ggml_backend_alloc_ctx_tensors(weights_ctx, backend)
+        };
+        assert!(!weights_buffer.is_null(), "the weights are allocated");
+        if repacked {
+            // hearth repacks Q8_0 and Q5_0 where the module has VNNI, and nothing else anywhere.
+            let chosen = !(*w).extra.is_null();
+            let expected = vnni && matches!(kind, sys::GGML_TYPE_Q8_0 | sys::GGML_TYPE_Q5_0);
+            assert_eq!(chosen, expected, "a repacked layout chosen for type {kind} (module has VNNI: {vnni})");
+            if !chosen {
+                sys::ggml_backend_buffer_free(weights_buffer);
+                sys::ggml_free(weights_ctx);
+                sys::ggml_backend_free(backend);
+                return None;
+            }
+        }
+        let ctx = context(4 * batch + 8);
         let x = sys::ggml_new_tensor_2d(ctx, sys::GGML_TYPE_F32, k64, batch64);
         let graph = sys::ggml_new_graph(ctx);
         let all = sys::ggml_mul_mat(ctx, w, x);
@@ -73,18 +135,23 @@ fn batched_and_alone(kind: sys::ggml_type, k: usize, rows: usize, batch: usize) 
         let batched = read(all, rows * batch);
         let alone = alone.into_iter().map(|t| read(t, rows)).collect();
         sys::ggml_backend_buffer_free(buffer);
+        sys::ggml_backend_buffer_free(weights_buffer);
         sys::ggml_free(ctx);
+        sys::ggml_free(weights_ctx);
         sys::ggml_backend_free(backend);
-        (batched, alone)
+        Some((batched, alone))
     }
 }
 
 /// Over batches of 2, 4, 8 and 6 columns (ggml hands a kernel two columns where the batch and
-/// each thread's share of it are even).
-fn assert_batch_independent(kind: sys::ggml_type, name: &str) {
+/// each thread's share of it are even; the repacked kernel takes columns in fours, and the rest
+/// one at a time). Returns whether anything was checked.
+fn assert_batch_independent(kind: sys::ggml_type, name: &str, repacked: bool) -> bool {
     let (k, rows) = (768, 32);
     for batch in [2, 4, 8, 6] {
-        let (batched, alone) = batched_and_alone(kind, k, rows, batch);
+        let Some((batched, alone)) = batched_and_alone(kind, k, rows, batch, repacked) else {
+            return false;
+        };
         for (b, column) in alone.iter().enumerate() {
             let from_batch = &batched[b * rows..(b + 1) * rows];
             // Compared as bits: equal floats are not enough for "bit for bit", and a NaN would
@@ -98,11 +165,41 @@ fn assert_batch_independent(kind: sys::ggml_type, name: &str) {
             assert!(column.iter().any(|v| *v != 0.0), "{name}: the product is all zeros, which checks nothing");
         }
     }
+    true
 }
 
 #[test]
 fn q4_1_products_in_a_batch_equal_the_one_row_kernels_bit_for_bit() {
-    assert_batch_independent(sys::GGML_TYPE_Q4_1, "Q4_1");
+    assert!(assert_batch_independent(sys::GGML_TYPE_Q4_1, "Q4_1", false));
+}
+
+#[test]
+fn repacked_q8_0_products_in_a_batch_equal_the_column_alone_bit_for_bit() {
+    // Where nothing is repacked (no VNNI), the checks return false having asserted that; other
+    // types are never repacked.
+    assert_batch_independent(sys::GGML_TYPE_Q8_0, "repacked Q8_0", true);
+    assert_batch_independent(sys::GGML_TYPE_Q5_0, "Q5_0 repacked as Q8_0", true);
+    assert!(!assert_batch_independent(sys::GGML_TYPE_Q4_1, "Q4_1 in the repacking buffer", true));
+}
+
+#[test]
+fn repacked_products_equal_llama_cpps_to_rounding() {
+    // The batch test above would pass for a kernel wrong in the same way in both paths; this
+    // one compares with llama.cpp's kernels on the same quantized weights. The integer sums are
+    // exact in both, so only float rounding may differ: a few units in the last place of the
+    // largest output.
+    for (kind, name) in [(sys::GGML_TYPE_Q8_0, "Q8_0"), (sys::GGML_TYPE_Q5_0, "Q5_0")] {
+        let (k, rows, batch) = (768, 32, 6);
+        let Some((repacked, _)) = batched_and_alone(kind, k, rows, batch, true) else {
+            continue;
+        };
+        let (plain, _) = batched_and_alone(kind, k, rows, batch, false).expect("an ordinary buffer always computes");
+        let largest = plain.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(largest > 0.1, "{name}: the products are near zero ({largest}), which checks little");
+        for (i, (r, p)) in repacked.iter().zip(&plain).enumerate() {
+            assert!((r - p).abs() <= largest * 1e-5, "{name}: output {i} is {r} repacked and {p} by llama.cpp (largest output {largest})");
+        }
+    }
 }
 
 #[test]
@@ -115,15 +212,17 @@ fn every_variant_this_cpu_runs_passes_the_same_check() {
     let runnable: Vec<_> = super::all_variants().iter().filter(|v| v.needs.iter().all(|f| super::has(f))).collect();
     assert!(!runnable.is_empty(), "this CPU runs at least one variant, or no test could load the kernels");
     for variant in runnable {
-        let name = "engine::cpu::kernel_tests::q4_1_products_in_a_batch_equal_the_one_row_kernels_bit_for_bit";
         let out = Command::new(&exe)
-            .args(["--exact", name, "--test-threads=1"])
+            .args(["--exact", "--test-threads=1"])
+            .arg("engine::cpu::kernel_tests::q4_1_products_in_a_batch_equal_the_one_row_kernels_bit_for_bit")
+            .arg("engine::cpu::kernel_tests::repacked_q8_0_products_in_a_batch_equal_the_column_alone_bit_for_bit")
+            .arg("engine::cpu::kernel_tests::repacked_products_equal_llama_cpps_to_rounding")
             .env("HEARTH_CPU_VARIANT", variant.name)
             .output()
             .expect("running the test binary again");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success() && stdout.contains("1 passed"),
+            out.status.success() && stdout.contains("3 passed"),
             "the {} kernels: {}\n{stdout}{}",
             variant.name,
             out.status,
