@@ -143,8 +143,8 @@ const TWO_BY_TWO: &[(&str, &str, &str)] = &[
 ];
 
 /// hearth's repacked kernel (`q8_0_4x8.cpp`): Q8_0 weights, and Q5_0 weights converted to Q8_0
-/// without loss (`q5_0_as_q8_0.cpp`), repacked four rows at a time and multiplied with VNNI, on
-/// x86 CPUs that have it. It is appended to x86's repack.cpp, replacing
+/// without loss (`q5_0_as_q8_0.cpp`), repacked four rows at a time, for x86 CPUs with AVX2 (with
+/// VNNI where there is one). It is appended to x86's repack.cpp, replacing
 /// llama.cpp's generic code for that layout there (`arch-fallback.h` names the generic code as
 /// the x86 one), and it is the only repacking hearth does: llama.cpp's own choices are left out
 /// (`REPACK_EDITS`). On the Sapphire Rapids machine they were slower (llama-bench --repack 0
@@ -158,7 +158,7 @@ const REPACKED: &str = "q8_0_4x8.cpp";
 /// occurs): hearth's Q5_0 conversion (`q5_0_as_q8_0.cpp`), placed before the Q8_0 repacking it
 /// joins; the repacked row size in the kernels' row addressing (a Q5_0 tensor's repacked rows are
 /// longer than its own; for every other layout the two are equal); the allocation size; and the
-/// choice of layout, which on x86 with VNNI is hearth's for Q8_0 and 2-D Q5_0, and otherwise
+/// choice of layout, which on x86 with AVX2 is hearth's for Q8_0 and 2-D Q5_0, and otherwise
 /// none (llama.cpp's choices after it are never reached).
 const REPACK_EDITS: &[(&str, &str, usize)] = &[
     (
@@ -175,8 +175,8 @@ const REPACK_EDITS: &[(&str, &str, usize)] = &[
     ("/* .get_alloc_size       = */ nullptr,  // defaults to ggml_nbytes", "/* .get_alloc_size       = */ hearth_repack_alloc_size,", 1),
     (
         "    if (cur->type == GGML_TYPE_Q4_0) {\n        if (ggml_cpu_has_avx2() ||",
-        "    // hearth (build.rs REPACKED): only its own kernel repacks, on x86 CPUs with VNNI.\n\
-#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)\n\
+        "    // hearth (build.rs REPACKED): only its own kernel repacks, on x86 CPUs with AVX2.\n\
+#if defined(__AVX2__)\n\
     if ((cur->type == GGML_TYPE_Q8_0 || (cur->type == GGML_TYPE_Q5_0 && ggml_n_dims(cur) == 2)) && cur->ne[1] % 4 == 0) {\n\
         return &q8_0_4x8_q8_0;\n\
     }\n\

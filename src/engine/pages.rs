@@ -1,7 +1,7 @@
 //! Handing back the model file's pages once a model is loaded.
 //!
 //! llama.cpp maps the GGUF file and faults all of it in at load (`MAP_POPULATE`). Weights that
-//! hearth's kernels repack (Q8_0 and Q5_0 on CPUs with VNNI: `build.rs`, `REPACKED`) are copied
+//! hearth's kernels repack (Q8_0 and Q5_0 on CPUs with AVX2: `build.rs`, `REPACKED`) are copied
 //! into their own buffer, so their pages in the mapping are never read again; a tied embedding
 //! is read only at the rows of the tokens in use. Left mapped, those pages count in the
 //! process's RSS next to the copies (Gemma 3 270M: 652 MiB against llama-server's 401,

@@ -3,9 +3,9 @@
 //! the same product taken one column at a time.
 //! - Q4_1: ggml hands a batch to the two-by-two kernel and a single column to llama.cpp's
 //!   one-row kernel, so any difference is the new kernel's.
-//! - Q8_0 held in the repacking buffer (as llama.cpp loads weights): where the module has VNNI,
-//!   hearth's repacked kernel takes both paths (gemm for groups of four columns, gemv for the
-//!   rest); elsewhere nothing is repacked, and the test checks that it isn't.
+//! - Q8_0 and Q5_0 held in the repacking buffer (as llama.cpp loads weights): where the module
+//!   has AVX2, hearth's repacked kernel takes both paths (gemm for groups of four columns, gemv
+//!   for the rest); elsewhere nothing is repacked, and the test checks that it isn't.
 //!
 //! One test checks the module this machine would choose; another runs the tests again in a
 //! child process for every variant this CPU can run (`HEARTH_CPU_VARIANT`), since each is
@@ -28,7 +28,7 @@ fn values(n: usize, mut seed: u64) -> Vec<f32> {
 }
 
 /// The CPU module's repacking buffer type (llama.cpp puts weights there when a layout is chosen
-/// for them), and whether the module has VNNI, which hearth's repacked kernel needs.
+/// for them), and whether the module has AVX2, which hearth's repacked kernel needs.
 ///
 /// # Safety
 /// `dev` is the CPU device.
@@ -50,13 +50,13 @@ unsafe fn repacking(dev: sys::ggml_backend_dev_t) -> (sys::ggml_backend_buffer_t
         assert!(!found.is_null(), "the CPU module has a repacking buffer type (build.rs sets GGML_CPU_REPACK)");
         let features: sys::ggml_backend_get_features_t = std::mem::transmute(get(c"ggml_backend_get_features"));
         let mut feature = features.expect("the CPU module lists its features")(reg);
-        let mut vnni = false;
+        let mut avx2 = false;
         while !(*feature).name.is_null() {
             let name = std::ffi::CStr::from_ptr((*feature).name).to_bytes();
-            vnni |= matches!(name, b"AVX512_VNNI" | b"AVX_VNNI");
+            avx2 |= name == b"AVX2";
             feature = feature.add(1);
         }
-        (found, vnni)
+        (found, avx2)
     }
 }
 
@@ -83,7 +83,7 @@ fn batched_and_alone(kind: sys::ggml_type, k: usize, rows: usize, batch: usize, 
         };
         let weights_ctx = context(1);
         let w = sys::ggml_new_tensor_2d(weights_ctx, kind, k64, rows64);
-        let (buft, vnni) = repacking(dev);
+        let (buft, avx2) = repacking(dev);
         let weights_buffer = if repacked {
             sys::ggml_backend_alloc_ctx_tensors_from_buft(weights_ctx, buft)
         } else {
@@ -91,10 +91,10 @@ fn batched_and_alone(kind: sys::ggml_type, k: usize, rows: usize, batch: usize, 
         };
         assert!(!weights_buffer.is_null(), "the weights are allocated");
         if repacked {
-            // hearth repacks Q8_0 and Q5_0 where the module has VNNI, and nothing else anywhere.
+            // hearth repacks Q8_0 and Q5_0 where the module has AVX2, and nothing else anywhere.
             let chosen = !(*w).extra.is_null();
-            let expected = vnni && matches!(kind, sys::GGML_TYPE_Q8_0 | sys::GGML_TYPE_Q5_0);
-            assert_eq!(chosen, expected, "a repacked layout chosen for type {kind} (module has VNNI: {vnni})");
+            let expected = avx2 && matches!(kind, sys::GGML_TYPE_Q8_0 | sys::GGML_TYPE_Q5_0);
+            assert_eq!(chosen, expected, "a repacked layout chosen for type {kind} (module has AVX2: {avx2})");
             if !chosen {
                 sys::ggml_backend_buffer_free(weights_buffer);
                 sys::ggml_free(weights_ctx);
@@ -175,7 +175,7 @@ fn q4_1_products_in_a_batch_equal_the_one_row_kernels_bit_for_bit() {
 
 #[test]
 fn repacked_q8_0_products_in_a_batch_equal_the_column_alone_bit_for_bit() {
-    // Where nothing is repacked (no VNNI), the checks return false having asserted that; other
+    // Where nothing is repacked (no AVX2), the checks return false having asserted that; other
     // types are never repacked.
     assert_batch_independent(sys::GGML_TYPE_Q8_0, "repacked Q8_0", true);
     assert_batch_independent(sys::GGML_TYPE_Q5_0, "Q5_0 repacked as Q8_0", true);

@@ -4,7 +4,7 @@
 // Q5_0 weights go to the same repacked Q8_0 layout and kernel (q8_0_4x8.cpp). A Q5_0 value is
 // d * (q - 16) with q in 0..31, so the Q8_0 block with the same scale d and the integers q - 16
 // holds exactly the same values: the conversion loses nothing. It costs 34 bytes per block of 32
-// instead of 22 (`hearth_repack_alloc_size`), and buys the VNNI kernel for the tensors that
+// instead of 22 (`hearth_repack_alloc_size`), and buys the repacked kernel for the tensors that
 // llama.cpp's K-quant mixes store as Q5_0 because their rows don't fill a K-quant block of 256
 // (Gemma 3 270M's attention and feed-forward inputs, 640 wide). The repacked rows are longer than
 // the tensor's own, so the kernels' row addressing uses the repacked block size (build.rs).
