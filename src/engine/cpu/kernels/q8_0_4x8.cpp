@@ -161,7 +161,8 @@ void ggml_gemm_q8_0_4x8_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const vo
             scale[i * 4 + m] = GGML_CPU_FP16_TO_FP32(a[i].d[m]);
         }
     }
-    // Each four rows of weights are loaded once, for every column.
+    // Each four rows of weights stay in cache while every group of four columns passes over them,
+    // so the weights stream from memory once.
     for (int x = 0; x < nc / 4; x++) {
         const block_q8_0x4 * b = (const block_q8_0x4 *) vx + x * nb;
         for (int y = 0; y < groups; y++) {
