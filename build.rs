@@ -67,7 +67,7 @@ fn build_cpu_variants() {
     let original = llama_source();
     let source = patched_source(&original, &out.join("llama.cpp"));
     // Which llama.cpp this is (llama-cpp-sys-2's package folder names its version) and which of
-    // hearth's kernels are in it (the repacked one gives other floats than llama.cpp's): saved
+    // hearth's kernels are in it (the repacked ones give other floats than llama.cpp's): saved
     // KV states are only restored by the build that wrote them (engine::disk_prefixes).
     let version = original.parent().and_then(Path::file_name).map_or_else(|| original.display().to_string(), |n| n.to_string_lossy().into_owned());
     let build = format!("{version}+kernels-{:016x}", kernels_digest());
@@ -82,7 +82,7 @@ fn build_cpu_variants() {
         .define("GGML_CPU_ALL_VARIANTS", "ON")
         .define("GGML_NATIVE", "OFF")
         .define("GGML_OPENMP", "ON")
-        // Weight repacking, for hearth's own kernel only (`REPACKED`). llamafile's kernels
+        // Weight repacking, for hearth's own kernels only (`REPACKED`). llamafile's kernels
         // take another path for two columns or more than for one, but leaving them out cost
         // Gemma 3 a quarter of its prefill speed.
         .define("GGML_CPU_REPACK", "ON")
@@ -142,43 +142,49 @@ const TWO_BY_TWO: &[(&str, &str, &str)] = &[
     ("ggml_vec_dot_q4_1_q8_1", "q4_1_2x2.c", "n / QK8_1"),
 ];
 
-/// hearth's repacked kernel (`q8_0_4x8.cpp`): Q8_0 weights, and Q5_0 weights converted to Q8_0
-/// without loss (`q5_0_as_q8_0.cpp`), repacked four rows at a time, for x86 CPUs with AVX2 (with
-/// VNNI where there is one). It is appended to x86's repack.cpp, replacing
-/// llama.cpp's generic code for that layout there (`arch-fallback.h` names the generic code as
-/// the x86 one), and it is the only repacking hearth does: llama.cpp's own choices are left out
-/// (`REPACK_EDITS`). On the Sapphire Rapids machine they were slower (llama-bench --repack 0
-/// against 1: SmolLM2 decode +10%, Gemma 3 prefill +10% without them), and their kernels take
-/// another path for more than three columns than for fewer (gemm against gemv), one more way a
-/// token's logits would depend on the batch it was decoded in (README "Speculative decoding").
-/// hearth's kernel gives every column the same operations in either path.
-const REPACKED: &str = "q8_0_4x8.cpp";
+/// hearth's repacked kernels (`repacked_4x8.cpp`): Q8_0 weights in llama.cpp's four-row layout
+/// and Q5_0 weights in hearth's (`repacked_4x8.h`, the same size as the rows it holds), for x86
+/// CPUs with AVX2 (with VNNI where there is one). The kernels are appended to x86's repack.cpp,
+/// replacing llama.cpp's generic code for the Q8_0 layout there (`arch-fallback.h` names the
+/// generic code as the x86 one), and they are the only repacking hearth does: llama.cpp's own
+/// choices are left out (`REPACK_EDITS`). On the Sapphire Rapids machine they were slower
+/// (llama-bench --repack 0 against 1: SmolLM2 decode +10%, Gemma 3 prefill +10% without them),
+/// and their kernels take another path for more than three columns than for fewer (gemm against
+/// gemv), one more way a token's logits would depend on the batch it was decoded in (README
+/// "Speculative decoding"). hearth's kernels give every column the same operations in either path.
+const REPACKED: &str = "repacked_4x8.cpp";
 
 /// The edits to repack.cpp, each (the exact text, what goes in its place, how many times it
-/// occurs): hearth's Q5_0 conversion (`q5_0_as_q8_0.cpp`), placed before the Q8_0 repacking it
-/// joins; the repacked row size in the kernels' row addressing (a Q5_0 tensor's repacked rows are
-/// longer than its own; for every other layout the two are equal); the allocation size; and the
-/// choice of layout, which on x86 with AVX2 is hearth's for Q8_0 and 2-D Q5_0, and otherwise
-/// none (llama.cpp's choices after it are never reached).
+/// occurs): the Q5_0 layout's repacking and kernels, named for llama.cpp's templates; and the
+/// choice of layout, which on x86 with AVX2 is hearth's for Q8_0 and Q5_0, and otherwise none
+/// (llama.cpp's choices after it are never reached).
 const REPACK_EDITS: &[(&str, &str, usize)] = &[
     (
-        "static int repack_q8_0_to_q8_0_4_bl(struct ggml_tensor *       t,\n                                    int                        interleave_block,\n                                    const void * GGML_RESTRICT data,\n                                    size_t                     data_size) {\n",
-        "{q5_0_as_q8_0.cpp}{0}    if (t->type == GGML_TYPE_Q5_0) {\n        return hearth_repack_q5_0_to_q8_0_4_bl(t, interleave_block, data, data_size);\n    }\n",
+        "class tensor_traits_base : public ggml::cpu::tensor_traits {\n",
+        "// hearth (build.rs REPACKED): Q5_0 weights four rows at a time.\n\
+#if defined(__AVX2__)\n\
+template <> int repack<block_q5_0, 8, 4>(struct ggml_tensor * t, const void * data, size_t data_size) {\n\
+    return hearth_repack_q5_0_4x8(t, data, data_size);\n\
+}\n\
+template <> void gemv<block_q5_0, 8, 4, GGML_TYPE_Q8_0>(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {\n\
+    hearth_gemv_q5_0_4x8_q8_0(n, s, bs, vx, vy, nr, nc);\n\
+}\n\
+template <> void gemm<block_q5_0, 8, 4, GGML_TYPE_Q8_0>(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {\n\
+    hearth_gemm_q5_0_4x8_q8_0(n, s, bs, vx, vy, nr, nc);\n\
+}\n\
+#endif\n\n{0}",
         1,
     ),
-    (
-        "        const size_t src1_col_stride = ggml_row_size(PARAM_TYPE, ne10);\n",
-        "{0}        const size_t repacked_row = ne00 / ggml_blck_size(src0->type) * sizeof(BLOC_TYPE);\n",
-        1,
-    ),
-    ("src0_start * nb01", "src0_start * repacked_row", 2),
-    ("/* .get_alloc_size       = */ nullptr,  // defaults to ggml_nbytes", "/* .get_alloc_size       = */ hearth_repack_alloc_size,", 1),
     (
         "    if (cur->type == GGML_TYPE_Q4_0) {\n        if (ggml_cpu_has_avx2() ||",
-        "    // hearth (build.rs REPACKED): only its own kernel repacks, on x86 CPUs with AVX2.\n\
+        "    // hearth (build.rs REPACKED): only its own kernels repack, on x86 CPUs with AVX2.\n\
 #if defined(__AVX2__)\n\
-    if ((cur->type == GGML_TYPE_Q8_0 || (cur->type == GGML_TYPE_Q5_0 && ggml_n_dims(cur) == 2)) && cur->ne[1] % 4 == 0) {\n\
+    static const ggml::cpu::repack::tensor_traits<block_q5_0, 8, 4, GGML_TYPE_Q8_0> q5_0_4x8_q8_0;\n\
+    if (cur->type == GGML_TYPE_Q8_0 && cur->ne[1] % 4 == 0) {\n\
         return &q8_0_4x8_q8_0;\n\
+    }\n\
+    if (cur->type == GGML_TYPE_Q5_0 && cur->ne[1] % 4 == 0) {\n\
+        return &q5_0_4x8_q8_0;\n\
     }\n\
 #endif\n\
     return nullptr;\n\n{0}",
@@ -203,7 +209,7 @@ fn read_kernel(kernels: &Path, file: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-/// One file of llama.cpp's CPU backend with the repacked kernel written in (`REPACKED`).
+/// One file of llama.cpp's CPU backend with the repacked kernels written in (`REPACKED`).
 fn patch_repack_file(rel: &str, text: String, kernels: &Path) -> String {
     match rel {
         "arch/x86/repack.cpp" => format!("{text}\n{}", read_kernel(kernels, REPACKED)),
@@ -217,8 +223,9 @@ fn patch_repack_file(rel: &str, text: String, kernels: &Path) -> String {
             }
             format!("{}{section}{}", &text[..start], &text[end..])
         }
+        "repack.h" => format!("{text}\n{}", read_kernel(kernels, "repacked_4x8.h")),
         "repack.cpp" => REPACK_EDITS.iter().fold(text, |text, (find, with, count)| {
-            let with = with.replace("{q5_0_as_q8_0.cpp}", &read_kernel(kernels, "q5_0_as_q8_0.cpp")).replace("{0}", find);
+            let with = with.replace("{0}", find);
             replace_exactly(&text, find, &with, *count, rel)
         }),
         _ => text,
@@ -267,7 +274,7 @@ fn patched_source(source: &Path, copy: &Path) -> PathBuf {
                 let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{name} is not UTF-8"));
                 patch_cpu_file(name, text, kernels).into_bytes()
             }
-            Some(name @ ("arch/x86/repack.cpp" | "arch-fallback.h" | "repack.cpp")) => {
+            Some(name @ ("arch/x86/repack.cpp" | "arch-fallback.h" | "repack.h" | "repack.cpp")) => {
                 let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{name} is not UTF-8"));
                 patch_repack_file(name, text, kernels).into_bytes()
             }

@@ -19,6 +19,7 @@ mod gguf_validation;
 mod disk_prefixes;
 mod fleet;
 mod kv_pool;
+mod memory;
 mod hostile;
 mod scheduling;
 mod support;

@@ -59,7 +59,6 @@ impl Weights {
 mod ty {
     pub const F32: u32 = 0;
     pub const F16: u32 = 1;
-    pub const Q5_0: u32 = 6;
     pub const Q8_0: u32 = 8;
     pub const Q8_1: u32 = 9;
     pub const Q8_K: u32 = 15;
@@ -89,15 +88,9 @@ fn converted_size(t: &TensorInfo) -> Option<u64> {
 }
 
 /// Bytes of tensor data the model holds in memory with `weights`; `None` if a type is unknown.
-/// With `q5_0_repacked` (`engine::cpu::repacks_q5_0`), the CPU kernels hold each 2-D Q5_0
-/// matrix with rows in fours as Q8_0.
-pub fn weight_bytes(info: &GgufInfo, weights: Weights, q5_0_repacked: bool) -> Option<u64> {
+/// The CPU kernels' repacked layouts are the size of the rows they hold.
+pub fn weight_bytes(info: &GgufInfo, weights: Weights) -> Option<u64> {
     match weights {
-        Weights::AsStored if q5_0_repacked => info.tensors.iter().try_fold(0u64, |acc, t| {
-            let repacked = t.ggml_type == ty::Q5_0 && t.dims.len() == 2 && t.dims[1].is_multiple_of(4);
-            let (block, bytes) = if repacked { (32, 34) } else { ggml_type_size(t.ggml_type)? };
-            Some(acc + t.dims.iter().product::<u64>().div_ceil(block) * bytes)
-        }),
         Weights::AsStored => info.tensor_bytes(),
         Weights::Q8_0 => info.tensors.iter().try_fold(0u64, |acc, t| Some(acc + converted_size(t)?)),
     }
@@ -217,30 +210,12 @@ mod tests {
                 tensor("n.weight", vec![64], ty::F32),     // kept
             ],
             file_size: 0,
+            data_start: 0,
         };
-        for repacked in [false, true] {
-            assert_eq!(weight_bytes(&info, Weights::AsStored, repacked), Some(64 * 32 / 32 * 20 + 64 * 32 * 2 + 64 * 4));
-            assert_eq!(weight_bytes(&info, Weights::Q8_0, repacked), Some(64 * 32 / 32 * 34 + 64 * 32 * 2 + 64 * 4));
-        }
+        assert_eq!(weight_bytes(&info, Weights::AsStored), Some(64 * 32 / 32 * 20 + 64 * 32 * 2 + 64 * 4));
+        assert_eq!(weight_bytes(&info, Weights::Q8_0), Some(64 * 32 / 32 * 34 + 64 * 32 * 2 + 64 * 4));
         assert!(worth_converting(&info, Weights::Q8_0));
         assert!(!worth_converting(&info, Weights::AsStored));
-    }
-
-    #[test]
-    fn repacked_q5_0_counts_as_q8_0() {
-        let info = GgufInfo {
-            version: 3,
-            metadata: Default::default(),
-            tensors: vec![
-                tensor("q.weight", vec![640, 1024], ty::Q5_0), // 22 bytes per 32 as stored
-                tensor("odd.weight", vec![640, 6], ty::Q5_0),  // rows not in fours: not repacked
-                tensor("n.weight", vec![640], ty::F32),
-            ],
-            file_size: 0,
-        };
-        let (q, odd, n) = (640 * 1024 / 32, 640 * 6 / 32 * 22, 640 * 4);
-        assert_eq!(weight_bytes(&info, Weights::AsStored, false), Some(q * 22 + odd + n));
-        assert_eq!(weight_bytes(&info, Weights::AsStored, true), Some(q * 34 + odd + n));
     }
 
     #[test]

@@ -58,8 +58,7 @@ pub fn effective_ctx(info: &GgufInfo, num_ctx: u32) -> u32 {
 pub fn estimate(info: &GgufInfo, settings: &LoadSettings) -> Estimate {
     // Tensor data is what gets mapped (converted, if asked) or repacked; fall back to the file
     // size for an unknown type.
-    let repacked = crate::engine::cpu::repacks_q5_0();
-    let weights = crate::engine::convert::weight_bytes(info, settings.weights, repacked).unwrap_or(info.file_size);
+    let weights = crate::engine::convert::weight_bytes(info, settings.weights).unwrap_or(info.file_size);
     let layers = info.arch_u64("block_count").unwrap_or(0);
     let heads = info.arch_u64("attention.head_count").unwrap_or(1).max(1);
     let kv_heads = info.arch_u64("attention.head_count_kv").unwrap_or(heads);
@@ -116,6 +115,7 @@ mod tests {
                 offset: 0,
             }],
             file_size: 1 << 30,
+            data_start: 0,
         }
     }
 

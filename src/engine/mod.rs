@@ -268,7 +268,8 @@ impl LoadedModel {
         let mut model = LlamaModel::load_from_file(backend, &source, &params)
             .map_err(|e| load_err(format!("{e} (llama.cpp could not read it; see the log)")))?;
         // The pages of weights copied at load (repacked) are not read again: not kept resident.
-        match pages::release(&source) {
+        let spans = crate::store::gguf::read_gguf(&source).map(|info| info.tensor_spans()).unwrap_or_default();
+        match pages::release(&source, &spans) {
             Ok(bytes) => tracing::debug!(mib = bytes >> 20, "handed back the model file's mapped pages"),
             Err(e) => tracing::warn!(error = %e, "could not hand back the model file's mapped pages"),
         }

@@ -119,12 +119,6 @@ pub fn choose() -> Result<&'static Variant, String> {
     })
 }
 
-/// Whether the kernels this process loads repack Q5_0 weights as Q8_0 (build.rs `REPACKED`:
-/// the variants with AVX2), which holds them in 34 bytes per 32 values instead of 22.
-pub fn repacks_q5_0() -> bool {
-    choose().is_ok_and(|v| v.needs.contains(&"avx2"))
-}
-
 fn display_features(features: &[&str]) -> String {
     if features.is_empty() {
         "none of the features hearth's variants use".to_string()

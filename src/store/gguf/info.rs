@@ -62,6 +62,8 @@ pub struct GgufInfo {
     pub metadata: BTreeMap<String, GgufValue>,
     pub tensors: Vec<TensorInfo>,
     pub file_size: u64,
+    /// Where the tensor data section starts in the file (tensor offsets count from here).
+    pub data_start: u64,
 }
 
 impl GgufInfo {
@@ -103,6 +105,23 @@ impl GgufInfo {
             let elems = t.dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d))?;
             acc.checked_add(elems.div_ceil(block).checked_mul(size)?)
         })
+    }
+
+    /// Each tensor's bytes in the file, as [start, end) offsets from the file's start, in file
+    /// order; tensors of an unknown type are left out.
+    pub fn tensor_spans(&self) -> Vec<(u64, u64)> {
+        let mut spans: Vec<(u64, u64)> = self
+            .tensors
+            .iter()
+            .filter_map(|t| {
+                let (block, size) = ggml_type_size(t.ggml_type)?;
+                let elems = t.dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d))?;
+                let start = self.data_start.checked_add(t.offset)?;
+                Some((start, start.checked_add(elems.div_ceil(block).checked_mul(size)?)?))
+            })
+            .collect();
+        spans.sort_unstable();
+        spans
     }
 
     /// Vocabulary size, from the tokenizer's token list.

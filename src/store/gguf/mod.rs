@@ -276,6 +276,7 @@ fn parse<R: Read>(r: &mut Reader<R>, file_size: u64) -> Result<GgufInfo, GgufErr
         metadata,
         tensors,
         file_size,
+        data_start,
     })
 }
 
