@@ -14,7 +14,7 @@
 //! folios (ext4 on Linux 6.18 here, 2 MiB each), a fault maps the whole folio, but never past the
 //! mapping's region (VMA). Gemma 3 keeps its Q5_0 matrices next to the Q4_K and Q6_K ones it
 //! computes with from the file, so the first request brought back 41 MiB of repacked Q5_0 pages
-//! (69 MiB of the file resident instead of 28). `release` therefore first splits the mapping into
+//! (69 MiB of the file resident instead of 30). `release` therefore first splits the mapping into
 //! one region per tensor, marking every other tensor's pages `MADV_DONTDUMP` (left out of core
 //! dumps, which don't need the weights; the kernel keeps regions with different flags apart).
 
