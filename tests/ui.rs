@@ -74,7 +74,9 @@ fn the_page_chats_stops_on_the_server_and_keeps_a_conversation_across_a_reload()
 
     // A long answer, stopped once it streams: the server lets go of the model, and the
     // conversation keeps only the finished turn.
+    // Greedy, so the answer is the same on every run on a CPU (a sampled one may end early).
     set(&mut b, "num-predict", "3000");
+    set(&mut b, "temperature", "0");
     send(&mut b, "Count from 1 to 2000, one number per line.");
     b.wait_for("the answer streaming", "(document.querySelector('.msg.assistant[data-state=streaming] .body')?.textContent.length ?? 0) > 20");
     assert_eq!(running(&s), 1, "the answer runs on the server");

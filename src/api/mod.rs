@@ -109,7 +109,10 @@ pub fn mark(resp: &mut Response, model: &str, info: Option<&ResponseInfo>) {
                 }
                 // Feedback finds the answer by its request id, known to `observe`.
                 let served = served.clone();
-                resp.extensions_mut().insert(observe::OnRequestId(Arc::new(move |id: &str| served.remember(id))));
+                resp.extensions_mut().insert(observe::OnRequestId(Arc::new(move |id: String| {
+                    let served = served.clone();
+                    Box::pin(async move { served.remember(&id).await })
+                })));
             }
         }
     }

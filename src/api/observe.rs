@@ -47,9 +47,10 @@ pub struct ModelLabel(pub String);
 pub struct ErrorKind(pub &'static str);
 
 /// Something a handler wants done with the request's id once it is known (a route's answer
-/// remembered for feedback), set in the response's extensions.
+/// remembered for feedback), set in the response's extensions. The response waits for it, so
+/// what it stores is stored before the client has the id.
 #[derive(Clone)]
-pub struct OnRequestId(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+pub struct OnRequestId(pub std::sync::Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, ()> + Send + Sync>);
 
 /// The middleware; see the module documentation for how to install it.
 pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Next) -> Response {
@@ -79,7 +80,7 @@ pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Nex
         resp.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
     }
     if let Some(OnRequestId(f)) = resp.extensions_mut().remove::<OnRequestId>() {
-        f(&id);
+        f(id.clone()).await;
     }
 
     // One access line per request: at info for errors, at debug for the rest (a generation

@@ -313,24 +313,23 @@ impl Router {
         state.health.insert(provider.to_string(), (up, now, result.err()));
     }
 
-    /// Remembers which target served `request_id`, for `/api/feedback` (in the ledger too, in
-    /// the background).
-    pub fn remember(&self, request_id: &str, served: Attribution) {
-        if let (Some(ledger), Ok(rt)) = (&self.ledger, tokio::runtime::Handle::try_current()) {
-            let (ledger, id, a) = (ledger.clone(), request_id.to_string(), served.clone());
-            rt.spawn(async move {
-                if let Err(e) = ledger.remember_served(&id, &a).await {
-                    tracing::warn!(request_id = %id, "could not record which target answered, for feedback: {e}");
+    /// Remembers which target served `request_id`, for `/api/feedback`: in memory, and in the
+    /// ledger before it returns, so that the id a client has been given survives a crash.
+    pub async fn remember(&self, request_id: &str, served: Attribution) {
+        {
+            let mut state = self.state();
+            if state.served.insert(request_id.to_string(), served.clone()).is_none() {
+                state.order.push_back(request_id.to_string());
+            }
+            while state.order.len() > FEEDBACK_MEMORY {
+                if let Some(old) = state.order.pop_front() {
+                    state.served.remove(&old);
                 }
-            });
+            }
         }
-        let mut state = self.state();
-        if state.served.insert(request_id.to_string(), served).is_none() {
-            state.order.push_back(request_id.to_string());
-        }
-        while state.order.len() > FEEDBACK_MEMORY {
-            if let Some(old) = state.order.pop_front() {
-                state.served.remove(&old);
+        if let Some(ledger) = &self.ledger {
+            if let Err(e) = ledger.remember_served(request_id, &served).await {
+                tracing::warn!(request_id = %request_id, "could not record which target answered, for feedback: {e}");
             }
         }
     }

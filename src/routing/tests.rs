@@ -64,7 +64,7 @@ async fn breakers_counts_and_feedback_are_kept_by_name() {
     assert!(!router.allow("lan/x"), "open after two failures in a row");
     router.report("chat", "lan/x", Some("lan/x"), Outcome::Skipped);
     router.report("chat", "x", Some("x"), Outcome::Served(Served { input_tokens: 3, output_tokens: 4, ..Default::default() }));
-    router.remember("req-1", Attribution { route: "chat".into(), variant: None, target: "x".into(), target_route: "chat".into() });
+    router.remember("req-1", Attribution { route: "chat".into(), variant: None, target: "x".into(), target_route: "chat".into() }).await;
     assert!(router.feedback("req-1", Some(1.0), None).await.expect("feedback").is_some());
     assert!(router.feedback("nope", Some(1.0), None).await.expect("feedback").is_none());
     let state = router.state();
@@ -101,14 +101,9 @@ async fn feedback_reaches_any_router_sharing_the_ledger_and_counts_everyones() {
     // Two servers: one answered, the other gets the feedback.
     let (served, other) = (Router::new(table()).with_ledger(store.clone()), Router::new(table()).with_ledger(store.clone()));
     let a = Attribution { route: "ab".into(), variant: Some("a".into()), target: "a".into(), target_route: "ab".into() };
-    served.remember("req-1", a.clone());
-    // The ledger is written in the background.
-    for _ in 0..500 {
-        if store.served("req-1").await.expect("served").is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    served.remember("req-1", a.clone()).await;
+    // The ledger holds it once `remember` returns: no wait.
+    assert_eq!(store.served("req-1").await.expect("served"), Some(a.clone()));
     assert_eq!(other.feedback("req-1", Some(1.0), Some("good")).await.expect("feedback"), Some(a));
     assert_eq!(served.feedback("req-1", Some(0.0), None).await.expect("feedback").map(|a| a.target), Some("a".to_string()));
     assert_eq!(other.feedback("req-2", Some(1.0), None).await.expect("feedback"), None);

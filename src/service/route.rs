@@ -49,9 +49,9 @@ impl std::fmt::Debug for ServedBy {
 
 impl ServedBy {
     /// Remembers the answer under its request id, for `/api/feedback`.
-    pub fn remember(&self, request_id: &str) {
+    pub async fn remember(&self, request_id: &str) {
         if let Some(a) = &self.attribution {
-            self.router.remember(request_id, a.clone());
+            self.router.remember(request_id, a.clone()).await;
         }
     }
 }
