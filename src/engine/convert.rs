@@ -24,7 +24,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
-use crate::store::gguf::{ggml_type_size, GgufInfo, TensorInfo};
+use crate::store::gguf::{GgufInfo, TensorInfo};
 
 /// How a model's weights are held in memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -77,22 +77,24 @@ fn keeps_precision(t: u32) -> bool {
 /// split into Q8_0 blocks of 32.
 fn converts(t: &TensorInfo) -> bool {
     let matrix = t.dims.len() >= 2 && t.dims[1..].iter().any(|&d| d > 1);
-    matrix && !keeps_precision(t.ggml_type) && ggml_type_size(t.ggml_type).is_some() && t.dims[0].is_multiple_of(32)
+    matrix && !keeps_precision(t.ggml_type) && t.dims[0].is_multiple_of(32)
 }
 
 /// Bytes of one tensor's data after conversion.
-fn converted_size(t: &TensorInfo) -> Option<u64> {
-    let elements: u64 = t.dims.iter().product();
-    let (block, bytes) = if converts(t) { (32, 34) } else { ggml_type_size(t.ggml_type)? };
-    Some(elements / block * bytes)
+fn converted_size(t: &TensorInfo) -> u64 {
+    if converts(t) {
+        t.dims.iter().product::<u64>() / 32 * 34
+    } else {
+        t.nbytes
+    }
 }
 
-/// Bytes of tensor data the model holds in memory with `weights`; `None` if a type is unknown.
-/// The CPU kernels' repacked layouts are the size of the rows they hold.
-pub fn weight_bytes(info: &GgufInfo, weights: Weights) -> Option<u64> {
+/// Bytes of tensor data the model holds in memory with `weights`. The CPU kernels' repacked
+/// layouts are the size of the rows they hold.
+pub fn weight_bytes(info: &GgufInfo, weights: Weights) -> u64 {
     match weights {
         Weights::AsStored => info.tensor_bytes(),
-        Weights::Q8_0 => info.tensors.iter().try_fold(0u64, |acc, t| Some(acc + converted_size(t)?)),
+        Weights::Q8_0 => info.tensors.iter().map(converted_size).fold(0, u64::saturating_add),
     }
 }
 
@@ -183,9 +185,12 @@ pub fn convert(path: &Path, info: &GgufInfo, threads: i32) -> Result<Converted, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::gguf::ggml_type_size;
 
     fn tensor(name: &str, dims: Vec<u64>, ggml_type: u32) -> TensorInfo {
-        TensorInfo { name: name.into(), dims, ggml_type, offset: 0 }
+        let (block, size) = ggml_type_size(ggml_type).expect("a known type");
+        let nbytes = dims.iter().product::<u64>() / block * size;
+        TensorInfo { name: name.into(), dims, ggml_type, offset: 0, nbytes }
     }
 
     #[test]
@@ -212,8 +217,8 @@ mod tests {
             file_size: 0,
             data_start: 0,
         };
-        assert_eq!(weight_bytes(&info, Weights::AsStored), Some(64 * 32 / 32 * 20 + 64 * 32 * 2 + 64 * 4));
-        assert_eq!(weight_bytes(&info, Weights::Q8_0), Some(64 * 32 / 32 * 34 + 64 * 32 * 2 + 64 * 4));
+        assert_eq!(weight_bytes(&info, Weights::AsStored), 64 * 32 / 32 * 20 + 64 * 32 * 2 + 64 * 4);
+        assert_eq!(weight_bytes(&info, Weights::Q8_0), 64 * 32 / 32 * 34 + 64 * 32 * 2 + 64 * 4);
         assert!(worth_converting(&info, Weights::Q8_0));
         assert!(!worth_converting(&info, Weights::AsStored));
     }

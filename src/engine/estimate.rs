@@ -56,9 +56,8 @@ pub fn effective_ctx(info: &GgufInfo, num_ctx: u32) -> u32 {
 
 /// Estimates an instance of `info` loaded with `settings`.
 pub fn estimate(info: &GgufInfo, settings: &LoadSettings) -> Estimate {
-    // Tensor data is what gets mapped (converted, if asked) or repacked; fall back to the file
-    // size for an unknown type.
-    let weights = crate::engine::convert::weight_bytes(info, settings.weights).unwrap_or(info.file_size);
+    // Tensor data is what gets mapped (converted, if asked) or repacked.
+    let weights = crate::engine::convert::weight_bytes(info, settings.weights);
     let layers = info.arch_u64("block_count").unwrap_or(0);
     let heads = info.arch_u64("attention.head_count").unwrap_or(1).max(1);
     let kv_heads = info.arch_u64("attention.head_count_kv").unwrap_or(heads);
@@ -113,6 +112,7 @@ mod tests {
                 dims: vec![576, 1024],
                 ggml_type: 3, // Q4_1: 20 bytes per 32 weights
                 offset: 0,
+                nbytes: 576 * 1024 / 32 * 20,
             }],
             file_size: 1 << 30,
             data_start: 0,
@@ -128,7 +128,7 @@ mod tests {
             batch_size: 512,
             weights: Default::default(),
             speculative: true,
-            exact_reuse: false,
+            prefix_reuse: crate::engine::exact::Reuse::Fast,
             prefix_store_limit: 256 << 20,
         }
     }

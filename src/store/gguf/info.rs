@@ -53,6 +53,8 @@ pub struct TensorInfo {
     pub ggml_type: u32,
     /// Offset of the tensor's data from the start of the data section.
     pub offset: u64,
+    /// Bytes of the tensor's data, from its shape and type (the reader rejects unknown types).
+    pub nbytes: u64,
 }
 
 /// What hearth knows about a GGUF file before loading it.
@@ -98,26 +100,20 @@ impl GgufInfo {
             .fold(0u64, u64::saturating_add)
     }
 
-    /// Bytes of tensor data, from each tensor's shape and type; `None` if a type is unknown.
-    pub fn tensor_bytes(&self) -> Option<u64> {
-        self.tensors.iter().try_fold(0u64, |acc, t| {
-            let (block, size) = ggml_type_size(t.ggml_type)?;
-            let elems = t.dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d))?;
-            acc.checked_add(elems.div_ceil(block).checked_mul(size)?)
-        })
+    /// Bytes of tensor data.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.nbytes).fold(0, u64::saturating_add)
     }
 
     /// Each tensor's bytes in the file, as [start, end) offsets from the file's start, in file
-    /// order; tensors of an unknown type are left out.
+    /// order.
     pub fn tensor_spans(&self) -> Vec<(u64, u64)> {
         let mut spans: Vec<(u64, u64)> = self
             .tensors
             .iter()
-            .filter_map(|t| {
-                let (block, size) = ggml_type_size(t.ggml_type)?;
-                let elems = t.dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d))?;
-                let start = self.data_start.checked_add(t.offset)?;
-                Some((start, start.checked_add(elems.div_ceil(block).checked_mul(size)?)?))
+            .map(|t| {
+                let start = self.data_start.saturating_add(t.offset);
+                (start, start.saturating_add(t.nbytes))
             })
             .collect();
         spans.sort_unstable();

@@ -247,7 +247,6 @@ fn parse<R: Read>(r: &mut Reader<R>, file_size: u64) -> Result<GgufInfo, GgufErr
     let alignment = meta.alignment()?;
 
     let mut tensors = Vec::with_capacity(usize::try_from(n_tensors).unwrap_or(0));
-    let mut sizes = Vec::with_capacity(tensors.capacity());
     let mut names = HashSet::new();
     for i in 0..n_tensors {
         let name = r
@@ -256,18 +255,17 @@ fn parse<R: Read>(r: &mut Reader<R>, file_size: u64) -> Result<GgufInfo, GgufErr
         if !names.insert(name.clone()) {
             return Err(invalid(format!("tensor name {name:?} appears twice")));
         }
-        let (tensor, nbytes) = r
+        let tensor = r
             .tensor_info(name.clone(), alignment)
             .map_err(|e| context(&format!("tensor {name:?}"), e))?;
         tensors.push(tensor);
-        sizes.push(nbytes);
     }
 
     // The data section starts at the end of the header, rounded up to the alignment.
     let header_end = file_size.saturating_sub(r.left);
     let data_start = align_up(header_end, alignment)
         .ok_or_else(|| invalid(format!("data section start overflows (header ends at {header_end})")))?;
-    check_tensor_data(&tensors, &sizes, data_start, file_size)?;
+    check_tensor_data(&tensors, data_start, file_size)?;
     meta.check_general()?;
     meta.check_tokenizer()?;
     meta.check_hparams()?;
@@ -281,8 +279,9 @@ fn parse<R: Read>(r: &mut Reader<R>, file_size: u64) -> Result<GgufInfo, GgufErr
 }
 
 /// Every tensor's bytes lie inside the file and no two tensors share a byte.
-fn check_tensor_data(tensors: &[TensorInfo], sizes: &[u64], data_start: u64, file_size: u64) -> Result<(), GgufError> {
-    for (t, &nbytes) in tensors.iter().zip(sizes) {
+fn check_tensor_data(tensors: &[TensorInfo], data_start: u64, file_size: u64) -> Result<(), GgufError> {
+    for t in tensors {
+        let nbytes = t.nbytes;
         let end = data_start.checked_add(t.offset).and_then(|s| s.checked_add(nbytes));
         if end.is_none_or(|end| end > file_size) {
             return Err(invalid(format!(
@@ -294,8 +293,7 @@ fn check_tensor_data(tensors: &[TensorInfo], sizes: &[u64], data_start: u64, fil
     }
     let mut spans: Vec<(u64, u64, &str)> = tensors
         .iter()
-        .zip(sizes)
-        .map(|(t, &n)| (t.offset, n, t.name.as_str()))
+        .map(|t| (t.offset, t.nbytes, t.name.as_str()))
         .collect();
     spans.sort_unstable();
     for pair in spans.windows(2) {

@@ -158,7 +158,7 @@ impl<R: Read> Reader<R> {
     }
 
     /// One tensor directory entry after its name, and the tensor's size in bytes.
-    pub(super) fn tensor_info(&mut self, name: String, alignment: u64) -> Result<(TensorInfo, u64), GgufError> {
+    pub(super) fn tensor_info(&mut self, name: String, alignment: u64) -> Result<TensorInfo, GgufError> {
         let n_dims = self.u32()?;
         if n_dims == 0 || n_dims > MAX_DIMS {
             return Err(invalid(format!("{n_dims} dimensions (1..={MAX_DIMS} allowed)")));
@@ -194,15 +194,13 @@ impl<R: Read> Reader<R> {
                 "offset {offset} is not a multiple of the alignment {alignment}"
             )));
         }
-        Ok((
-            TensorInfo {
-                name,
-                dims,
-                ggml_type,
-                offset,
-            },
+        Ok(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
             nbytes,
-        ))
+        })
     }
 }
 
