@@ -197,11 +197,12 @@ pub struct EngineArgs {
     /// off [default: lookup].
     #[arg(long = "speculative", env = "HEARTH_SPECULATIVE", value_parser = crate::engine::lookup::parse_mode)]
     pub speculative: Option<bool>,
-    /// Prefix reuse: fast (keep every cached token a prompt shares) or exact (keep only what a
-    /// fresh read of the prompt computes the same way, so a greedy answer does not depend on the
-    /// cache; an answer's tokens are read again) [default: fast].
-    #[arg(long = "prefix-reuse", env = "HEARTH_PREFIX_REUSE", value_parser = crate::engine::exact::parse_mode)]
-    pub prefix_reuse: Option<bool>,
+    /// Prefix reuse: exact (keep only what a fresh read of the prompt computes the same way, so a
+    /// greedy answer does not depend on the cache; an answer's tokens are read again), fast
+    /// (keep every cached token a prompt shares), or auto: exact unless the model has a sliding
+    /// window [default: auto].
+    #[arg(long = "prefix-reuse", env = "HEARTH_PREFIX_REUSE", value_parser = crate::engine::exact::Reuse::parse)]
+    pub prefix_reuse: Option<crate::engine::exact::Reuse>,
     /// Disk that `serve` may fill with the KV caches of unloaded models' conversations, in the
     /// data directory, so they are warm when the model comes back or the server restarts
     /// (bytes with a unit; 0 turns it off) [default: 1GiB].

@@ -93,8 +93,10 @@ pub fn assert_greedy_close(what: &str, reused: &Value, fresh: &Value, near_tie: 
     }
 }
 
+/// `--prefix-reuse fast`: every cached token a prompt shares is kept, from the slot or the
+/// store; answers are held to the near-tie allowance.
 fn follow_up_turns_reuse_the_prefix(model: &str) {
-    let s = Server::start_with(&["--parallel", "1"]);
+    let s = Server::start_with(&["--parallel", "1", "--prefix-reuse", "fast"]);
     let mut messages = opening();
     let first = chat(&s, model, &messages);
     messages.push(first["message"].clone());
@@ -134,13 +136,15 @@ fn follow_up_turns_reuse_the_prefix_gemma3_sliding_window() {
     follow_up_turns_reuse_the_prefix(GEMMA);
 }
 
-/// `--prefix-reuse exact`: the second turn reuses what a fresh read computes the same way (the
+/// Exact reuse (`args`): the second turn reuses what a fresh read computes the same way (the
 /// first turn's prompt, and its answer, which the idle server read again in a tiled batch), and
 /// its answer is the fresh server's to the last bit: the same tokens with the same
-/// log-probabilities, no near-tie allowed. (With the default, fast reuse, these differ on the
-/// Sapphire Rapids machine: 8 of 8 second turns had other log-probabilities, 4 of 8 other text.)
-fn exact_reuse_answers_as_a_fresh_server(model: &str) {
-    let exact = ["--prefix-reuse", "exact"];
+/// log-probabilities, no near-tie allowed. So is the third, after an unrelated chat took the
+/// only slot: the conversation comes back from the prefix store (`from_store`), or, on a
+/// sliding-window model, is read afresh. (With fast reuse these differ on the Sapphire Rapids
+/// machine: 8 of 8 second turns had other log-probabilities, 4 of 8 other text.)
+fn exact_reuse_answers_as_a_fresh_server(model: &str, args: &[&str], from_store: bool) {
+    let exact = [args, &["--parallel", "1"]].concat();
     let s = Server::start_with(&exact);
     let mut messages = opening();
     let first = chat(&s, model, &messages);
@@ -158,14 +162,36 @@ fn exact_reuse_answers_as_a_fresh_server(model: &str) {
     assert_eq!(counts(&fresh), (prompt, 0));
     assert_eq!(second["logprobs"], fresh["logprobs"], "{model}: the reused answer differs from the fresh one");
     assert_eq!(second["message"], fresh["message"]);
+
+    // An unrelated chat takes the only slot: what the conversation computed in tiled batches
+    // goes to the store, and the third turn takes it back from there.
+    let unrelated = chat(&s, model, &[json!({"role": "user", "content": "Write a haiku about rain."})]);
+    messages.push(second["message"].clone());
+    messages.push(json!({"role": "user", "content": format!("And in box 31? {ask}")}));
+    let third = chat(&s, model, &messages);
+    let fresh = chat(&Server::start_with(&exact), model, &messages);
+    let (third_prompt, third_cached) = counts(&third);
+    assert!(counts(&unrelated).1 < 64, "{model}: the unrelated chat shares little: {:?}", counts(&unrelated));
+    if from_store {
+        // The store holds the tiled part (a last chunk of the second prompt under 64 tokens is
+        // not), and the third turn resumes at most 64 tokens before that.
+        assert!(third_cached + 128 >= prompt, "{model}: the conversation came back from the store: {third_cached} of {third_prompt}, second prompt {prompt}");
+    } else {
+        assert!(third_cached < 64, "{model}: exact reuse of a sliding-window model leaves the store alone: {third_cached} of {third_prompt}");
+    }
+    assert_eq!(counts(&fresh), (third_prompt, 0));
+    assert_eq!(third["logprobs"], fresh["logprobs"], "{model}: the restored answer differs from the fresh one");
+    assert_eq!(third["message"], fresh["message"]);
 }
 
+/// SmolLM2 at the default, `auto`: exact, with the prefix store.
 #[test]
 fn exact_reuse_answers_as_a_fresh_server_smollm2() {
-    exact_reuse_answers_as_a_fresh_server(SMOL);
+    exact_reuse_answers_as_a_fresh_server(SMOL, &[], true);
 }
 
+/// Gemma 3 has a sliding window: `auto` leaves it fast, `exact` asked for keeps the store out.
 #[test]
 fn exact_reuse_answers_as_a_fresh_server_gemma3() {
-    exact_reuse_answers_as_a_fresh_server(GEMMA);
+    exact_reuse_answers_as_a_fresh_server(GEMMA, &["--prefix-reuse", "exact"], false);
 }

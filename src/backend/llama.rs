@@ -16,6 +16,7 @@ use futures::FutureExt;
 use super::{Backend, EmbedInput, EmbedJob, Embedded, GenerateJob, ModelInstance, PromptSpec, Submitted, TextAnswer, TextWork};
 use crate::spec::template::{render_request_template, TemplateMessage};
 use crate::engine::disk_prefixes::{self, DiskPrefixConfig, DiskPrefixes};
+use crate::engine::exact::Reuse;
 use crate::engine::{EngineError, LoadSettings, LoadedModel};
 use crate::store::gguf::{read_gguf_as, GgufKind};
 use crate::store::ModelEntry;
@@ -29,7 +30,7 @@ pub struct LlamaCpp {
 
 /// The disk-prefix folder for `entry` loaded with `settings`: the weights by digest when the
 /// store knows it, else by path, size and time (as `ModelEntry::same_load` tells instances
-/// apart); the adapters likewise.
+/// apart); the adapters likewise; the conversion and the prefix reuse mode.
 fn prefix_key(entry: &ModelEntry, settings: &LoadSettings) -> String {
     let weights = entry
         .digest
@@ -44,7 +45,12 @@ fn prefix_key(entry: &ModelEntry, settings: &LoadSettings) -> String {
             format!("{}|{:?}|{:?}", a.display(), meta.as_ref().map(std::fs::Metadata::len), meta.and_then(|m| m.modified().ok()))
         })
         .collect();
-    disk_prefixes::key(&weights, &adapters, settings.weights.as_str())
+    // Exact reuse saves only KV computed as a fresh read computes it: a folder of its own.
+    let computed = match settings.prefix_reuse {
+        Reuse::Fast => settings.weights.as_str().to_string(),
+        Reuse::Exact | Reuse::Auto => format!("{}|exact", settings.weights.as_str()),
+    };
+    disk_prefixes::key(&weights, &adapters, &computed)
 }
 
 impl Backend for LlamaCpp {
@@ -63,9 +69,13 @@ impl Backend for LlamaCpp {
         Ok(crate::engine::estimate::estimate(&info, settings).embedding)
     }
 
-    fn load(&self, entry: &ModelEntry, settings: LoadSettings) -> Result<Arc<dyn ModelInstance>, EngineError> {
+    fn load(&self, entry: &ModelEntry, mut settings: LoadSettings) -> Result<Arc<dyn ModelInstance>, EngineError> {
+        let info = read_gguf_as(&entry.path, GgufKind::Model).map_err(|e| EngineError::Load { path: entry.path.display().to_string(), reason: e.to_string() })?;
+        // `auto` prefix reuse becomes exact or fast for this model.
+        let exact = settings.prefix_reuse.exact_for(info.arch_u64("attention.sliding_window").unwrap_or(0));
+        settings.prefix_reuse = if exact { Reuse::Exact } else { Reuse::Fast };
         let disk = self.disk_prefixes.clone().map(|c| DiskPrefixes::open(c, &prefix_key(entry, &settings)));
-        let model = LoadedModel::load(&entry.path, &entry.defaults.adapters, settings, disk)?;
+        let model = LoadedModel::load(&entry.path, &info, &entry.defaults.adapters, settings, disk)?;
         Ok(Arc::new(LlamaInstance(model)))
     }
 }

@@ -53,7 +53,7 @@ impl EngineConfig {
             batch_size: flags.batch_size.or(file.batch_size).unwrap_or(DEFAULT_BATCH),
             weights: flags.convert_weights.or(file.convert_weights).unwrap_or_default(),
             speculative: flags.speculative.or(file.speculative).unwrap_or(true),
-            exact_reuse: flags.prefix_reuse.or(file.prefix_reuse).unwrap_or(false),
+            prefix_reuse: flags.prefix_reuse.or(file.prefix_reuse).unwrap_or_default(),
             prefix_store_limit: ram_budget / crate::engine::prefix::PREFIX_STORE_BUDGET_SHARE,
         };
         let limits = Limits {

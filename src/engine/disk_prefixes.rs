@@ -49,10 +49,11 @@ pub struct DiskPrefixConfig {
     pub limit: u64,
 }
 
-/// The folder name for a model's entries: a digest of everything its KV values depend on.
-pub fn key(weights: &str, adapters: &[String], conversion: &str) -> String {
+/// The folder name for a model's entries: a digest of everything its KV values depend on
+/// (`computed`: the weights' conversion, and how exact reuse computed them).
+pub fn key(weights: &str, adapters: &[String], computed: &str) -> String {
     let mut h = Sha256::new();
-    for part in [weights, conversion, env!("HEARTH_LLAMA_CPP")].into_iter().chain(adapters.iter().map(String::as_str)) {
+    for part in [weights, computed, env!("HEARTH_LLAMA_CPP")].into_iter().chain(adapters.iter().map(String::as_str)) {
         h.update(part.as_bytes());
         h.update([0]);
     }

@@ -14,24 +14,52 @@
 //! decoded one token at a time, the new message read in a batch of a few tokens) could answer
 //! differently from the same messages sent to a server that read them afresh.
 //!
+//! When: `--prefix-reuse auto` (the default) reuses exactly on models without a sliding window
+//! (`Reuse::exact_for`), where the prefix store and the disk keep only tiled KV and restore it
+//! exactly; `exact` also on sliding-window models, without the store and the disk there.
+//!
 //! What: in exact mode the worker reads prompts in chunks that never cross a multiple of the
 //! batch size, as a fresh prompt of N tokens is read: [0, B), [B, 2B), ..., [kB, N). Each slot
 //! records how far from position 0 its sequence was computed in batches of `TILED` tokens or
 //! more (`advance`), and a new prompt keeps at most that much of it, cut so that the chunk it
 //! resumes in is read by the same path a fresh prefill reads it by (`exact_keep`). Tokens of an
 //! answer, decoded one at a time, are read again in one tiled batch once the worker is idle
-//! (`Prefixes::retile_step`), or with the next prompt if it comes first; the prefix store and
-//! the disk's prefixes, whose history isn't recorded, are not used.
+//! (`Prefixes::retile_step`), or with the next prompt if it comes first.
 //!
 //! Still inexact: requests decoded together (another stream's tokens change the batch, and so
 //! the path, of everyone's), and the README says so.
 
-/// `--prefix-reuse`: `exact` (true) or `fast` (false).
-pub fn parse_mode(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "exact" => Ok(true),
-        "fast" => Ok(false),
-        other => Err(format!("unknown prefix reuse {other:?}: use fast or exact")),
+/// `--prefix-reuse`: how a cached prefix is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reuse {
+    /// Exact for models without a sliding window, fast for those with one (the default).
+    #[default]
+    Auto,
+    Exact,
+    Fast,
+}
+
+impl Reuse {
+    pub fn parse(s: &str) -> Result<Reuse, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Reuse::Auto),
+            "exact" => Ok(Reuse::Exact),
+            "fast" => Ok(Reuse::Fast),
+            other => Err(format!("unknown prefix reuse {other:?}: use auto, exact or fast")),
+        }
+    }
+
+    /// Whether a model whose sliding window is `n_swa` tokens (0: none) reuses exactly. `auto`
+    /// leaves sliding-window models fast: a saved state of theirs holds only the window, and
+    /// restored into other KV cells it does not answer bit for bit as a fresh read (measured on
+    /// Gemma 3 with a 1.1k-token history), so exact reuse would give up the prefix store and
+    /// the disk (warm after an eviction or a restart) for them.
+    pub fn exact_for(self, n_swa: u64) -> bool {
+        match self {
+            Reuse::Auto => n_swa == 0,
+            Reuse::Exact => true,
+            Reuse::Fast => false,
+        }
     }
 }
 
@@ -78,6 +106,15 @@ pub fn advance(tiled: usize, from: usize, to: usize, batch_tokens: usize) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_is_exact_unless_the_model_has_a_sliding_window() {
+        assert_eq!(Reuse::parse(" Exact "), Ok(Reuse::Exact));
+        assert_eq!(Reuse::parse("auto"), Ok(Reuse::default()));
+        assert!(Reuse::parse("exactly").is_err());
+        assert!(Reuse::Auto.exact_for(0) && !Reuse::Auto.exact_for(512));
+        assert!(Reuse::Exact.exact_for(512) && !Reuse::Fast.exact_for(0));
+    }
 
     #[test]
     fn a_resumed_chunk_is_read_as_a_fresh_prefill_reads_it() {

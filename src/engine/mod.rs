@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::spec::options::SamplingOptions;
 use crate::spec::template::{self, ChatTemplate, TemplateError, TemplateMessage};
+use crate::store::gguf::GgufInfo;
 
 /// How a model instance is set up when it is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +55,9 @@ pub struct LoadSettings {
     pub weights: convert::Weights,
     /// Whether few-stream decoding guesses ahead from the context (`lookup`).
     pub speculative: bool,
-    /// Exact prefix reuse (`exact`): a cached prefix is kept only as far as a fresh prefill
-    /// would compute the same KV.
-    pub exact_reuse: bool,
+    /// How a cached prefix is reused (`exact`): exactly, a prefix kept only as far as a fresh
+    /// prefill would compute the same KV, or fast.
+    pub prefix_reuse: exact::Reuse,
     /// The most the prefix store may hold, from the RAM budget (`prefix::prefix_store_bytes`
     /// also caps it by the KV cache's size).
     pub prefix_store_limit: u64,
@@ -235,25 +236,22 @@ impl Drop for LoadedModel {
 
 /// The converted copy of the model `settings.weights` asks for, or `None` to load the file as
 /// it is (no conversion asked, or nothing in this model to convert).
-fn convert_if_asked(path: &Path, settings: &LoadSettings) -> Result<Option<convert::Converted>, String> {
-    if settings.weights == convert::Weights::AsStored {
-        return Ok(None);
-    }
-    let info = crate::store::gguf::read_gguf(path).map_err(|e| e.to_string())?;
-    if !convert::worth_converting(&info, settings.weights) {
+fn convert_if_asked(path: &Path, info: &GgufInfo, settings: &LoadSettings) -> Result<Option<convert::Converted>, String> {
+    if !convert::worth_converting(info, settings.weights) {
         return Ok(None);
     }
     let started = Instant::now();
-    let converted = convert::convert(path, &info, settings.threads_batch)?;
+    let converted = convert::convert(path, info, settings.threads_batch)?;
     tracing::info!(weights = settings.weights.as_str(), elapsed_ms = started.elapsed().as_millis() as u64, "converted the weights");
     Ok(Some(converted))
 }
 
 impl LoadedModel {
-    /// Loads the GGUF at `path` and starts its worker. Blocking: call from a blocking thread.
-    /// `adapters` (at most one LoRA, applied at scale 1) must already be validated GGUF files.
-    /// `disk` holds the prefixes earlier loads saved, and takes this one's when it ends.
-    pub fn load(path: &Path, adapters: &[std::path::PathBuf], settings: LoadSettings, disk: Option<disk_prefixes::DiskPrefixes>) -> Result<LoadedModel, EngineError> {
+    /// Loads the GGUF at `path` (whose validated header is `info`) and starts its worker.
+    /// Blocking: call from a blocking thread. `adapters` (at most one LoRA, applied at scale 1)
+    /// must already be validated GGUF files. `disk` holds the prefixes earlier loads saved, and
+    /// takes this one's when it ends.
+    pub fn load(path: &Path, info: &GgufInfo, adapters: &[std::path::PathBuf], settings: LoadSettings, disk: Option<disk_prefixes::DiskPrefixes>) -> Result<LoadedModel, EngineError> {
         let started = Instant::now();
         let backend = backend()?;
         let load_err = |reason: String| EngineError::Load {
@@ -263,12 +261,16 @@ impl LoadedModel {
         let params = LlamaModelParams::default().with_n_gpu_layers(0);
         // With a conversion, the model is loaded from the converted in-memory copy, which stays
         // mapped by the model after `converted` closes its descriptor.
-        let converted = convert_if_asked(path, &settings).map_err(load_err)?;
+        let converted = convert_if_asked(path, info, &settings).map_err(load_err)?;
         let source = converted.as_ref().map_or_else(|| path.to_path_buf(), convert::Converted::path);
         let mut model = LlamaModel::load_from_file(backend, &source, &params)
             .map_err(|e| load_err(format!("{e} (llama.cpp could not read it; see the log)")))?;
         // The pages of weights copied at load (repacked) are not read again: not kept resident.
-        let spans = crate::store::gguf::read_gguf(&source).map(|info| info.tensor_spans()).unwrap_or_default();
+        // A converted copy has its own layout.
+        let spans = match &converted {
+            None => info.tensor_spans(),
+            Some(_) => crate::store::gguf::read_gguf(&source).map(|c| c.tensor_spans()).unwrap_or_default(),
+        };
         match pages::release(&source, &spans) {
             Ok(bytes) => tracing::debug!(mib = bytes >> 20, "handed back the model file's mapped pages"),
             Err(e) => tracing::warn!(error = %e, "could not hand back the model file's mapped pages"),

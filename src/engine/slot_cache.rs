@@ -28,6 +28,8 @@ pub(super) struct Prefixes {
     tiled: Vec<usize>,
     /// Exact reuse: `Some(batch size)`, prompts being read in chunks aligned to it.
     exact: Option<usize>,
+    /// Per slot: its answer could not be re-read (a sliding window that no longer covers it).
+    settled: Vec<bool>,
     store: PrefixStore<LlamaToken, SeqState>,
     /// Whether the store's bound was set from a measured state size yet.
     sized: bool,
@@ -42,7 +44,8 @@ pub(super) struct Prefixes {
 }
 
 impl Prefixes {
-    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32, store_limit: u64, disk: Option<DiskPrefixes>, exact: Option<usize>) -> Prefixes {
+    /// `reuse`: the prefix reuse mode and the batch size that exact reuse aligns prompts to.
+    pub(super) fn new(model: &LlamaModel, slots: usize, n_ctx_total: u32, store_limit: u64, disk: Option<DiskPrefixes>, reuse: (exact::Reuse, usize)) -> Prefixes {
         let arch = model.meta_val_str("general.architecture").unwrap_or_default();
         let n_swa = model
             .meta_val_str(&format!("{arch}.attention.sliding_window"))
@@ -52,7 +55,8 @@ impl Prefixes {
         Prefixes {
             cached: vec![Vec::new(); slots],
             tiled: vec![0; slots],
-            exact,
+            exact: reuse.0.exact_for(u64::from(n_swa)).then_some(reuse.1),
+            settled: vec![false; slots],
             store: PrefixStore::new(store_limit),
             sized: false,
             n_swa,
@@ -65,6 +69,13 @@ impl Prefixes {
     /// A request left slot `seq` with `tokens` in its sequence.
     pub(super) fn release(&mut self, seq: usize, tokens: Vec<LlamaToken>) {
         self.cached[seq] = tokens;
+        self.settled[seq] = false;
+    }
+
+    /// Whether the prefix store and the disk are used: not with exact reuse on a sliding-window
+    /// model, whose restored states are not what a fresh read computes (`exact::Reuse`).
+    fn stores(&self) -> bool {
+        self.exact.is_none() || self.n_swa == 0
     }
 
     /// Slot `seq`'s sequence can no longer be trusted: empty it.
@@ -85,12 +96,18 @@ impl Prefixes {
     /// dropped from the slot's cache. False when no slot has anything to re-read.
     pub(super) fn retile_step(&mut self, ctx: &mut LlamaContext, batch: &mut LlamaBatch) -> bool {
         let Some(batch_size) = self.exact else { return false };
-        let Some(seq) = (0..self.cached.len()).find(|&s| self.cached[s].len() > self.tiled[s].max(exact::TILED - 1)) else {
+        let Some(seq) = (0..self.cached.len()).find(|&s| !self.settled[s] && self.cached[s].len() > self.tiled[s].max(exact::TILED - 1)) else {
             return false;
         };
         let len = self.cached[seq].len();
         // At least TILED tokens, so the batch takes the tiled path.
         let from = self.tiled[seq].min(len - exact::TILED);
+        if !prefix::window_intact(from, ctx.kv_cache_seq_pos_min(seq as i32), self.n_swa) {
+            // The window before `from` is gone: leave the slot as it is (its next turn keeps
+            // what it can).
+            self.settled[seq] = true;
+            return true;
+        }
         let to = (from + batch_size).min(len);
         if self.trim(ctx, seq, len, from) != from {
             self.cached[seq].clear();
@@ -127,14 +144,15 @@ impl Prefixes {
         let candidates: Vec<(usize, &[LlamaToken])> = free.iter().map(|&s| (s, self.cached[s].as_slice())).collect();
         let (seq, common) = prefix::pick_slot(&candidates, prompt)?;
         let mut held = std::mem::take(&mut self.cached[seq]);
-        if let Some(batch) = self.exact {
-            // Only the slot's own tiled positions are known to be what a fresh read computes.
-            let keep = exact::exact_keep(common.min(self.tiled[seq]), prompt.len(), batch);
+        // Exact reuse: only the slot's own tiled positions are known to be what a fresh read
+        // computes (the store and the disk hold nothing else).
+        let usable = if self.exact.is_some() { common.min(self.tiled[seq]) } else { common };
+        let mut keep = self.keep(usable, prompt.len());
+        if !self.stores() {
             return Some((seq, self.trim(ctx, seq, held.len(), keep)));
         }
-        let mut keep = prefix::reusable(common, prompt.len());
-        let on_disk = self.disk.as_ref().and_then(|d| d.best(prompt)).filter(|&(_, c)| c > common);
-        let from_store = self.store.take_best(prompt, on_disk.map_or(common, |(_, c)| c - 1));
+        let on_disk = self.disk.as_ref().and_then(|d| d.best(prompt)).filter(|&(_, c)| c > usable);
+        let from_store = self.store.take_best(prompt, on_disk.map_or(usable, |(_, c)| c - 1));
         if from_store.is_some() || on_disk.is_some() {
             if held.len() >= prefix::MIN_SAVED_TOKENS {
                 self.save(ctx, seq, held);
@@ -155,28 +173,57 @@ impl Prefixes {
                 (None, None) => None,
             };
             (held, keep) = match restored {
-                Some((tokens, shared)) => (tokens, prefix::reusable(shared, prompt.len())),
+                Some((tokens, shared)) => (tokens, self.keep(shared, prompt.len())),
                 None => (Vec::new(), 0),
             };
-            // Nothing is known of how a restored state was computed.
-            self.tiled[seq] = 0;
+            // With exact reuse a saved state holds tiled positions only (`save_tiled`); without
+            // it, nothing is known of how it was computed.
+            self.tiled[seq] = if self.exact.is_some() { held.len() } else { 0 };
         } else if prefix::worth_saving(held.len(), keep) {
             self.save(ctx, seq, held.clone());
         }
         Some((seq, self.trim(ctx, seq, held.len(), keep)))
     }
 
+    /// How many of a prompt of `n` tokens' positions a cached prefix sharing `usable` of them
+    /// can keep: with exact reuse, cut where a fresh read would resume (`exact::exact_keep`).
+    fn keep(&self, usable: usize, n: usize) -> usize {
+        match self.exact {
+            Some(batch) => exact::exact_keep(usable, n, batch),
+            None => prefix::reusable(usable, n),
+        }
+    }
+
+    /// With exact reuse, cuts slot `seq`'s sequence (holding `tokens`) to its tiled positions
+    /// before it is saved, so that the store and the disk hold only KV that a fresh read
+    /// computes the same way; returns the tokens it still holds.
+    fn save_tiled(&mut self, ctx: &mut LlamaContext, seq: usize, mut tokens: Vec<LlamaToken>) -> Vec<LlamaToken> {
+        if self.exact.is_some() && self.tiled[seq] < tokens.len() {
+            let kept = self.trim(ctx, seq, tokens.len(), self.tiled[seq]);
+            tokens.truncate(kept);
+        }
+        tokens
+    }
+
     /// The worker is ending: what the slots and the store hold goes to disk (when configured),
     /// entries of 64 tokens or more, then every model's entries are held to the disk bound.
-    pub(super) fn persist(&mut self, ctx: &mut LlamaContext) {
-        let Some(disk) = self.disk.as_mut() else { return };
-        let started = std::time::Instant::now();
-        for (seq, tokens) in self.cached.iter_mut().enumerate() {
-            if tokens.len() >= prefix::MIN_SAVED_TOKENS {
-                disk.save(ctx, seq, tokens);
-            }
-            tokens.clear();
+    /// With exact reuse, the answers not yet re-read in tiled batches are re-read first.
+    pub(super) fn persist(&mut self, ctx: &mut LlamaContext, batch: &mut LlamaBatch) {
+        if self.disk.is_none() || !self.stores() {
+            return;
         }
+        let started = std::time::Instant::now();
+        while self.retile_step(ctx, batch) {}
+        for seq in 0..self.cached.len() {
+            let tokens = std::mem::take(&mut self.cached[seq]);
+            let tokens = self.save_tiled(ctx, seq, tokens);
+            if tokens.len() >= prefix::MIN_SAVED_TOKENS {
+                if let Some(disk) = self.disk.as_mut() {
+                    disk.save(ctx, seq, &tokens);
+                }
+            }
+        }
+        let Some(disk) = self.disk.as_mut() else { return };
         ctx.clear_kv_cache();
         // A stored state goes back into a sequence to be written in llama.cpp's file format.
         for (tokens, state) in self.store.drain() {
@@ -236,9 +283,14 @@ impl Prefixes {
         self.trim(ctx, seq, usize::MAX, keep) == keep
     }
 
-    /// Saves slot `seq`'s sequence (holding `tokens`) into the store.
-    fn save(&mut self, ctx: &LlamaContext, seq: usize, tokens: Vec<LlamaToken>) {
-        if tokens.is_empty() || self.store.limit() == 0 {
+    /// Saves slot `seq`'s sequence (holding `tokens`) into the store; with exact reuse, only
+    /// its tiled positions, and the sequence is cut to them.
+    fn save(&mut self, ctx: &mut LlamaContext, seq: usize, tokens: Vec<LlamaToken>) {
+        if tokens.is_empty() || self.store.limit() == 0 || !self.stores() {
+            return;
+        }
+        let tokens = self.save_tiled(ctx, seq, tokens);
+        if tokens.len() < prefix::MIN_SAVED_TOKENS {
             return;
         }
         match ctx.state_seq_get(seq as i32, LlamaStateSeqFlags::empty()) {

@@ -118,8 +118,8 @@ pub(super) fn run(
     // Logit biases toward closing JSON, computed the first time a structured answer wraps up.
     let mut closers: Option<sampler::WrapUpBias> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
-    let exact_batch = settings.exact_reuse.then_some(settings.batch_size as usize);
-    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), settings.prefix_store_limit, disk, exact_batch);
+    let reuse = (settings.prefix_reuse, settings.batch_size as usize);
+    let mut prefixes = Prefixes::new(model, parallel as usize, ctx.n_ctx(), settings.prefix_store_limit, disk, reuse);
     let mut embedder = Embedder::new(model, backend, adapter, settings, n_ctx_slot);
     let mut share = FairShare::default();
     let mut open = true;
@@ -251,7 +251,7 @@ pub(super) fn run(
         }
         share.generated(step_started.elapsed(), !embedder.idle());
     }
-    prefixes.persist(&mut ctx);
+    prefixes.persist(&mut ctx, &mut batch);
 }
 
 fn accept(work: Work, waiting: &mut VecDeque<Job>, embedder: &mut Embedder<'_>) {

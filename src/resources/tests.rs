@@ -38,7 +38,7 @@ impl Drop for TempModels {
 }
 
 pub(crate) fn settings() -> LoadSettings {
-    LoadSettings { num_ctx: 2048, parallel: 2, threads: 1, threads_batch: 1, batch_size: 512, weights: Weights::AsStored, speculative: true, exact_reuse: false, prefix_store_limit: 64 << 20 }
+    LoadSettings { num_ctx: 2048, parallel: 2, threads: 1, threads_batch: 1, batch_size: 512, weights: Weights::AsStored, speculative: true, prefix_reuse: crate::engine::exact::Reuse::Fast, prefix_store_limit: 64 << 20 }
 }
 
 pub(crate) fn limits(budget_mib: u64) -> Limits {

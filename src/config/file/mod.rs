@@ -166,9 +166,9 @@ pub struct EngineFile {
     /// `lookup` (the default) or `off`.
     #[serde(default, deserialize_with = "scalar::speculative")]
     pub speculative: Option<bool>,
-    /// `fast` (the default) or `exact`.
+    /// `auto` (the default), `exact` or `fast`.
     #[serde(default, deserialize_with = "scalar::prefix_reuse")]
-    pub prefix_reuse: Option<bool>,
+    pub prefix_reuse: Option<crate::engine::exact::Reuse>,
     /// Disk for unloaded models' saved prefixes (`serve`); 0 turns it off.
     #[serde(default, deserialize_with = "scalar::size")]
     pub disk_prefixes: Option<u64>,

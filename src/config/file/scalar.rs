@@ -171,8 +171,8 @@ pub fn convert_weights<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::
 pub fn speculative<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     read(d, "lookup or off", crate::engine::lookup::parse_mode)
 }
-pub fn prefix_reuse<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    read(d, "fast or exact", crate::engine::exact::parse_mode)
+pub fn prefix_reuse<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::engine::exact::Reuse>, D::Error> {
+    read(d, "auto, exact or fast", crate::engine::exact::Reuse::parse)
 }
 pub fn keep_alive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KeepAlive>, D::Error> {
     read(d, "a duration, 0, or -1", KeepAlive::parse)
