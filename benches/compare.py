@@ -9,6 +9,11 @@ sampling, detokenizing and JSON; llama-bench's do not. Ratios are medians over r
 
 `--hearth` may be given several times as LABEL=PATH (the portable build next to a native one,
 say): each repetition then runs llama-bench and every hearth in turn, one row per hearth.
+
+hearth runs with `--prefix-reuse fast`: every prompt starts differently, so nothing is reused
+either way, and exact reuse would re-read each answer once the process is idle, on the same
+cores as the next process's (or llama-bench's) measured work. The kernels and the prompt's
+chunks are the same in both modes.
 """
 import argparse
 import json
@@ -60,7 +65,7 @@ for name in args.models:
     procs = []
     for _, binary in hearths:
         proc = subprocess.Popen(
-            [binary, "stdio", path, "--threads", str(args.threads)],
+            [binary, "stdio", path, "--threads", str(args.threads), "--prefix-reuse", "fast"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         ask(proc, {**TG, "options": {**TG["options"], "num_predict": 8}})  # warm-up

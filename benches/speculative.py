@@ -8,7 +8,9 @@ changed, and a story (nothing to copy). Decode speed is (eval_count - 1) / eval_
 compare.py; llama-bench's is tg128 at the depth of the task's prompt (`-d N`, N the prompt's
 token count, `-p 0`). Repetitions alternate the three, each prompt gets a fresh prefix ("Run
 k.") so no run reuses another's cache, and ratios are medians. "same" says whether the two
-hearth answers are the same text.
+hearth answers are the same text. Both run with `--prefix-reuse fast`, so that neither re-reads
+its answer in the background (exact reuse does, once idle) while the other or llama-bench is
+measured.
 """
 import argparse
 import json
@@ -64,7 +66,7 @@ def tg_at(model, depth):
 
 def start(path, mode):
     proc = subprocess.Popen(
-        [args.hearth, "stdio", path, "--threads", str(args.threads), "--speculative", mode],
+        [args.hearth, "stdio", path, "--threads", str(args.threads), "--speculative", mode, "--prefix-reuse", "fast"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     ask(proc, {"prompt": "Hello", "options": {"num_predict": 4}})  # warm-up

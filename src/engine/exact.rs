@@ -17,6 +17,7 @@
 //! When: `--prefix-reuse auto` (the default) reuses exactly on models without a sliding window
 //! (`Reuse::exact_for`), where the prefix store and the disk keep only tiled KV and restore it
 //! exactly; `exact` also on sliding-window models, without the store and the disk there.
+//! Recurrent and hybrid models, whose state cannot be cut back, reuse fast in every mode.
 //!
 //! What: in exact mode the worker reads prompts in chunks that never cross a multiple of the
 //! batch size, as a fresh prompt of N tokens is read: [0, B), [B, 2B), ..., [kB, N). Each slot

@@ -55,7 +55,8 @@ impl Prefixes {
         Prefixes {
             cached: vec![Vec::new(); slots],
             tiled: vec![0; slots],
-            exact: reuse.0.exact_for(u64::from(n_swa)).then_some(reuse.1),
+            // A recurrent state cannot be cut back to its tiled part: such models reuse fast.
+            exact: (reuse.0.exact_for(u64::from(n_swa)) && !model.is_recurrent() && !model.is_hybrid()).then_some(reuse.1),
             settled: vec![false; slots],
             store: PrefixStore::new(store_limit),
             sized: false,
@@ -207,13 +208,13 @@ impl Prefixes {
 
     /// The worker is ending: what the slots and the store hold goes to disk (when configured),
     /// entries of 64 tokens or more, then every model's entries are held to the disk bound.
-    /// With exact reuse, the answers not yet re-read in tiled batches are re-read first.
-    pub(super) fn persist(&mut self, ctx: &mut LlamaContext, batch: &mut LlamaBatch) {
+    /// With exact reuse, only the tiled part of a slot: an answer not yet re-read while idle is
+    /// not re-read now, so an unload never waits for a decode (the next turn reads it again).
+    pub(super) fn persist(&mut self, ctx: &mut LlamaContext) {
         if self.disk.is_none() || !self.stores() {
             return;
         }
         let started = std::time::Instant::now();
-        while self.retile_step(ctx, batch) {}
         for seq in 0..self.cached.len() {
             let tokens = std::mem::take(&mut self.cached[seq]);
             let tokens = self.save_tiled(ctx, seq, tokens);

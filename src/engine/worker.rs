@@ -251,7 +251,7 @@ pub(super) fn run(
         }
         share.generated(step_started.elapsed(), !embedder.idle());
     }
-    prefixes.persist(&mut ctx, &mut batch);
+    prefixes.persist(&mut ctx);
 }
 
 fn accept(work: Work, waiting: &mut VecDeque<Job>, embedder: &mut Embedder<'_>) {

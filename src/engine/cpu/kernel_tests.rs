@@ -143,12 +143,12 @@ fn batched_and_alone(kind: sys::ggml_type, k: usize, rows: usize, batch: usize, 
     }
 }
 
-/// Over batches of 2, 4, 8 and 6 columns (ggml hands a kernel two columns where the batch and
-/// each thread's share of it are even; the repacked kernel takes columns in fours, and the rest
-/// one at a time). Returns whether anything was checked.
+/// Over batches of 2, 4, 8, 6 and 12 columns (ggml hands a kernel two columns where the batch
+/// and each thread's share of it are even; the repacked kernel takes columns in fours, two
+/// fours at a time, and the rest one at a time). Returns whether anything was checked.
 fn assert_batch_independent(kind: sys::ggml_type, name: &str, repacked: bool) -> bool {
     let (k, rows) = (768, 32);
-    for batch in [2, 4, 8, 6] {
+    for batch in [2, 4, 8, 6, 12] {
         let Some((batched, alone)) = batched_and_alone(kind, k, rows, batch, repacked) else {
             return false;
         };

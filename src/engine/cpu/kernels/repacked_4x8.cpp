@@ -194,6 +194,36 @@ static void hearth_gemv(int n, float * GGML_RESTRICT s, const void * GGML_RESTRI
     }
 }
 
+// Rows `4x .. 4x+3` (blocks `b`) by the `G` groups of four columns from group `y`: each block
+// of weights is unpacked once for all of them. A column's sums are made in the same order
+// whatever G is.
+template <typename T, int G>
+static inline void hearth_gemm_groups(const typename T::block * b, int nb, const block_q8_0x4 * a, int y,
+                                      const int64_t * start, const float * scale, float * s, size_t bs, int x) {
+    __m256 acc[4 * G];
+    for (int j = 0; j < 4 * G; j++) {
+        acc[j] = _mm256_setzero_ps();
+    }
+    for (int l = 0; l < nb; l++) {
+        hearth_rows r;
+        T::load(b + l, &r);
+        const __m256 rows = hearth_row_scales(b[l].d);
+        for (int g = 0; g < G; g++) {
+            const int i = (y + g) * nb + l;
+            for (int m = 0; m < 4; m++) {
+                const __m256i sum = hearth_block<T::signs>(&r, a[i].qs + 8 * m, 32, start[i * 4 + m]);
+                const __m256 d = _mm256_mul_ps(rows, _mm256_set1_ps(scale[i * 4 + m]));
+                acc[g * 4 + m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc[g * 4 + m]);
+            }
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        for (int m = 0; m < 4; m++) {
+            hearth_store(s + ((y + g) * 4 + m) * bs + x * 4, acc[g * 4 + m]);
+        }
+    }
+}
+
 // `nr` columns (in groups of four, llama.cpp's block_q8_0x4) by `nc` rows of layout T.
 template <typename T>
 static void hearth_gemm(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, int nr, int nc) {
@@ -219,25 +249,15 @@ static void hearth_gemm(int n, float * GGML_RESTRICT s, size_t bs, const void * 
         }
     }
     // Each four rows of weights stay in cache while every group of four columns passes over them,
-    // so the weights stream from memory once.
+    // so the weights stream from memory once; each block is unpacked once per two groups.
     for (int x = 0; x < nc / 4; x++) {
         const typename T::block * b = (const typename T::block *) vx + x * nb;
-        for (int y = 0; y < groups; y++) {
-            __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
-            for (int l = 0; l < nb; l++) {
-                hearth_rows r;
-                T::load(b + l, &r);
-                const __m256 rows = hearth_row_scales(b[l].d);
-                const int i = y * nb + l;
-                for (int m = 0; m < 4; m++) {
-                    const __m256i sum = hearth_block<T::signs>(&r, a[i].qs + 8 * m, 32, start[i * 4 + m]);
-                    const __m256 d = _mm256_mul_ps(rows, _mm256_set1_ps(scale[i * 4 + m]));
-                    acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc[m]);
-                }
-            }
-            for (int m = 0; m < 4; m++) {
-                hearth_store(s + (y * 4 + m) * bs + x * 4, acc[m]);
-            }
+        int y = 0;
+        for (; y + 2 <= groups; y += 2) {
+            hearth_gemm_groups<T, 2>(b, nb, a, y, start.data(), scale.data(), s, bs, x);
+        }
+        for (; y < groups; y++) {
+            hearth_gemm_groups<T, 1>(b, nb, a, y, start.data(), scale.data(), s, bs, x);
         }
     }
 }
