@@ -28,8 +28,6 @@ pub(super) struct Prefixes {
     tiled: Vec<usize>,
     /// Exact reuse: `Some(batch size)`, prompts being read in chunks aligned to it.
     exact: Option<usize>,
-    /// Per slot: its answer could not be re-read (a sliding window that no longer covers it).
-    settled: Vec<bool>,
     store: PrefixStore<LlamaToken, SeqState>,
     /// Whether the store's bound was set from a measured state size yet.
     sized: bool,
@@ -57,7 +55,6 @@ impl Prefixes {
             tiled: vec![0; slots],
             // A recurrent state cannot be cut back to its tiled part: such models reuse fast.
             exact: (reuse.0.exact_for(u64::from(n_swa)) && !model.is_recurrent() && !model.is_hybrid()).then_some(reuse.1),
-            settled: vec![false; slots],
             store: PrefixStore::new(store_limit),
             sized: false,
             n_swa,
@@ -70,7 +67,6 @@ impl Prefixes {
     /// A request left slot `seq` with `tokens` in its sequence.
     pub(super) fn release(&mut self, seq: usize, tokens: Vec<LlamaToken>) {
         self.cached[seq] = tokens;
-        self.settled[seq] = false;
     }
 
     /// Whether the prefix store and the disk are used: not with exact reuse on a sliding-window
@@ -97,18 +93,16 @@ impl Prefixes {
     /// dropped from the slot's cache. False when no slot has anything to re-read.
     pub(super) fn retile_step(&mut self, ctx: &mut LlamaContext, batch: &mut LlamaBatch) -> bool {
         let Some(batch_size) = self.exact else { return false };
-        let Some(seq) = (0..self.cached.len()).find(|&s| !self.settled[s] && self.cached[s].len() > self.tiled[s].max(exact::TILED - 1)) else {
+        // At least TILED tokens, so the batch takes the tiled path.
+        let from = |s: usize| self.tiled[s].min(self.cached[s].len() - exact::TILED);
+        // A slot whose window before that start is gone is left as it is (its next turn keeps
+        // what it can).
+        let Some(seq) = (0..self.cached.len()).find(|&s| {
+            self.cached[s].len() > self.tiled[s].max(exact::TILED - 1) && prefix::window_intact(from(s), ctx.kv_cache_seq_pos_min(s as i32), self.n_swa)
+        }) else {
             return false;
         };
-        let len = self.cached[seq].len();
-        // At least TILED tokens, so the batch takes the tiled path.
-        let from = self.tiled[seq].min(len - exact::TILED);
-        if !prefix::window_intact(from, ctx.kv_cache_seq_pos_min(seq as i32), self.n_swa) {
-            // The window before `from` is gone: leave the slot as it is (its next turn keeps
-            // what it can).
-            self.settled[seq] = true;
-            return true;
-        }
+        let (len, from) = (self.cached[seq].len(), from(seq));
         let to = (from + batch_size).min(len);
         if self.trim(ctx, seq, len, from) != from {
             self.cached[seq].clear();
