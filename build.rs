@@ -192,11 +192,62 @@ template <> void gemm<block_q5_0, 8, 4, GGML_TYPE_Q8_0>(int n, float * s, size_t
     ),
 ];
 
+/// Edits that give a token the same arithmetic alone as in a batch (README "Speculative
+/// decoding"), each (file, the exact text, what goes in its place, with `{0}` for the text and
+/// `{kernel}` for the attention kernel's code):
+/// - hearth's attention kernel for batches of fewer than 64 query rows (`attention_rows.cpp`):
+///   llama.cpp's flash attention hands it what it can take before choosing a path of its own,
+///   and the work buffer makes room for it;
+/// - llama.cpp's tiled K-quant kernels take batches from 64 tokens, as flash attention's tiled
+///   path does, instead of from 8 (fewer go through the dot products one token goes through);
+/// - llamafile's matrix kernels take one column as they take two or more, on x86 (ggml's dot
+///   products took it before; llama.cpp's comment says "only enable sgemm for prompt processing").
+const ATTENTION: &str = "attention_rows.cpp";
+const SAME_PATH_EDITS: &[(&str, &str, &str)] = &[
+    ("ops.cpp", "static void ggml_compute_forward_flash_attn_ext_f16(\n", "{kernel}\n{0}"),
+    (
+        "ops.cpp",
+        "    const bool use_split_kv_path = ",
+        "    // hearth (build.rs SAME_PATH_EDITS): fewer than 64 query rows go through hearth's kernel.\n\
+    if (!use_ref && hearth_flash_attn_rows(params, dst)) {\n\
+        return;\n\
+    }\n\n{0}",
+    ),
+    (
+        "ops.h",
+        "void ggml_compute_forward_fwht(const struct ggml_compute_params * params, struct ggml_tensor * dst);\n",
+        "{0}size_t hearth_flash_attn_rows_work(const struct ggml_tensor * node, int n_tasks); // hearth (build.rs SAME_PATH_EDITS)\n",
+    ),
+    (
+        "tiled/tiled.cpp",
+        "    return rows >= 8 || ggml_tiled_matmul_forced();\n",
+        "    return rows >= 64 || ggml_tiled_matmul_forced(); // hearth (build.rs SAME_PATH_EDITS): 64, as flash attention's tiles\n",
+    ),
+    (
+        "llamafile/sgemm.cpp",
+        "    // only enable sgemm for prompt processing\n#if !defined(__MMA__)\n",
+        "    // hearth (build.rs SAME_PATH_EDITS): one column goes through the same kernels as more on x86.\n#if !defined(__MMA__) && !defined(__x86_64__)\n",
+    ),
+    (
+        "ggml-cpu.c",
+        "                        cur += MAX(prefill, decode);\n",
+        "                        cur += MAX(MAX(prefill, decode), hearth_flash_attn_rows_work(node, n_tasks)); // hearth (build.rs SAME_PATH_EDITS)\n",
+    ),
+];
+
+/// One file of llama.cpp's CPU backend with `SAME_PATH_EDITS` made.
+fn patch_same_path_file(rel: &str, text: String, kernels: &Path) -> String {
+    SAME_PATH_EDITS.iter().filter(|(file, _, _)| *file == rel).fold(text, |text, (_, find, with)| {
+        let with = with.replace("{kernel}", &read_kernel(kernels, ATTENTION)).replace("{0}", find);
+        replace_exactly(&text, find, &with, 1, rel)
+    })
+}
+
 /// `text` with each of the `count` occurrences of `find` replaced; the build stops if there are
 /// not exactly that many, which means llama.cpp changed and the patch needs a look.
 fn replace_exactly(text: &str, find: &str, replace: &str, count: usize, file: &str) -> String {
     let found = text.matches(find).count();
-    assert_eq!(found, count, "a kernel patch looks for {find:?} in {file} {count} times and found it {found} times: llama.cpp changed, update TWO_BY_TWO or REPACKED in build.rs");
+    assert_eq!(found, count, "a kernel patch looks for {find:?} in {file} {count} times and found it {found} times: llama.cpp changed, update TWO_BY_TWO, REPACKED or SAME_PATH_EDITS in build.rs");
     text.replace(find, replace)
 }
 
@@ -272,7 +323,11 @@ fn patched_source(source: &Path, copy: &Path) -> PathBuf {
         match rel.strip_prefix(cpu).ok().and_then(Path::to_str) {
             Some(name @ ("arch/x86/quants.c" | "ggml-cpu.c")) => {
                 let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{name} is not UTF-8"));
-                patch_cpu_file(name, text, kernels).into_bytes()
+                patch_same_path_file(name, patch_cpu_file(name, text, kernels), kernels).into_bytes()
+            }
+            Some(name @ ("ops.cpp" | "ops.h" | "llamafile/sgemm.cpp" | "tiled/tiled.cpp")) => {
+                let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{name} is not UTF-8"));
+                patch_same_path_file(name, text, kernels).into_bytes()
             }
             Some(name @ ("arch/x86/repack.cpp" | "arch-fallback.h" | "repack.h" | "repack.cpp")) => {
                 let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("{name} is not UTF-8"));

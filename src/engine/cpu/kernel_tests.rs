@@ -1,4 +1,4 @@
-//! hearth's own kernels (build.rs `TWO_BY_TWO`, `REPACKED`) against the one-column path, in the
+//! hearth's own kernels (build.rs `TWO_BY_TWO`, `REPACKED`, `SAME_PATH_EDITS`) against the one-column path, in the
 //! CPU module a process loads: a matrix product over a batch of columns must equal, bit for bit,
 //! the same product taken one column at a time.
 //! - Q4_1: ggml hands a batch to the two-by-two kernel and a single column to llama.cpp's
@@ -18,7 +18,7 @@ use llama_cpp_sys_2 as sys;
 
 /// Deterministic values in [-0.5, 0.5): a linear congruential generator, so that a failure
 /// can be reproduced.
-fn values(n: usize, mut seed: u64) -> Vec<f32> {
+pub(super) fn values(n: usize, mut seed: u64) -> Vec<f32> {
     (0..n)
         .map(|_| {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -143,12 +143,13 @@ fn batched_and_alone(kind: sys::ggml_type, k: usize, rows: usize, batch: usize, 
     }
 }
 
-/// Over batches of 2, 4, 8, 6 and 12 columns (ggml hands a kernel two columns where the batch
-/// and each thread's share of it are even; the repacked kernel takes columns in fours, two
-/// fours at a time, and the rest one at a time). Returns whether anything was checked.
+/// Over batches of 2, 4, 8, 6, 12 and 17 columns (ggml hands a kernel two columns where the
+/// batch and each thread's share of it are even; the repacked kernel takes columns in fours, two
+/// fours at a time, and the rest one at a time; llama.cpp's tiled K-quant kernels took 8 or more
+/// before build.rs `SAME_PATH_EDITS`). Returns whether anything was checked.
 fn assert_batch_independent(kind: sys::ggml_type, name: &str, repacked: bool) -> bool {
     let (k, rows) = (768, 32);
-    for batch in [2, 4, 8, 6, 12] {
+    for batch in [2, 4, 8, 6, 12, 17] {
         let Some((batched, alone)) = batched_and_alone(kind, k, rows, batch, repacked) else {
             return false;
         };
@@ -180,6 +181,22 @@ fn repacked_products_in_a_batch_equal_the_column_alone_bit_for_bit() {
     assert_batch_independent(sys::GGML_TYPE_Q8_0, "repacked Q8_0", true);
     assert_batch_independent(sys::GGML_TYPE_Q5_0, "repacked Q5_0", true);
     assert!(!assert_batch_independent(sys::GGML_TYPE_Q4_1, "Q4_1 in the repacking buffer", true));
+}
+
+#[test]
+fn other_weight_types_in_a_batch_equal_the_column_alone_bit_for_bit() {
+    // Below 64 columns, K-quants go through the dot products one column goes through, and Q8_0,
+    // Q5_0 and F32 weights outside the repacking buffer through llamafile's kernels for one
+    // column as for more (build.rs `SAME_PATH_EDITS`).
+    for (kind, name) in [
+        (sys::GGML_TYPE_Q4_K, "Q4_K"),
+        (sys::GGML_TYPE_Q6_K, "Q6_K"),
+        (sys::GGML_TYPE_Q8_0, "Q8_0"),
+        (sys::GGML_TYPE_Q5_0, "Q5_0"),
+        (sys::GGML_TYPE_F32, "F32"),
+    ] {
+        assert!(assert_batch_independent(kind, name, false));
+    }
 }
 
 #[test]
@@ -217,12 +234,14 @@ fn every_variant_this_cpu_runs_passes_the_same_check() {
             .arg("engine::cpu::kernel_tests::q4_1_products_in_a_batch_equal_the_one_row_kernels_bit_for_bit")
             .arg("engine::cpu::kernel_tests::repacked_products_in_a_batch_equal_the_column_alone_bit_for_bit")
             .arg("engine::cpu::kernel_tests::repacked_products_equal_llama_cpps_to_rounding")
+            .arg("engine::cpu::kernel_tests::other_weight_types_in_a_batch_equal_the_column_alone_bit_for_bit")
+            .arg("engine::cpu::attention_tests::attention_rows_in_a_batch_equal_each_row_alone_bit_for_bit_and_attention")
             .env("HEARTH_CPU_VARIANT", variant.name)
             .output()
             .expect("running the test binary again");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success() && stdout.contains("3 passed"),
+            out.status.success() && stdout.contains("5 passed"),
             "the {} kernels: {}\n{stdout}{}",
             variant.name,
             out.status,

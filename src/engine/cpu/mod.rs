@@ -14,6 +14,8 @@
 //! whose best level misbehaves); one this CPU cannot run is refused like any other.
 
 #[cfg(test)]
+mod attention_tests;
+#[cfg(test)]
 mod kernel_tests;
 pub(crate) mod openmp;
 pub mod variants;

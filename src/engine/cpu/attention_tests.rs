@@ -1,0 +1,141 @@
+//! hearth's attention kernel (build.rs `SAME_PATH_EDITS`, `kernels/attention_rows.cpp`) in the CPU
+//! module a process loads: a query row's attention in a batch of rows must equal, bit for bit,
+//! the same row's alone, and both must be attention (a float64 reference, to rounding).
+//! `kernel_tests::every_variant_this_cpu_runs_passes_the_same_check` runs these again for every
+//! variant this CPU can run.
+
+use std::ptr;
+
+use llama_cpp_sys_2 as sys;
+
+use super::kernel_tests::values;
+
+const DK: usize = 64;
+const HEADS: usize = 6;
+const KV_HEADS: usize = 2;
+const N_KV: usize = 200;
+const ROWS: usize = 7;
+
+/// Which cells row `r` sees: a causal run ending at cell 150 + 7r, with holes where other
+/// sequences' cells would be, and one row that sees only the last part (a sliding window).
+fn sees(r: usize, c: usize) -> bool {
+    let last = 150 + 7 * r;
+    let window = if r == 3 { 40 } else { usize::MAX };
+    c <= last && c % 9 != 4 && last - c < window
+}
+
+/// (the attention output over all rows, the outputs of each row alone), laid out as
+/// [row][head][DV], with `threads` threads.
+fn batched_and_alone(q: &[f32], k: &[f32], v: &[f32], threads: i32) -> (Vec<f32>, Vec<Vec<f32>>) {
+    super::super::backend().expect("the CPU kernels load");
+    // SAFETY: as in kernel_tests: ggml's documented use, with live buffers of the sizes asked.
+    unsafe {
+        let dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+        let backend = sys::ggml_backend_dev_init(dev, ptr::null());
+        assert!(!backend.is_null(), "the CPU backend starts");
+        let reg = sys::ggml_backend_dev_backend_reg(dev);
+        let set: sys::ggml_backend_set_n_threads_t =
+            std::mem::transmute(sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_set_n_threads".as_ptr()));
+        set.expect("the CPU module sets its thread count")(backend, threads);
+        let ctx = sys::ggml_init(sys::ggml_init_params {
+            mem_size: sys::ggml_tensor_overhead() * (8 + 4 * ROWS) + sys::ggml_graph_overhead(),
+            mem_buffer: ptr::null_mut(),
+            no_alloc: true,
+        });
+        let qt = sys::ggml_new_tensor_3d(ctx, sys::GGML_TYPE_F32, DK as i64, ROWS as i64, HEADS as i64);
+        let kt = sys::ggml_new_tensor_3d(ctx, sys::GGML_TYPE_F16, DK as i64, N_KV as i64, KV_HEADS as i64);
+        let vt = sys::ggml_new_tensor_3d(ctx, sys::GGML_TYPE_F16, DK as i64, N_KV as i64, KV_HEADS as i64);
+        let mt = sys::ggml_new_tensor_2d(ctx, sys::GGML_TYPE_F16, N_KV as i64, ROWS as i64);
+        let scale = 1.0 / (DK as f32).sqrt();
+        let graph = sys::ggml_new_graph(ctx);
+        let all = sys::ggml_flash_attn_ext(ctx, qt, kt, vt, mt, scale, 0.0, 0.0);
+        sys::ggml_build_forward_expand(graph, all);
+        let alone: Vec<_> = (0..ROWS)
+            .map(|r| {
+                let qr = sys::ggml_view_3d(ctx, qt, DK as i64, 1, HEADS as i64, (*qt).nb[1], (*qt).nb[2], r * (*qt).nb[1]);
+                let mr = sys::ggml_view_2d(ctx, mt, N_KV as i64, 1, (*mt).nb[1], r * (*mt).nb[1]);
+                let out = sys::ggml_flash_attn_ext(ctx, qr, kt, vt, mr, scale, 0.0, 0.0);
+                sys::ggml_build_forward_expand(graph, out);
+                out
+            })
+            .collect();
+        let buffer = sys::ggml_backend_alloc_ctx_tensors(ctx, backend);
+        assert!(!buffer.is_null(), "the CPU backend allocates the tensors");
+        let f16 = |x: &[f32]| x.iter().map(|&f| sys::ggml_fp32_to_fp16(f)).collect::<Vec<_>>();
+        let mask: Vec<f32> = (0..ROWS * N_KV).map(|i| if sees(i / N_KV, i % N_KV) { 0.0 } else { f32::NEG_INFINITY }).collect();
+        for (t, data) in [(qt, q.to_vec()), (kt, k.to_vec()), (vt, v.to_vec()), (mt, mask)] {
+            if (*t).type_ == sys::GGML_TYPE_F16 {
+                let h = f16(&data);
+                sys::ggml_backend_tensor_set(t, h.as_ptr().cast(), 0, h.len() * 2);
+            } else {
+                sys::ggml_backend_tensor_set(t, data.as_ptr().cast(), 0, data.len() * 4);
+            }
+        }
+        assert_eq!(sys::ggml_backend_graph_compute(backend, graph), sys::GGML_STATUS_SUCCESS);
+        let read = |t: *mut sys::ggml_tensor, n: usize| {
+            let mut out = vec![0f32; n];
+            sys::ggml_backend_tensor_get(t, out.as_mut_ptr().cast(), 0, n * 4);
+            out
+        };
+        let batched = read(all, ROWS * HEADS * DK);
+        let alone = alone.into_iter().map(|t| read(t, HEADS * DK)).collect();
+        sys::ggml_backend_buffer_free(buffer);
+        sys::ggml_free(ctx);
+        sys::ggml_backend_free(backend);
+        (batched, alone)
+    }
+}
+
+/// Attention in float64 over the F16-rounded K and V: [row][head][DV].
+fn reference(q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
+    let round = |x: f32| unsafe { sys::ggml_fp16_to_fp32(sys::ggml_fp32_to_fp16(x)) } as f64;
+    let scale = 1.0 / (DK as f64).sqrt();
+    let mut out = vec![0f64; ROWS * HEADS * DK];
+    for r in 0..ROWS {
+        for h in 0..HEADS {
+            let g = h / (HEADS / KV_HEADS);
+            let qr = &q[(h * ROWS + r) * DK..][..DK];
+            let cells: Vec<usize> = (0..N_KV).filter(|&c| sees(r, c)).collect();
+            let scores: Vec<f64> = cells
+                .iter()
+                .map(|&c| (0..DK).map(|d| qr[d] as f64 * round(k[(g * N_KV + c) * DK + d])).sum::<f64>() * scale)
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for d in 0..DK {
+                let sum: f64 = cells.iter().zip(&weights).map(|(&c, w)| w * round(v[(g * N_KV + c) * DK + d])).sum();
+                out[(r * HEADS + h) * DK + d] = sum / total;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_rows_in_a_batch_equal_each_row_alone_bit_for_bit_and_attention() {
+    // Scaled so that the softmax is far from uniform: a wrong cell shows.
+    let q: Vec<f32> = values(DK * ROWS * HEADS, 3).iter().map(|x| x * 6.0).collect();
+    let k = values(DK * N_KV * KV_HEADS, 5);
+    let v = values(DK * N_KV * KV_HEADS, 9);
+    let expected = reference(&q, &k, &v);
+    let largest = expected.iter().fold(0f64, |m, x| m.max(x.abs()));
+    assert!(largest > 0.05, "the reference is near zero ({largest}), which checks little");
+    for threads in [1, 2, 3] {
+        let (batched, alone) = batched_and_alone(&q, &k, &v, threads);
+        for (r, row) in alone.iter().enumerate() {
+            let from_batch = &batched[r * HEADS * DK..(r + 1) * HEADS * DK];
+            let differ = row.iter().zip(from_batch).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{threads} threads, row {r}: {differ} of {} outputs differ from the row alone", HEADS * DK);
+        }
+        for (i, (got, want)) in batched.iter().zip(&expected).enumerate() {
+            assert!(
+                (*got as f64 - want).abs() <= largest * 1e-4,
+                "{threads} threads: output {i} (row {}, head {}) is {got}, the reference {want}",
+                i / (HEADS * DK),
+                i / DK % HEADS
+            );
+        }
+    }
+}
+

@@ -1,0 +1,244 @@
+// hearth's own attention kernel, written into llama.cpp's CPU ops.cpp by build.rs (`SAME_PATH_EDITS`),
+// before ggml_compute_forward_flash_attn_ext_f16, which hands it every batch of fewer than
+// GGML_FA_TILE_Q query rows it can take (F16 K and V, F32 queries, a mask, no ALiBi, soft cap
+// or sinks). Larger batches keep llama.cpp's tiled path.
+//
+// Why: llama.cpp took one query row (decoding one token) through a path that splits the KV
+// cells into one chunk per thread once there are 512 of them, and 2 to 63 rows (a speculative
+// draft being checked, a few streams decoding together) through another that runs each row
+// and head over every cell alone, converting K and V from F16 again for each and summing V in
+// F16. So a token's attention depended on the batch it was in, and checking a draft of 8 tokens
+// at depth cost 8 times one token's attention.
+//
+// Here each row's result depends on nothing but the row: its query, the KV cells its mask
+// shows, and the thread count.
+// - The cells a row sees (first to last unmasked) are split into one chunk per thread, from
+//   the row's own mask; a thread takes its chunk of every row.
+// - Within a chunk, cells go in tiles of GGML_FA_TILE_KV at fixed positions (multiples of the
+//   tile size), with an online softmax per tile, as llama.cpp's tiled path does; cells outside
+//   the row's chunk or masked count as minus infinity.
+// - The chunks' partial sums are combined in chunk order.
+// A tile's K and V are converted to F32 once per thread and KV head, and multiplied with every
+// row of every query head that reads that KV head at once (llama.cpp's simd_gemm, in which each
+// output is its own sum in order, however many rows there are).
+
+// Floats of scratch per thread for `rows` rows (query rows times query heads per KV head): the
+// tile's K transposed (DK x T), its V (T x DV), the rows' queries (rows x DK) and scores
+// (rows x T, and the tile's K before it is transposed).
+static int64_t hearth_fa_scratch(int64_t rows, int64_t kv_heads, int64_t DK, int64_t DV) {
+    const int64_t T = GGML_FA_TILE_KV;
+    return T * DK + T * DV + kv_heads * rows * DK + std::max(rows, DK) * T + (int64_t) CACHE_LINE_SIZE_F32;
+}
+
+// The work buffer the kernel needs for `node` with `n_tasks` threads, in bytes: each thread's
+// scratch, and its partial results (DV sums, then the max and the sum of each row and head).
+extern "C" size_t hearth_flash_attn_rows_work(const struct ggml_tensor * node, int n_tasks) {
+    const int64_t N = node->src[0]->ne[1];
+    if (N >= GGML_FA_TILE_Q) {
+        return 0;
+    }
+    const int64_t DK = node->src[1]->ne[0];
+    const int64_t DV = node->src[2]->ne[0];
+    const int64_t heads = node->src[0]->ne[2];
+    const int64_t kv_heads = std::max<int64_t>(1, node->src[1]->ne[2]);
+    const int64_t rows = N * (heads / kv_heads);
+    return sizeof(float) * (size_t) (n_tasks * (hearth_fa_scratch(rows, kv_heads, DK, DV) + N * heads * (DV + 2)));
+}
+
+// out[d * rows + j] = in[j * cols + d]: a copy, so every path gives the same bits.
+static void hearth_fa_transpose(float * GGML_RESTRICT out, const float * GGML_RESTRICT in, int64_t rows, int64_t cols) {
+    int64_t d0 = 0;
+#if defined(__AVX__)
+    if (rows % 8 == 0) {
+        for (; d0 + 8 <= cols; d0 += 8) {
+            for (int64_t j0 = 0; j0 < rows; j0 += 8) {
+                __m256 r[8], u[8], s[8];
+                for (int i = 0; i < 8; i++) {
+                    r[i] = _mm256_loadu_ps(in + (j0 + i) * cols + d0);
+                }
+                for (int i = 0; i < 8; i += 2) {
+                    u[i]     = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                    u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+                }
+                for (int i = 0; i < 8; i += 4) {
+                    s[i]     = _mm256_shuffle_ps(u[i],     u[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                    s[i + 1] = _mm256_shuffle_ps(u[i],     u[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                    s[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                    s[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+                }
+                for (int i = 0; i < 4; i++) {
+                    _mm256_storeu_ps(out + (d0 + i) * rows + j0,     _mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
+                    _mm256_storeu_ps(out + (d0 + i + 4) * rows + j0, _mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
+                }
+            }
+        }
+    }
+#endif
+    for (; d0 < cols; d0++) {
+        for (int64_t j = 0; j < rows; j++) {
+            out[d0 * rows + j] = in[j * cols + d0];
+        }
+    }
+}
+
+static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tensor * dst) {
+    const ggml_tensor * q     = dst->src[0];
+    const ggml_tensor * k     = dst->src[1];
+    const ggml_tensor * v     = dst->src[2];
+    const ggml_tensor * mask  = dst->src[3];
+    const ggml_tensor * sinks = dst->src[4];
+
+    float scale = 1.0f, max_bias = 0.0f, softcap = 0.0f;
+    memcpy(&scale,    (float *) dst->op_params + 0, sizeof(float));
+    memcpy(&max_bias, (float *) dst->op_params + 1, sizeof(float));
+    memcpy(&softcap,  (float *) dst->op_params + 2, sizeof(float));
+
+    const int64_t N = q->ne[1];
+    if (N >= GGML_FA_TILE_Q || q->type != GGML_TYPE_F32 || k->type != GGML_TYPE_F16 || v->type != GGML_TYPE_F16 ||
+        mask == nullptr || mask->type != GGML_TYPE_F16 || mask->ne[2] != 1 || mask->ne[3] != 1 || sinks != nullptr ||
+        max_bias != 0.0f || softcap != 0.0f || q->ne[3] != 1 || k->ne[3] != 1 || v->ne[3] != 1 ||
+        k->ne[2] != v->ne[2] || q->ne[2] % k->ne[2] != 0) {
+        return false;
+    }
+
+    const int64_t DK = k->ne[0], DV = v->ne[0], n_kv = k->ne[1];
+    const int64_t heads = q->ne[2], kv_heads = k->ne[2], group = heads / kv_heads;
+    const int64_t rows = N * group; // the rows multiplied together: query row r's head g * group + i is row r * group + i
+    const int64_t T = GGML_FA_TILE_KV;
+    const int ith = params->ith, nth = params->nth;
+    GGML_ASSERT(params->wsize >= hearth_flash_attn_rows_work(dst, nth));
+
+    float * Kt = (float *) params->wdata + ith * (hearth_fa_scratch(rows, kv_heads, DK, DV) + N * heads * (DV + 2));
+    float * Vt = Kt + T * DK;
+    float * Q  = Vt + T * DV;
+    float * KQ = Q + kv_heads * rows * DK;
+    // This thread's partial results, per KV head: the rows' DV sums, then their maxima and sums.
+    float * mine = KQ + std::max(rows, DK) * T + CACHE_LINE_SIZE_F32;
+    const int64_t per_thread = hearth_fa_scratch(rows, kv_heads, DK, DV) + N * heads * (DV + 2);
+    auto sums = [&](int t, int64_t g) { return (float *) params->wdata + t * per_thread + (mine - Kt) + g * rows * (DV + 2); };
+    auto maxima = [&](int t, int64_t g) { return sums(t, g) + rows * DV; };
+    auto totals = [&](int t, int64_t g) { return maxima(t, g) + rows; };
+
+    // Each row's mask, and this thread's chunk of the cells the row sees.
+    const ggml_fp16_t neg_inf = 0xFC00; // minus infinity in F16
+    auto mask_row = [&](int64_t r) { return (const ggml_fp16_t *) ((const char *) mask->data + r * mask->nb[1]); };
+    int64_t lo[GGML_FA_TILE_Q], hi[GGML_FA_TILE_Q];
+    int64_t lo_all = n_kv, hi_all = 0;
+    for (int64_t r = 0; r < N; r++) {
+        const ggml_fp16_t * m = mask_row(r);
+        int64_t first = 0, last = n_kv;
+        while (first < n_kv && m[first] == neg_inf) first++;
+        while (last > first && m[last - 1] == neg_inf) last--;
+        const int64_t size = (last - first + nth - 1) / nth;
+        lo[r] = std::min(last, first + ith * size);
+        hi[r] = std::min(last, lo[r] + size);
+        if (lo[r] < hi[r]) {
+            lo_all = std::min(lo_all, lo[r]);
+            hi_all = std::max(hi_all, hi[r]);
+        }
+    }
+
+    for (int64_t g = 0; g < kv_heads; g++) {
+        memset(sums(ith, g), 0, rows * DV * sizeof(float));
+        for (int64_t i = 0; i < rows; i++) {
+            maxima(ith, g)[i] = -INFINITY;
+            totals(ith, g)[i] = 0.0f;
+        }
+        for (int64_t r = 0; r < N; r++) {
+            for (int64_t i = 0; i < group; i++) {
+                memcpy(Q + ((g * N + r) * group + i) * DK, (const char *) q->data + r * q->nb[1] + (g * group + i) * q->nb[2], DK * sizeof(float));
+            }
+        }
+    }
+
+    // Tiles outside, KV heads inside: a cell's K (and V) for every KV head lie together, so the
+    // cache is read front to back. The next tile is fetched while this one is computed.
+    auto fetch = [&](const ggml_tensor * t, int64_t c) {
+        const char * row = (const char *) t->data + c * t->nb[1];
+        for (int64_t b = 0; b < kv_heads * t->nb[2]; b += 64) {
+            __builtin_prefetch(row + b);
+        }
+    };
+    for (int64_t c0 = lo_all / T * T; c0 < hi_all; c0 += T) {
+        for (int64_t c = c0 + T; c < std::min(c0 + 2 * T, hi_all); c++) {
+            fetch(k, c);
+            fetch(v, c);
+        }
+        for (int64_t g = 0; g < kv_heads; g++) {
+            float * acc = sums(ith, g);
+            float * M = maxima(ith, g);
+            float * S = totals(ith, g);
+            // The tile's K, transposed so that a row's scores are T sums side by side, and V;
+            // zeros past the last cell.
+            // (K goes through KQ, free until the scores, in cell order first.)
+            for (int64_t j = 0; j < T; j++) {
+                const int64_t c = c0 + j;
+                if (c < n_kv) {
+                    ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) ((const char *) k->data + c * k->nb[1] + g * k->nb[2]), KQ + j * DK, DK);
+                    ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) ((const char *) v->data + c * v->nb[1] + g * v->nb[2]), Vt + j * DV, DV);
+                } else {
+                    memset(KQ + j * DK, 0, DK * sizeof(float));
+                    memset(Vt + j * DV, 0, DV * sizeof(float));
+                }
+            }
+            hearth_fa_transpose(Kt, KQ, T, DK);
+            memset(KQ, 0, rows * T * sizeof(float));
+            simd_gemm(KQ, Q + g * rows * DK, Kt, rows, DK, T);
+            for (int64_t i = 0; i < rows; i++) {
+                const int64_t r = i / group;
+                const ggml_fp16_t * m = mask_row(r);
+                float * s = KQ + i * T;
+                float tile_max = -INFINITY;
+                for (int64_t j = 0; j < T; j++) {
+                    const int64_t c = c0 + j;
+                    const bool seen = c >= lo[r] && c < hi[r] && m[c] != neg_inf;
+                    s[j] = seen ? s[j] * scale + GGML_CPU_FP16_TO_FP32(m[c]) : -INFINITY;
+                    tile_max = std::max(tile_max, s[j]);
+                }
+                if (tile_max == -INFINITY) {
+                    // Nothing to add: a row of zeros adds exactly nothing below.
+                    memset(s, 0, T * sizeof(float));
+                    continue;
+                }
+                if (tile_max > M[i]) {
+                    const float ms = expf(M[i] - tile_max);
+                    ggml_vec_scale_f32(DV, acc + i * DV, ms);
+                    S[i] *= ms;
+                    M[i] = tile_max;
+                }
+                S[i] += (float) ggml_vec_soft_max_f32(T, s, s, M[i]);
+            }
+            simd_gemm(acc, KQ, Vt, rows, T, DV);
+        }
+    }
+
+    ggml_barrier(params->threadpool);
+
+    // Each thread combines the chunks of some rows and heads, in chunk order.
+    float * out = Vt;
+    for (int64_t n = ith; n < N * heads; n += nth) {
+        const int64_t r = n / heads, h = n % heads, g = h / group, i = r * group + h % group;
+        float M = -INFINITY, S = 0.0f;
+        memset(out, 0, DV * sizeof(float));
+        for (int t = 0; t < nth; t++) {
+            const float S_t = totals(t, g)[i];
+            if (S_t == 0.0f) {
+                continue;
+            }
+            const float M_t = maxima(t, g)[i];
+            const float * acc = sums(t, g) + i * DV;
+            const float M_new = std::max(M, M_t);
+            const float scale_old = expf(M - M_new);
+            const float scale_new = expf(M_t - M_new);
+            for (int64_t d = 0; d < DV; d++) {
+                out[d] = out[d] * scale_old + acc[d] * scale_new;
+            }
+            S = S * scale_old + S_t * scale_new;
+            M = M_new;
+        }
+        ggml_vec_scale_f32(DV, out, S == 0.0f ? 0.0f : 1.0f / S);
+        // dst is [DV, heads, N]: row r's head h.
+        memcpy((char *) dst->data + (h + r * dst->ne[1]) * dst->nb[1], out, dst->nb[1]);
+    }
+    return true;
+}
