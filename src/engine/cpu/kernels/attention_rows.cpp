@@ -160,6 +160,17 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
         }
     };
     for (int64_t c0 = lo_all / T * T; c0 < hi_all; c0 += T) {
+        // A tile no row sees (other sequences' cells) is passed over: it would add nothing.
+        bool seen = false;
+        for (int64_t r = 0; r < N && !seen; r++) {
+            const ggml_fp16_t * m = mask_row(r);
+            for (int64_t c = std::max(c0, lo[r]); c < std::min(c0 + T, hi[r]) && !seen; c++) {
+                seen = m[c] != neg_inf;
+            }
+        }
+        if (!seen) {
+            continue;
+        }
         for (int64_t c = c0 + T; c < std::min(c0 + 2 * T, hi_all); c++) {
             fetch(k, c);
             fetch(v, c);
