@@ -23,11 +23,12 @@
 // output is its own sum in order, however many rows there are).
 
 // Floats of scratch per thread for `rows` rows (query rows times query heads per KV head): the
-// tile's K transposed (DK x T), its V (T x DV), the rows' queries (rows x DK) and scores
+// tile's K transposed (DK x T), its V (T x DV), the rows' queries (rows x DK per KV head), the
+// queries and sums of the rows a tile concerns, gathered (rows x DK, rows x DV), and the scores
 // (rows x T, and the tile's K before it is transposed).
 static int64_t hearth_fa_scratch(int64_t rows, int64_t kv_heads, int64_t DK, int64_t DV) {
     const int64_t T = GGML_FA_TILE_KV;
-    return T * DK + T * DV + kv_heads * rows * DK + std::max(rows, DK) * T + (int64_t) CACHE_LINE_SIZE_F32;
+    return T * DK + T * DV + kv_heads * rows * DK + rows * (DK + DV) + std::max(rows, DK) * T + (int64_t) CACHE_LINE_SIZE_F32;
 }
 
 // The work buffer the kernel needs for `node` with `n_tasks` threads, in bytes: each thread's
@@ -111,7 +112,9 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
     float * Kt = (float *) params->wdata + ith * (hearth_fa_scratch(rows, kv_heads, DK, DV) + N * heads * (DV + 2));
     float * Vt = Kt + T * DK;
     float * Q  = Vt + T * DV;
-    float * KQ = Q + kv_heads * rows * DK;
+    float * Qg = Q + kv_heads * rows * DK;
+    float * Ag = Qg + rows * DK;
+    float * KQ = Ag + rows * DV;
     // This thread's partial results, per KV head: the rows' DV sums, then their maxima and sums.
     float * mine = KQ + std::max(rows, DK) * T + CACHE_LINE_SIZE_F32;
     const int64_t per_thread = hearth_fa_scratch(rows, kv_heads, DK, DV) + N * heads * (DV + 2);
@@ -160,17 +163,24 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
         }
     };
     for (int64_t c0 = lo_all / T * T; c0 < hi_all; c0 += T) {
-        // A tile no row sees (other sequences' cells) is passed over: it would add nothing.
-        bool seen = false;
-        for (int64_t r = 0; r < N && !seen; r++) {
+        // The rows that see a cell of this tile; the others (another sequence's cells in the
+        // unified cache) would add nothing, and a tile no row sees is passed over.
+        int64_t act[GGML_FA_TILE_Q];
+        int64_t n_act = 0;
+        for (int64_t r = 0; r < N; r++) {
             const ggml_fp16_t * m = mask_row(r);
+            bool seen = false;
             for (int64_t c = std::max(c0, lo[r]); c < std::min(c0 + T, hi[r]) && !seen; c++) {
                 seen = m[c] != neg_inf;
             }
+            if (seen) {
+                act[n_act++] = r;
+            }
         }
-        if (!seen) {
+        if (n_act == 0) {
             continue;
         }
+        const int64_t n_rows = n_act * group;
         for (int64_t c = c0 + T; c < std::min(c0 + 2 * T, hi_all); c++) {
             fetch(k, c);
             fetch(v, c);
@@ -179,6 +189,18 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
             float * acc = sums(ith, g);
             float * M = maxima(ith, g);
             float * S = totals(ith, g);
+            // The active rows' queries and sums, gathered when some rows are left out.
+            const float * Qa = Q + g * rows * DK;
+            float * Aa = acc;
+            if (n_act < N) {
+                for (int64_t a = 0; a < n_rows; a++) {
+                    const int64_t i = act[a / group] * group + a % group;
+                    memcpy(Qg + a * DK, Q + (g * rows + i) * DK, DK * sizeof(float));
+                    memcpy(Ag + a * DV, acc + i * DV, DV * sizeof(float));
+                }
+                Qa = Qg;
+                Aa = Ag;
+            }
             // The tile's K, transposed so that a row's scores are T sums side by side, and V;
             // zeros past the last cell.
             // (K goes through KQ, free until the scores, in cell order first.)
@@ -193,12 +215,13 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
                 }
             }
             hearth_fa_transpose(Kt, KQ, T, DK);
-            memset(KQ, 0, rows * T * sizeof(float));
-            simd_gemm(KQ, Q + g * rows * DK, Kt, rows, DK, T);
-            for (int64_t i = 0; i < rows; i++) {
-                const int64_t r = i / group;
+            memset(KQ, 0, n_rows * T * sizeof(float));
+            simd_gemm(KQ, Qa, Kt, n_rows, DK, T);
+            for (int64_t a = 0; a < n_rows; a++) {
+                const int64_t r = act[a / group];
+                const int64_t i = r * group + a % group;
                 const ggml_fp16_t * m = mask_row(r);
-                float * s = KQ + i * T;
+                float * s = KQ + a * T;
                 float tile_max = -INFINITY;
                 for (int64_t j = 0; j < T; j++) {
                     const int64_t c = c0 + j;
@@ -213,13 +236,18 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
                 }
                 if (tile_max > M[i]) {
                     const float ms = expf(M[i] - tile_max);
-                    ggml_vec_scale_f32(DV, acc + i * DV, ms);
+                    ggml_vec_scale_f32(DV, Aa + a * DV, ms);
                     S[i] *= ms;
                     M[i] = tile_max;
                 }
                 S[i] += (float) ggml_vec_soft_max_f32(T, s, s, M[i]);
             }
-            simd_gemm(acc, KQ, Vt, rows, T, DV);
+            simd_gemm(Aa, KQ, Vt, n_rows, T, DV);
+            if (n_act < N) {
+                for (int64_t a = 0; a < n_rows; a++) {
+                    memcpy(acc + (act[a / group] * group + a % group) * DV, Ag + a * DV, DV * sizeof(float));
+                }
+            }
         }
     }
 
