@@ -13,7 +13,7 @@
 //! loads the chosen one from memory at start.
 //!
 //! The modules are built from a copy of that source with hearth's own kernels written in
-//! (`TWO_BY_TWO`, `REPACKED`, `src/engine/cpu/kernels/`): each patch finds the exact text it
+//! (`TWO_BY_TWO`, `REPACKED`, `SAME_PATH_EDITS`, `src/engine/cpu/kernels/`): each patch finds the exact text it
 //! replaces, and the build stops if a llama.cpp update moved it.
 use std::path::{Path, PathBuf};
 use std::process::Command;

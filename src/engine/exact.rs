@@ -2,11 +2,11 @@
 //! is what a fresh prefill of the same prompt computes, bit for bit, so an answer depends on the
 //! request alone, not on what the cache held.
 //!
-//! Why: llama.cpp's CPU kernels compute a token's K and V slightly differently depending on the
-//! batch it is decoded in. Flash attention takes a tiled path for a batch of 64 tokens or more
-//! (`GGML_FA_TILE_Q`), a row-by-row path for fewer, and for a single token over 512 or more
-//! cells it splits the cells across threads; llamafile's matrix kernels take a batch of one row
-//! through ggml's dot products instead. Within one path a token's result does not depend on the
+//! Why: llama.cpp's CPU kernels compute a token's K and V slightly differently in a batch of 64
+//! tokens or more than in a smaller one: flash attention takes its tiled path (`GGML_FA_TILE_Q`)
+//! instead of hearth's kernel for fewer rows, and K-quant weights llama.cpp's tiled kernels
+//! instead of ggml's dot products (build.rs `SAME_PATH_EDITS`, which also make one token take the
+//! same paths as a batch of up to 63). Within one path a token's result does not depend on the
 //! other tokens in its batch or where the batch starts (measured: a server holding other
 //! conversations' cells answers a prompt with the same log-probabilities as a new server), but
 //! the paths differ in the last bits, and a greedy answer follows them where two tokens are
@@ -65,7 +65,7 @@ impl Reuse {
 }
 
 /// The fewest tokens in a batch for which flash attention takes its tiled path
-/// (`GGML_FA_TILE_Q` in ggml-cpu) and llamafile's kernels multiply the whole batch.
+/// (`GGML_FA_TILE_Q` in ggml-cpu), and K-quant weights llama.cpp's tiled kernels.
 pub const TILED: usize = 64;
 
 /// How many of a slot's cached positions a prompt of `n` tokens keeps, given that the first
