@@ -238,7 +238,8 @@ const SAME_PATH_EDITS: &[(&str, &str, &str)] = &[
 /// One file of llama.cpp's CPU backend with `SAME_PATH_EDITS` made.
 fn patch_same_path_file(rel: &str, text: String, kernels: &Path) -> String {
     SAME_PATH_EDITS.iter().filter(|(file, _, _)| *file == rel).fold(text, |text, (_, find, with)| {
-        let with = with.replace("{kernel}", &read_kernel(kernels, ATTENTION)).replace("{0}", find);
+        let with = if with.contains("{kernel}") { with.replace("{kernel}", &read_kernel(kernels, ATTENTION)) } else { with.to_string() };
+        let with = with.replace("{0}", find);
         replace_exactly(&text, find, &with, 1, rel)
     })
 }

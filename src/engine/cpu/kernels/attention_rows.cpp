@@ -31,19 +31,17 @@ static int64_t hearth_fa_scratch(int64_t rows, int64_t kv_heads, int64_t DK, int
     return T * DK + T * DV + kv_heads * rows * DK + rows * (DK + DV) + std::max(rows, DK) * T + (int64_t) CACHE_LINE_SIZE_F32;
 }
 
-// The work buffer the kernel needs for `node` with `n_tasks` threads, in bytes: each thread's
-// scratch, and its partial results (DV sums, then the max and the sum of each row and head).
+// Floats of the work buffer per thread for `node`: its scratch, then its partial results (per
+// KV head, the DV sums of each row, then their maxima and sums).
+static int64_t hearth_fa_per_thread(const struct ggml_tensor * node) {
+    const int64_t N = node->src[0]->ne[1], heads = node->src[0]->ne[2];
+    const int64_t DK = node->src[1]->ne[0], kv_heads = node->src[1]->ne[2], DV = node->src[2]->ne[0];
+    return hearth_fa_scratch(N * (heads / kv_heads), kv_heads, DK, DV) + N * heads * (DV + 2);
+}
+
+// The work buffer the kernel needs for `node` with `n_tasks` threads, in bytes.
 extern "C" size_t hearth_flash_attn_rows_work(const struct ggml_tensor * node, int n_tasks) {
-    const int64_t N = node->src[0]->ne[1];
-    if (N >= GGML_FA_TILE_Q) {
-        return 0;
-    }
-    const int64_t DK = node->src[1]->ne[0];
-    const int64_t DV = node->src[2]->ne[0];
-    const int64_t heads = node->src[0]->ne[2];
-    const int64_t kv_heads = std::max<int64_t>(1, node->src[1]->ne[2]);
-    const int64_t rows = N * (heads / kv_heads);
-    return sizeof(float) * (size_t) (n_tasks * (hearth_fa_scratch(rows, kv_heads, DK, DV) + N * heads * (DV + 2)));
+    return node->src[0]->ne[1] >= GGML_FA_TILE_Q ? 0 : sizeof(float) * (size_t) (n_tasks * hearth_fa_per_thread(node));
 }
 
 // out[d * rows + j] = in[j * cols + d]: a copy, so every path gives the same bits.
@@ -109,16 +107,15 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
     const int ith = params->ith, nth = params->nth;
     GGML_ASSERT(params->wsize >= hearth_flash_attn_rows_work(dst, nth));
 
-    float * Kt = (float *) params->wdata + ith * (hearth_fa_scratch(rows, kv_heads, DK, DV) + N * heads * (DV + 2));
+    const int64_t per_thread = hearth_fa_per_thread(dst), scratch = hearth_fa_scratch(rows, kv_heads, DK, DV);
+    float * Kt = (float *) params->wdata + ith * per_thread;
     float * Vt = Kt + T * DK;
     float * Q  = Vt + T * DV;
     float * Qg = Q + kv_heads * rows * DK;
     float * Ag = Qg + rows * DK;
     float * KQ = Ag + rows * DV;
-    // This thread's partial results, per KV head: the rows' DV sums, then their maxima and sums.
-    float * mine = KQ + std::max(rows, DK) * T + CACHE_LINE_SIZE_F32;
-    const int64_t per_thread = hearth_fa_scratch(rows, kv_heads, DK, DV) + N * heads * (DV + 2);
-    auto sums = [&](int t, int64_t g) { return (float *) params->wdata + t * per_thread + (mine - Kt) + g * rows * (DV + 2); };
+    // Thread t's partial results for KV head g: the rows' DV sums, then their maxima and sums.
+    auto sums = [&](int t, int64_t g) { return (float *) params->wdata + t * per_thread + scratch + g * rows * (DV + 2); };
     auto maxima = [&](int t, int64_t g) { return sums(t, g) + rows * DV; };
     auto totals = [&](int t, int64_t g) { return maxima(t, g) + rows; };
 
