@@ -202,15 +202,18 @@ fn rss_stays_within_the_budget_while_cycling_models() {
         cycles.push(s.rss());
     }
     assert!(peak <= budget + margin, "peak RSS {} MiB over budget {} MiB + margin", peak >> 20, budget >> 20);
-    // Creep is the defect: a leak raises the floor. From one cycle to the next RSS swings by
-    // up to ~35 MiB either way (glibc's arenas, llama.cpp's and OpenMP's threads coming and
-    // going), so the floors are compared: cycles 5-14, after the allocator settles, against
-    // the last ten.
+    // Creep is the defect: a leak raises the floor. From one cycle to the next RSS swings by up to
+    // ~35 MiB either way, so the floors are compared: cycles 5-14, after the allocator settles,
+    // against the last twenty. The swing is bimodal: each load's worker is a new thread, which glibc
+    // gives one of its two arenas, so the model's many small allocations land in the main heap or in
+    // the second arena, and the two keep different amounts of partly used pages (/proc/PID/smaps
+    // after Gemma's load: [heap] 1 or 50 MiB). The mode can hold for ten cycles (a CI run's last ten
+    // were all high), rarely for twenty.
     let floor = |c: &[u64]| c.iter().copied().min().expect("cycles");
-    let (settled, last) = (floor(&cycles[5..15]), floor(&cycles[40..]));
+    let (settled, last) = (floor(&cycles[5..15]), floor(&cycles[30..]));
     assert!(
         last <= settled + (16 << 20),
-        "RSS crept: its floor went from {} MiB to {} MiB over 35 cycles ({:?} MiB)",
+        "RSS crept: its floor went from {} MiB to {} MiB over 25 cycles ({:?} MiB)",
         settled >> 20,
         last >> 20,
         cycles.iter().map(|b| b >> 20).collect::<Vec<_>>()
