@@ -50,9 +50,12 @@ use crate::service::{ResponseInfo, Service};
 /// Largest request body accepted (a long prompt is a few MB at most).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
-/// Shared state of the HTTP server: a cheap-to-clone handle.
+/// Shared state of the HTTP server: a handle that every request and every middleware clones, so
+/// one reference count (the parts themselves hold dozens of handles, and a path).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Parts>);
+
+pub struct Parts {
     pub manager: ModelManager,
     pub service: Service,
     pub lifecycle: Arc<Lifecycle>,
@@ -64,13 +67,26 @@ pub struct AppState {
     pub pull: Arc<crate::store::pull::PullLimits>,
 }
 
+impl From<Parts> for AppState {
+    fn from(parts: Parts) -> Self {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
 pub use self::lifecycle::{Lifecycle, Reloader};
 
 #[cfg(test)]
-impl AppState {
+impl Parts {
     /// State around a service, with no config file to reload (the router's tests).
-    pub fn new(service: Service) -> AppState {
-        AppState {
+    pub fn new(service: Service) -> Parts {
+        Parts {
             manager: service.manager.clone(),
             service,
             lifecycle: Arc::new(Lifecycle::new(None)),

@@ -24,7 +24,7 @@ fn fixture() -> Fixture {
     let fake = FakeBackend::default();
     let (manager, models) = manager(&fake, limits(1000));
     let service = Service::new(manager, crate::cache::ResponseCache::disabled(), None, Metrics::new(Default::default()), Catalog::default(), ServiceSettings::default());
-    Fixture { app: router(AppState::new(service)), fake, _models: models }
+    Fixture { app: router(Parts::new(service).into()), fake, _models: models }
 }
 
 /// Sends one request; returns the status, the content type and the body.
@@ -339,10 +339,10 @@ fn keyed_fixture() -> Fixture {
     let fake = FakeBackend::default();
     let (manager, models) = manager(&fake, limits(1000));
     let service = Service::new(manager, crate::cache::ResponseCache::disabled(), None, Metrics::new(Default::default()), Catalog::default(), ServiceSettings::default());
-    let mut state = AppState::new(service);
+    let mut state = Parts::new(service);
     let spec = |name: &str, key: &str, scopes: &[Scope], rpm| KeySpec { name: name.into(), sha256: key_hash(key), scopes: scopes.to_vec(), limits: Limits { rpm, ..Default::default() } };
     state.keys = Arc::new(auth::Keys::new(&[spec("gen", "kg", &[Scope::Generate], Some(2)), spec("scraper", "km", &[Scope::Metrics], None)], None));
-    Fixture { app: router(state), fake, _models: models }
+    Fixture { app: router(state.into()), fake, _models: models }
 }
 
 async fn send_key(app: &Router, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Response) {

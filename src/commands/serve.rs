@@ -97,7 +97,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if origins.iter().any(|o| o.trim() == "*") {
         tracing::warn!("server.origins allows every origin: any web page the user opens can use this server");
     }
-    let state = AppState { manager: manager.clone(), service, lifecycle: Arc::clone(&lifecycle), guard, keys, pull: Arc::new(file.pull.clone()) };
+    let state = AppState::from(api::Parts { manager: manager.clone(), service, lifecycle: Arc::clone(&lifecycle), guard, keys, pull: Arc::new(file.pull.clone()) });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reaper_stop = {
