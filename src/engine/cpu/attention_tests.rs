@@ -14,19 +14,28 @@ const DK: usize = 64;
 const HEADS: usize = 6;
 const KV_HEADS: usize = 2;
 const N_KV: usize = 200;
-const ROWS: usize = 7;
+const ROWS: usize = 9;
 
-/// Which cells row `r` sees: a causal run ending at cell 150 + 7r, with holes where other
-/// sequences' cells would be, and one row that sees only the last part (a sliding window).
+/// Which cells row `r` sees. Rows 0-4: one sequence, a causal run ending at cell 150 + 7r with
+/// holes where other sequences' cells are, row 3 seeing only its last 40 (a sliding window).
+/// Rows 5 and 6: two other sequences, in those holes and in every other cell (the second shares
+/// the first sequence's cell 0, then parts from it). Rows 7 and 8: the last sequence's next
+/// two tokens.
 fn sees(r: usize, c: usize) -> bool {
-    let last = 150 + 7 * r;
-    let window = if r == 3 { 40 } else { usize::MAX };
-    c <= last && c % 9 != 4 && last - c < window
+    match r {
+        0..5 => {
+            let last = 150 + 7 * r;
+            let window = if r == 3 { 40 } else { usize::MAX };
+            c <= last && c % 9 != 4 && last - c < window
+        }
+        5 => c % 9 == 4,
+        _ => c.is_multiple_of(2) && c <= 120 + 30 * (r - 6),
+    }
 }
 
 /// (the attention output over all rows, the outputs of each row alone), laid out as
-/// [row][head][DV], with `threads` threads.
-fn batched_and_alone(q: &[f32], k: &[f32], v: &[f32], threads: i32) -> (Vec<f32>, Vec<Vec<f32>>) {
+/// [row][head][DV], with `threads` threads, each row seeing the cells `sees` gives.
+fn batched_and_alone(q: &[f32], k: &[f32], v: &[f32], sees: &dyn Fn(usize, usize) -> bool, threads: i32) -> (Vec<f32>, Vec<Vec<f32>>) {
     super::super::backend().expect("the CPU kernels load");
     // SAFETY: as in kernel_tests: ggml's documented use, with live buffers of the sizes asked.
     unsafe {
@@ -122,7 +131,7 @@ fn attention_rows_in_a_batch_equal_each_row_alone_bit_for_bit_and_attention() {
     let largest = expected.iter().fold(0f64, |m, x| m.max(x.abs()));
     assert!(largest > 0.05, "the reference is near zero ({largest}), which checks little");
     for threads in [1, 2, 3] {
-        let (batched, alone) = batched_and_alone(&q, &k, &v, threads);
+        let (batched, alone) = batched_and_alone(&q, &k, &v, &sees, threads);
         for (r, row) in alone.iter().enumerate() {
             let from_batch = &batched[r * HEADS * DK..(r + 1) * HEADS * DK];
             let differ = row.iter().zip(from_batch).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
@@ -139,3 +148,31 @@ fn attention_rows_in_a_batch_equal_each_row_alone_bit_for_bit_and_attention() {
     }
 }
 
+
+#[test]
+fn a_rows_attention_is_the_same_wherever_its_cells_lie() {
+    // Each row's cells moved to the front of a cache of their own, in the same order (a
+    // sequence alone in a fresh server), against the same row among the others' cells.
+    let q: Vec<f32> = values(DK * ROWS * HEADS, 3).iter().map(|x| x * 6.0).collect();
+    let k = values(DK * N_KV * KV_HEADS, 5);
+    let v = values(DK * N_KV * KV_HEADS, 9);
+    for threads in [1, 2, 3] {
+        let (interleaved, _) = batched_and_alone(&q, &k, &v, &sees, threads);
+        for r in 0..ROWS {
+            let cells: Vec<usize> = (0..N_KV).filter(|&c| sees(r, c)).collect();
+            let front = |x: &[f32]| {
+                let mut out = vec![0f32; x.len()];
+                for g in 0..KV_HEADS {
+                    for (j, &c) in cells.iter().enumerate() {
+                        out[(g * N_KV + j) * DK..][..DK].copy_from_slice(&x[(g * N_KV + c) * DK..][..DK]);
+                    }
+                }
+                out
+            };
+            let (_, alone) = batched_and_alone(&q, &front(&k), &front(&v), &|_, c| c < cells.len(), threads);
+            let there = &interleaved[r * HEADS * DK..(r + 1) * HEADS * DK];
+            let differ = alone[r].iter().zip(there).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{threads} threads, row {r}: {differ} of {} outputs differ with its cells at the front", HEADS * DK);
+        }
+    }
+}

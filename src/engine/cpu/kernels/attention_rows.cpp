@@ -11,16 +11,19 @@
 // at depth cost 8 times one token's attention.
 //
 // Here each row's result depends on nothing but the row: its query, the KV cells its mask
-// shows, and the thread count.
-// - The cells a row sees (first to last unmasked) are split into one chunk per thread, from
-//   the row's own mask; a thread takes its chunk of every row.
-// - Within a chunk, cells go in tiles of GGML_FA_TILE_KV at fixed positions (multiples of the
-//   tile size), with an online softmax per tile, as llama.cpp's tiled path does; cells outside
-//   the row's chunk or masked count as minus infinity.
+// shows, in cell order, and the thread count. Not even where those cells lie in the cache.
+// - The cells a row sees (unmasked) are counted and split by that order into one chunk per
+//   thread, from the row's own mask; a thread takes its chunk of every row.
+// - Within a chunk, the row's cells go in tiles of GGML_FA_TILE_KV of them (the n-th tile holds
+//   the row's visible cells n*T to n*T+T-1, gathered from wherever they lie), with an online
+//   softmax per tile, as llama.cpp's tiled path does; slots outside the row's chunk count as
+//   minus infinity.
 // - The chunks' partial sums are combined in chunk order.
 // A tile's K and V are converted to F32 once per thread and KV head, and multiplied with every
-// row of every query head that reads that KV head at once (llama.cpp's simd_gemm, in which each
-// output is its own sum in order, however many rows there are).
+// row of every query head whose tile holds the same cells in the same slots (the rows of one
+// sequence) at once: llama.cpp's simd_gemm, in which each output is its own sum in order,
+// however many rows there are. Rows of other sequences, whose cells lie interleaved in the
+// unified cache, take tiles of their own cells, so no row reads another sequence's cells.
 
 // Floats of scratch per thread for `rows` rows (query rows times query heads per KV head): the
 // tile's K transposed (DK x T), its V (T x DV), the rows' queries (rows x DK per KV head), the
@@ -119,24 +122,48 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
     auto maxima = [&](int t, int64_t g) { return sums(t, g) + rows * DV; };
     auto totals = [&](int t, int64_t g) { return maxima(t, g) + rows; };
 
-    // Each row's mask, and this thread's chunk of the cells the row sees.
+    // Each row's visible cells (unmasked, in cell order), counted, and this thread's chunk of
+    // them by that order; the row's tiles are T of its visible cells at a time, the first at the
+    // tile holding the chunk's first cell. `pos` is the cell to read the row's next tile from.
     const ggml_fp16_t neg_inf = 0xFC00; // minus infinity in F16
     auto mask_row = [&](int64_t r) { return (const ggml_fp16_t *) ((const char *) mask->data + r * mask->nb[1]); };
-    int64_t lo[GGML_FA_TILE_Q], hi[GGML_FA_TILE_Q];
-    int64_t lo_all = n_kv, hi_all = 0;
+    int64_t lo[GGML_FA_TILE_Q], hi[GGML_FA_TILE_Q], tile[GGML_FA_TILE_Q], pos[GGML_FA_TILE_Q], n_cells[GGML_FA_TILE_Q];
+    bool done[GGML_FA_TILE_Q], filled[GGML_FA_TILE_Q];
+    int32_t cells[GGML_FA_TILE_Q][GGML_FA_TILE_KV];
     for (int64_t r = 0; r < N; r++) {
         const ggml_fp16_t * m = mask_row(r);
-        int64_t first = 0, last = n_kv;
-        while (first < n_kv && m[first] == neg_inf) first++;
-        while (last > first && m[last - 1] == neg_inf) last--;
-        const int64_t size = (last - first + nth - 1) / nth;
-        lo[r] = std::min(last, first + ith * size);
-        hi[r] = std::min(last, lo[r] + size);
-        if (lo[r] < hi[r]) {
-            lo_all = std::min(lo_all, lo[r]);
-            hi_all = std::max(hi_all, hi[r]);
+        int64_t count = 0;
+        for (int64_t c = 0; c < n_kv; c++) {
+            count += m[c] != neg_inf;
         }
+        const int64_t size = (count + nth - 1) / nth;
+        lo[r] = std::min(count, ith * size);
+        hi[r] = std::min(count, lo[r] + size);
+        tile[r] = lo[r] / T;
+        done[r] = lo[r] >= hi[r];
+        filled[r] = false;
+        int64_t c = 0;
+        for (int64_t seen = 0; c < n_kv && !done[r]; c++) {
+            if (m[c] != neg_inf && seen++ == tile[r] * T) {
+                break;
+            }
+        }
+        pos[r] = c;
     }
+    // Row r's current tile: its cells, in slot order.
+    auto fill = [&](int64_t r) {
+        const ggml_fp16_t * m = mask_row(r);
+        const int64_t want = std::min((tile[r] + 1) * T, hi[r]) - tile[r] * T;
+        int64_t n = 0, c = pos[r];
+        for (; n < want; c++) {
+            if (m[c] != neg_inf) {
+                cells[r][n++] = (int32_t) c;
+            }
+        }
+        pos[r] = c;
+        n_cells[r] = n;
+        filled[r] = true;
+    };
 
     for (int64_t g = 0; g < kv_heads; g++) {
         memset(sums(ith, g), 0, rows * DV * sizeof(float));
@@ -151,42 +178,55 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
         }
     }
 
-    // Tiles outside, KV heads inside: a cell's K (and V) for every KV head lie together, so the
-    // cache is read front to back. The next tile is fetched while this one is computed.
-    auto fetch = [&](const ggml_tensor * t, int64_t c) {
-        const char * row = (const char *) t->data + c * t->nb[1];
-        for (int64_t b = 0; b < kv_heads * t->nb[2]; b += 64) {
-            __builtin_prefetch(row + b);
+    // One tile at a time, for every row whose current tile holds the same cells in the same
+    // slots (the rows of one sequence, whose visible cells are a prefix of each other's), and
+    // KV heads inside: a cell's K (and V) for every KV head lie together. The rows of other
+    // sequences (their cells interleaved in the unified cache) take their own tiles, so a row
+    // reads only its own cells, and its arithmetic is the same in any batch.
+    // A cell's K and V for every KV head, asked for all at once before the conversions read them.
+    auto fetch_cell = [&](int64_t c) {
+        for (const ggml_tensor * t : {k, v}) {
+            const char * row = (const char *) t->data + c * t->nb[1];
+            for (int64_t b = 0; b < kv_heads * t->nb[2]; b += 64) {
+                __builtin_prefetch(row + b);
+            }
         }
     };
-    for (int64_t c0 = lo_all / T * T; c0 < hi_all; c0 += T) {
-        // The rows that see a cell of this tile; the others (another sequence's cells in the
-        // unified cache) would add nothing, and a tile no row sees is passed over.
-        int64_t act[GGML_FA_TILE_Q];
+    int64_t act[GGML_FA_TILE_Q];
+    for (;;) {
+        // The unfinished row whose tile starts at the lowest cell (the longest such tile).
+        int64_t L = -1;
+        for (int64_t r = 0; r < N; r++) {
+            if (done[r]) {
+                continue;
+            }
+            if (!filled[r]) {
+                fill(r);
+            }
+            if (L < 0 || cells[r][0] < cells[L][0] || (cells[r][0] == cells[L][0] && n_cells[r] > n_cells[L])) {
+                L = r;
+            }
+        }
+        if (L < 0) {
+            break;
+        }
+        const int32_t * cl = cells[L];
+        const int64_t nc = n_cells[L];
         int64_t n_act = 0;
         for (int64_t r = 0; r < N; r++) {
-            const ggml_fp16_t * m = mask_row(r);
-            bool seen = false;
-            for (int64_t c = std::max(c0, lo[r]); c < std::min(c0 + T, hi[r]) && !seen; c++) {
-                seen = m[c] != neg_inf;
-            }
-            if (seen) {
+            if (!done[r] && cells[r][0] == cl[0] && memcmp(cells[r], cl, n_cells[r] * sizeof(int32_t)) == 0) {
                 act[n_act++] = r;
             }
         }
-        if (n_act == 0) {
-            continue;
-        }
         const int64_t n_rows = n_act * group;
-        for (int64_t c = c0 + T; c < std::min(c0 + 2 * T, hi_all); c++) {
-            fetch(k, c);
-            fetch(v, c);
+        for (int64_t j = 0; j < nc; j++) {
+            fetch_cell(cl[j]);
         }
         for (int64_t g = 0; g < kv_heads; g++) {
             float * acc = sums(ith, g);
             float * M = maxima(ith, g);
             float * S = totals(ith, g);
-            // The active rows' queries and sums, gathered when some rows are left out.
+            // The tile's rows' queries and sums, gathered unless the tile is every row's.
             const float * Qa = Q + g * rows * DK;
             float * Aa = acc;
             if (n_act < N) {
@@ -199,13 +239,12 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
                 Aa = Ag;
             }
             // The tile's K, transposed so that a row's scores are T sums side by side, and V;
-            // zeros past the last cell.
+            // zeros in the slots past its last cell.
             // (K goes through KQ, free until the scores, in cell order first.)
             for (int64_t j = 0; j < T; j++) {
-                const int64_t c = c0 + j;
-                if (c < n_kv) {
-                    ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) ((const char *) k->data + c * k->nb[1] + g * k->nb[2]), KQ + j * DK, DK);
-                    ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) ((const char *) v->data + c * v->nb[1] + g * v->nb[2]), Vt + j * DV, DV);
+                if (j < nc) {
+                    ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) ((const char *) k->data + cl[j] * k->nb[1] + g * k->nb[2]), KQ + j * DK, DK);
+                    ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) ((const char *) v->data + cl[j] * v->nb[1] + g * v->nb[2]), Vt + j * DV, DV);
                 } else {
                     memset(KQ + j * DK, 0, DK * sizeof(float));
                     memset(Vt + j * DV, 0, DV * sizeof(float));
@@ -220,10 +259,11 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
                 const ggml_fp16_t * m = mask_row(r);
                 float * s = KQ + a * T;
                 float tile_max = -INFINITY;
+                // A slot counts for the row if it holds one of the row's cells in its chunk.
+                const int64_t from = std::max<int64_t>(0, lo[r] - tile[r] * T);
                 for (int64_t j = 0; j < T; j++) {
-                    const int64_t c = c0 + j;
-                    const bool seen = c >= lo[r] && c < hi[r] && m[c] != neg_inf;
-                    s[j] = seen ? s[j] * scale + GGML_CPU_FP16_TO_FP32(m[c]) : -INFINITY;
+                    const bool seen = j >= from && j < n_cells[r];
+                    s[j] = seen ? s[j] * scale + GGML_CPU_FP16_TO_FP32(m[cl[j]]) : -INFINITY;
                     tile_max = std::max(tile_max, s[j]);
                 }
                 if (tile_max == -INFINITY) {
@@ -245,6 +285,12 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
                     memcpy(acc + (act[a / group] * group + a % group) * DV, Ag + a * DV, DV * sizeof(float));
                 }
             }
+        }
+        for (int64_t a = 0; a < n_act; a++) {
+            const int64_t r = act[a];
+            tile[r]++;
+            filled[r] = false;
+            done[r] = tile[r] * T >= hi[r];
         }
     }
 
