@@ -236,12 +236,14 @@ fn every_variant_this_cpu_runs_passes_the_same_check() {
             .arg("engine::cpu::kernel_tests::repacked_products_equal_llama_cpps_to_rounding")
             .arg("engine::cpu::kernel_tests::other_weight_types_in_a_batch_equal_the_column_alone_bit_for_bit")
             .arg("engine::cpu::attention_tests::attention_rows_in_a_batch_equal_each_row_alone_bit_for_bit_and_attention")
+            .arg("engine::cpu::attention_tests::the_same_with_alibi_a_soft_cap_and_sinks")
+            .arg("engine::cpu::attention_tests::a_rows_attention_is_the_same_wherever_its_cells_lie")
             .env("HEARTH_CPU_VARIANT", variant.name)
             .output()
             .expect("running the test binary again");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success() && stdout.contains("5 passed"),
+            out.status.success() && stdout.contains("7 passed"),
             "the {} kernels: {}\n{stdout}{}",
             variant.name,
             out.status,

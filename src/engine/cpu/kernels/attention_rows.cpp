@@ -1,7 +1,7 @@
 // hearth's own attention kernel, written into llama.cpp's CPU ops.cpp by build.rs (`SAME_PATH_EDITS`),
 // before ggml_compute_forward_flash_attn_ext_f16, which hands it every batch of fewer than
-// GGML_FA_TILE_Q query rows it can take (F16 K and V, F32 queries, a mask, no ALiBi, soft cap
-// or sinks). Larger batches keep llama.cpp's tiled path.
+// GGML_FA_TILE_Q query rows it can take (F16 K and V, F32 queries, a mask; with or without
+// ALiBi, a soft cap and sinks). Larger batches keep llama.cpp's tiled path.
 //
 // Why: llama.cpp took one query row (decoding one token) through a path that splits the KV
 // cells into one chunk per thread once there are 512 of them, and 2 to 63 rows (a speculative
@@ -97,14 +97,23 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
 
     const int64_t N = q->ne[1];
     if (N >= GGML_FA_TILE_Q || q->type != GGML_TYPE_F32 || k->type != GGML_TYPE_F16 || v->type != GGML_TYPE_F16 ||
-        mask == nullptr || mask->type != GGML_TYPE_F16 || mask->ne[2] != 1 || mask->ne[3] != 1 || sinks != nullptr ||
-        max_bias != 0.0f || softcap != 0.0f || q->ne[3] != 1 || k->ne[3] != 1 || v->ne[3] != 1 ||
+        mask == nullptr || mask->type != GGML_TYPE_F16 || mask->ne[2] != 1 || mask->ne[3] != 1 ||
+        (sinks != nullptr && sinks->type != GGML_TYPE_F32) || q->ne[3] != 1 || k->ne[3] != 1 || v->ne[3] != 1 ||
         k->ne[2] != v->ne[2] || q->ne[2] % k->ne[2] != 0) {
         return false;
     }
 
     const int64_t DK = k->ne[0], DV = v->ne[0], n_kv = k->ne[1];
     const int64_t heads = q->ne[2], kv_heads = k->ne[2], group = heads / kv_heads;
+    // A soft cap, ALiBi's slope per head and sinks as llama.cpp's paths apply them.
+    if (softcap != 0.0f) {
+        scale /= softcap;
+    }
+    const uint32_t n_head_log2 = 1u << (uint32_t) floor(log2(heads));
+    const float m0 = powf(2.0f, -(max_bias) / n_head_log2), m1 = powf(2.0f, -(max_bias / 2.0f) / n_head_log2);
+    auto slope = [&](int64_t h) {
+        return max_bias > 0.0f ? (h < n_head_log2 ? powf(m0, h + 1) : powf(m1, 2 * (h - n_head_log2) + 1)) : 1.0f;
+    };
     const int64_t rows = N * group; // the rows multiplied together: query row r's head g * group + i is row r * group + i
     const int64_t T = GGML_FA_TILE_KV;
     const int ith = params->ith, nth = params->nth;
@@ -257,13 +266,18 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
                 const int64_t r = act[a / group];
                 const int64_t i = r * group + a % group;
                 const ggml_fp16_t * m = mask_row(r);
+                const float sl = slope(g * group + a % group);
                 float * s = KQ + a * T;
                 float tile_max = -INFINITY;
                 // A slot counts for the row if it holds one of the row's cells in its chunk.
                 const int64_t from = std::max<int64_t>(0, lo[r] - tile[r] * T);
                 for (int64_t j = 0; j < T; j++) {
-                    const bool seen = j >= from && j < n_cells[r];
-                    s[j] = seen ? s[j] * scale + GGML_CPU_FP16_TO_FP32(m[cl[j]]) : -INFINITY;
+                    if (j >= from && j < n_cells[r]) {
+                        const float x = s[j] * scale;
+                        s[j] = (softcap != 0.0f ? softcap * tanhf(x) : x) + sl * GGML_CPU_FP16_TO_FP32(m[cl[j]]);
+                    } else {
+                        s[j] = -INFINITY;
+                    }
                     tile_max = std::max(tile_max, s[j]);
                 }
                 if (tile_max == -INFINITY) {
@@ -317,6 +331,16 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
             }
             S = S * scale_old + S_t * scale_new;
             M = M_new;
+        }
+        if (sinks != nullptr) {
+            // A logit of the head's own that takes a share of the softmax and adds no value.
+            const float sink = ((const float *) sinks->data)[h];
+            if (sink > M) {
+                ggml_vec_scale_f32(DV, out, expf(M - sink));
+                S = S * expf(M - sink) + 1.0f;
+            } else {
+                S += expf(sink - M);
+            }
         }
         ggml_vec_scale_f32(DV, out, S == 0.0f ? 0.0f : 1.0f / S);
         // dst is [DV, heads, N]: row r's head h.
