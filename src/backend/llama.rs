@@ -30,8 +30,8 @@ pub struct LlamaCpp {
 
 /// The disk-prefix folder for `entry` loaded with `settings`: the weights by digest when the
 /// store knows it, else by path, size and time (as `ModelEntry::same_load` tells instances
-/// apart); the adapters likewise; the conversion and the prefix reuse mode.
-fn prefix_key(entry: &ModelEntry, settings: &LoadSettings) -> String {
+/// apart); the adapters likewise; the conversion, and whether prefix reuse is exact for it.
+fn prefix_key(entry: &ModelEntry, settings: &LoadSettings, exact: bool) -> String {
     let weights = entry
         .digest
         .clone()
@@ -46,10 +46,7 @@ fn prefix_key(entry: &ModelEntry, settings: &LoadSettings) -> String {
         })
         .collect();
     // Exact reuse saves only KV computed as a fresh read computes it: a folder of its own.
-    let computed = match settings.prefix_reuse {
-        Reuse::Fast => settings.weights.as_str().to_string(),
-        Reuse::Exact | Reuse::Auto => format!("{}|exact", settings.weights.as_str()),
-    };
+    let computed = if exact { format!("{}|exact", settings.weights.as_str()) } else { settings.weights.as_str().to_string() };
     disk_prefixes::key(&weights, &adapters, &computed)
 }
 
@@ -74,7 +71,7 @@ impl Backend for LlamaCpp {
         // `auto` prefix reuse becomes exact or fast for this model.
         let exact = settings.prefix_reuse.exact_for(info.arch_u64("attention.sliding_window").unwrap_or(0));
         settings.prefix_reuse = if exact { Reuse::Exact } else { Reuse::Fast };
-        let disk = self.disk_prefixes.clone().map(|c| DiskPrefixes::open(c, &prefix_key(entry, &settings)));
+        let disk = self.disk_prefixes.clone().map(|c| DiskPrefixes::open(c, &prefix_key(entry, &settings, exact)));
         let model = LoadedModel::load(&entry.path, &info, &entry.defaults.adapters, settings, disk)?;
         Ok(Arc::new(LlamaInstance(model)))
     }
