@@ -134,10 +134,12 @@ fn reference(q: &[f32], k: &[f32], v: &[f32], x: &Extras) -> Vec<f64> {
             // for the first n heads, 2^(-b/2 (2 (h - n) + 1) / n) for the rest.
             let n = HEADS.next_power_of_two() / if HEADS.is_power_of_two() { 1 } else { 2 };
             let b = x.max_bias as f64;
-            let slope = match h < n {
-                _ if b == 0.0 => 1.0,
-                true => 2f64.powf(-b * (h + 1) as f64 / n as f64),
-                false => 2f64.powf(-b / 2.0 * (2 * (h - n) + 1) as f64 / n as f64),
+            let slope = if b == 0.0 {
+                1.0
+            } else if h < n {
+                2f64.powf(-b * (h + 1) as f64 / n as f64)
+            } else {
+                2f64.powf(-b / 2.0 * (2 * (h - n) + 1) as f64 / n as f64)
             };
             let scores: Vec<f64> = cells
                 .iter()
@@ -160,13 +162,17 @@ fn reference(q: &[f32], k: &[f32], v: &[f32], x: &Extras) -> Vec<f64> {
     out
 }
 
+/// The queries, K and V of every test here; the queries scaled so that the softmax is far from
+/// uniform: a wrong cell shows.
+fn inputs() -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let q = values(DK * ROWS * HEADS, 3).iter().map(|x| x * 6.0).collect();
+    (q, values(DK * N_KV * KV_HEADS, 5), values(DK * N_KV * KV_HEADS, 9))
+}
+
 /// Each row in the batch equals the same row alone bit for bit, and attention to 1e-4 of the
 /// largest output, with 1, 2 and 3 threads.
 fn check(what: &str, x: &Extras) {
-    // Scaled so that the softmax is far from uniform: a wrong cell shows.
-    let q: Vec<f32> = values(DK * ROWS * HEADS, 3).iter().map(|x| x * 6.0).collect();
-    let k = values(DK * N_KV * KV_HEADS, 5);
-    let v = values(DK * N_KV * KV_HEADS, 9);
+    let (q, k, v) = inputs();
     let expected = reference(&q, &k, &v, x);
     let largest = expected.iter().fold(0f64, |m, x| m.max(x.abs()));
     assert!(largest > 0.05, "{what}: the reference is near zero ({largest}), which checks little");
@@ -206,9 +212,7 @@ fn the_same_with_alibi_a_soft_cap_and_sinks() {
 fn a_rows_attention_is_the_same_wherever_its_cells_lie() {
     // Each row's cells moved to the front of a cache of their own, in the same order (a
     // sequence alone in a fresh server), against the same row among the others' cells.
-    let q: Vec<f32> = values(DK * ROWS * HEADS, 3).iter().map(|x| x * 6.0).collect();
-    let k = values(DK * N_KV * KV_HEADS, 5);
-    let v = values(DK * N_KV * KV_HEADS, 9);
+    let (q, k, v) = inputs();
     for threads in [1, 2, 3] {
         let (interleaved, _) = batched_and_alone(&q, &k, &v, &Extras::default(), &sees, threads);
         for r in 0..ROWS {

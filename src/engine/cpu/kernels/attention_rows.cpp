@@ -137,29 +137,9 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
     const ggml_fp16_t neg_inf = 0xFC00; // minus infinity in F16
     auto mask_row = [&](int64_t r) { return (const ggml_fp16_t *) ((const char *) mask->data + r * mask->nb[1]); };
     int64_t lo[GGML_FA_TILE_Q], hi[GGML_FA_TILE_Q], tile[GGML_FA_TILE_Q], pos[GGML_FA_TILE_Q], n_cells[GGML_FA_TILE_Q];
-    bool done[GGML_FA_TILE_Q], filled[GGML_FA_TILE_Q];
+    bool done[GGML_FA_TILE_Q];
     int32_t cells[GGML_FA_TILE_Q][GGML_FA_TILE_KV];
-    for (int64_t r = 0; r < N; r++) {
-        const ggml_fp16_t * m = mask_row(r);
-        int64_t count = 0;
-        for (int64_t c = 0; c < n_kv; c++) {
-            count += m[c] != neg_inf;
-        }
-        const int64_t size = (count + nth - 1) / nth;
-        lo[r] = std::min(count, ith * size);
-        hi[r] = std::min(count, lo[r] + size);
-        tile[r] = lo[r] / T;
-        done[r] = lo[r] >= hi[r];
-        filled[r] = false;
-        int64_t c = 0;
-        for (int64_t seen = 0; c < n_kv && !done[r]; c++) {
-            if (m[c] != neg_inf && seen++ == tile[r] * T) {
-                break;
-            }
-        }
-        pos[r] = c;
-    }
-    // Row r's current tile: its cells, in slot order.
+    // Reads row r's current tile: its cells, in slot order. Every unfinished row's is read.
     auto fill = [&](int64_t r) {
         const ggml_fp16_t * m = mask_row(r);
         const int64_t want = std::min((tile[r] + 1) * T, hi[r]) - tile[r] * T;
@@ -171,8 +151,29 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
         }
         pos[r] = c;
         n_cells[r] = n;
-        filled[r] = true;
     };
+    for (int64_t r = 0; r < N; r++) {
+        const ggml_fp16_t * m = mask_row(r);
+        int64_t count = 0;
+        for (int64_t c = 0; c < n_kv; c++) {
+            count += m[c] != neg_inf;
+        }
+        const int64_t size = (count + nth - 1) / nth;
+        lo[r] = std::min(count, ith * size);
+        hi[r] = std::min(count, lo[r] + size);
+        tile[r] = lo[r] / T;
+        done[r] = lo[r] >= hi[r];
+        int64_t c = 0;
+        for (int64_t seen = 0; c < n_kv && !done[r]; c++) {
+            if (m[c] != neg_inf && seen++ == tile[r] * T) {
+                break;
+            }
+        }
+        pos[r] = c;
+        if (!done[r]) {
+            fill(r);
+        }
+    }
 
     for (int64_t g = 0; g < kv_heads; g++) {
         memset(sums(ith, g), 0, rows * DV * sizeof(float));
@@ -208,9 +209,6 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
         for (int64_t r = 0; r < N; r++) {
             if (done[r]) {
                 continue;
-            }
-            if (!filled[r]) {
-                fill(r);
             }
             if (L < 0 || cells[r][0] < cells[L][0] || (cells[r][0] == cells[L][0] && n_cells[r] > n_cells[L])) {
                 L = r;
@@ -303,8 +301,10 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
         for (int64_t a = 0; a < n_act; a++) {
             const int64_t r = act[a];
             tile[r]++;
-            filled[r] = false;
             done[r] = tile[r] * T >= hi[r];
+            if (!done[r]) {
+                fill(r);
+            }
         }
     }
 
@@ -336,8 +336,9 @@ static bool hearth_flash_attn_rows(const ggml_compute_params * params, ggml_tens
             // A logit of the head's own that takes a share of the softmax and adds no value.
             const float sink = ((const float *) sinks->data)[h];
             if (sink > M) {
-                ggml_vec_scale_f32(DV, out, expf(M - sink));
-                S = S * expf(M - sink) + 1.0f;
+                const float ms = expf(M - sink);
+                ggml_vec_scale_f32(DV, out, ms);
+                S = S * ms + 1.0f;
             } else {
                 S += expf(sink - M);
             }
